@@ -1,0 +1,43 @@
+"""Built-in backend: everything ``open_clip.create_model_and_transforms`` understands."""
+
+from __future__ import annotations
+
+import open_clip
+
+from ..factory import Backend, ClipBundle
+from ..hookspecs import hookimpl
+
+
+def _split_name_and_tag(spec: str) -> tuple[str, str | None]:
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        return spec, None
+    name, _, tag = spec.partition(":")
+    return name, tag or None
+
+
+class OpenClipBackend(Backend):
+    name = "open_clip"
+    description = "open_clip model names with pretrained tags (ViT-B-32:openai), hf-hub:org/repo, local-dir:/path"
+
+    def can_load(self, spec: str) -> bool:
+        if spec.startswith(("hf-hub:", "local-dir:")):
+            return True
+        name, _ = _split_name_and_tag(spec)
+        return name in open_clip.list_models()
+
+    def load(self, spec: str, *, device="cpu", **options) -> ClipBundle:
+        name, tag = _split_name_and_tag(spec)
+        if spec.startswith("local-dir:"):
+            from pathlib import Path
+
+            folder = Path(spec[len("local-dir:") :])
+            if not (folder / "open_clip_config.json").is_file():
+                raise FileNotFoundError(f"{folder}: not an open_clip folder (no open_clip_config.json)")
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=device, **options)
+        tokenizer = open_clip.get_tokenizer(name)
+        return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, spec=spec, info={"backend": self.name})
+
+
+@hookimpl
+def register_backends(register):
+    register(OpenClipBackend())

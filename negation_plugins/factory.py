@@ -1,0 +1,106 @@
+"""One door to every CLIP: ``load_clip(spec)`` returns a :class:`ClipBundle` whatever the source format.
+
+The model inside a bundle is always an open_clip model (``CLIP`` / ``CustomTextCLIP``), so training,
+benchmarks and integrations deal with one module layout; other formats are converted on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import plugins
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP model with its tokenizer and image preprocessing.
+
+    ``model`` is an open_clip model. Text-only sources (e.g. a transformers ``CLIPTextModel`` folder)
+    have ``model.visual = None``; :meth:`encode_image` then raises a clear error.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]
+    preprocess: Callable[[Any], torch.Tensor] | None
+    spec: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def has_vision(self) -> bool:
+        return getattr(self.model, "visual", None) is not None
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", 77))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
+        """Embed captions (no grad, eval mode); normalized by default."""
+        self.model.eval()
+        chunks = [
+            self.model.encode_text(self.tokenize(texts[i : i + batch_size]), normalize=normalize)
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    @torch.no_grad()
+    def encode_image(self, images: Sequence[Any] | torch.Tensor, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
+        """Embed PIL images (preprocessed here) or an already preprocessed batch tensor."""
+        if not self.has_vision:
+            raise ValueError(f"{self.spec!r} is a text-only model: it has no vision tower to encode images")
+        self.model.eval()
+        if not isinstance(images, torch.Tensor):
+            images = torch.stack([self.preprocess(img) for img in images]) if len(images) else torch.empty(0)
+        chunks = [
+            self.model.encode_image(images[i : i + batch_size].to(self.device), normalize=normalize)
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+class Backend:
+    """A CLIP format. Subclasses set ``name`` and implement :meth:`can_load` and :meth:`load`."""
+
+    name: str = ""
+    description: str = ""
+
+    def can_load(self, spec: str) -> bool:
+        raise NotImplementedError
+
+    def load(self, spec: str, *, device: str | torch.device = "cpu", **options) -> ClipBundle:
+        raise NotImplementedError
+
+
+def load_clip(spec: str, *, device: str | torch.device = "cpu", backend: str | None = None, **options) -> ClipBundle:
+    """Load any CLIP the registered backends understand.
+
+    ``spec`` examples: ``ViT-B-32:openai``, ``hf-hub:org/repo``, ``local-dir:/path``,
+    ``/path/negationclip_ViT-B32.pth``, ``/path/to/transformers/folder``.
+    ``backend`` forces one backend by name instead of asking each in turn.
+    """
+    spec = str(spec)
+    if backend is not None:
+        return plugins.get_one("backends", backend).load(spec, device=device, **options)
+    backends = plugins.get("backends")
+    for candidate in backends.values():
+        if candidate.can_load(spec):
+            return candidate.load(spec, device=device, **options)
+    raise ValueError(
+        f"no backend can load {spec!r}; registered backends: {', '.join(backends)}. "
+        "Use an open_clip name ('ViT-B-32:openai'), 'hf-hub:org/repo', 'local-dir:/path', "
+        "an OpenAI-format .pth/.pt/.safetensors file, or a transformers CLIP folder."
+    )

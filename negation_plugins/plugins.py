@@ -1,0 +1,120 @@
+"""The plugin host: a pluggy manager with built-in default plugins plus entry-point plugins.
+
+``NEGATION_PLUGINS`` restricts which external (entry-point) plugins load: a comma-separated list of
+entry-point names, or an empty string for none. Built-ins always load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "negation_plugins"
+ALLOW_ENV = "NEGATION_PLUGINS"
+
+DEFAULT_PLUGINS = (
+    "negation_plugins.backends.open_clip_backend",
+    "negation_plugins.backends.openai_state_dict",
+    "negation_plugins.backends.transformers_folder",
+    "negation_plugins.world.commands",
+    "negation_plugins.benchmarks.mcq",
+    "negation_plugins.benchmarks.suite",
+    "negation_plugins.data.negators",
+    "negation_plugins.data.verifiers",
+    "negation_plugins.data.commands",
+    "negation_plugins.losses",
+    "negation_plugins.commands",
+    "trainers.commands",
+    "integrations.diffusers_sd",
+    "integrations.clipseg",
+)
+
+KINDS = ("backends", "negators", "verifiers", "objectives", "benchmarks", "integrations")
+
+pm = pluggy.PluginManager("negation_plugins")
+pm.add_hookspecs(hookspecs)
+
+
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Register built-ins, then entry-point plugins. Lazy (first use) so plugin modules may import the core."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    _load_default_plugins()
+    _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    allowed = os.environ.get(ALLOW_ENV)
+    allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if allowed_names is not None and ep.name not in allowed_names:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        pm.register(ep.load(), name=ep.name)
+
+
+def _load_default_plugins() -> None:
+    for module_name in DEFAULT_PLUGINS:
+        if pm.get_plugin(module_name) is None:
+            pm.register(importlib.import_module(module_name), name=module_name)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered extension and the plugin that registered it."""
+
+    kind: str
+    name: str
+    plugin: str
+    obj: Any
+
+
+def registered(kind: str) -> list[Registered]:
+    """Everything of one kind, in registration order (built-ins first), with its plugin's name.
+
+    A later plugin that reuses a name replaces the earlier entry, so third parties can override built-ins.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown plugin kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    load_plugins()
+    hook = getattr(pm.hook, f"register_{kind}")
+    found: dict[str, Registered] = {}
+    # pluggy calls the newest plugin first; reverse so built-ins come first and later ones override.
+    for impl in reversed(hook.get_hookimpls()):
+        plugin_name = impl.plugin_name
+
+        def register(obj, _plugin=plugin_name):
+            name = getattr(obj, "name", None)
+            if not name:
+                raise TypeError(f"plugin {_plugin!r} registered a {kind[:-1]} without a 'name': {obj!r}")
+            found.pop(name, None)
+            found[name] = Registered(kind, name, _plugin, obj)
+
+        impl.function(register=register)
+    return list(found.values())
+
+
+def get(kind: str) -> dict[str, Any]:
+    """``{name: object}`` for one kind."""
+    return {r.name: r.obj for r in registered(kind)}
+
+
+def get_one(kind: str, name: str) -> Any:
+    """One registered object by name, or a clear error listing what exists."""
+    items = get(kind)
+    if name not in items:
+        raise KeyError(f"no {kind[:-1]} named {name!r}; registered {kind}: {', '.join(items) or '(none)'}")
+    return items[name]

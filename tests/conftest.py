@@ -1,0 +1,30 @@
+"""Session-wide test setup: offline hub, small thread count, plugin fixtures."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+pytest_plugins = ["tests.world_fixtures"]
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def register_plugin():
+    """Register plugin objects/modules for one test and unregister them afterwards."""
+    from negation_plugins.plugins import pm
+
+    names = []
+
+    def _register(plugin, name):
+        pm.register(plugin, name=name)
+        names.append(name)
+        return plugin
+
+    yield _register
+    for name in names:
+        pm.unregister(name=name)

@@ -1,0 +1,1 @@
+"""Session fixtures built once from the synthetic world (filled in by the world issue)."""

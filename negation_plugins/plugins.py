@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "negation_plugins.commands",
     "trainers.commands",
     "integrations.diffusers_sd",
+    "integrations.diffusers_sdxl",
     "integrations.clipseg",
 )
 

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "negation_plugins.data.verifiers",
     "negation_plugins.data.commands",
     "negation_plugins.losses",
+    "negation_plugins.hub",
     "negation_plugins.commands",
     "trainers.commands",
     "integrations.diffusers_sd",

@@ -1,0 +1,225 @@
+"""A small loopback HTTP server that speaks the part of the Hugging Face Hub protocol huggingface_hub 2.4 uses to
+push a folder: create repo, validate README YAML, preupload (answering "regular" so no LFS/xet upload happens),
+commit as NDJSON with base64 files, plus model info and raw file download to verify what arrived.
+
+Every request must carry ``Authorization: Bearer <token>``; requests and stored files are kept for assertions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import yaml
+
+REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
+ROUTES = [
+    ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
+    ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
+    ("POST", re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
+    ("POST", re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
+    ("GET", re.compile(rf"^/api/models/{REPO}(/revision/(?P<rev>[^/]+))?$"), "model_info"),
+    ("GET", re.compile(rf"^/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+]
+
+
+@dataclass
+class Repo:
+    private: bool
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[dict] = field(default_factory=list)
+
+    @property
+    def sha(self) -> str:
+        return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+
+class HubState:
+    def __init__(self, token: str, user: str = "tester"):
+        self.token = token
+        self.user = user
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[dict] = []  # method, path, body bytes, headers
+        self.lock = threading.Lock()
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    state: HubState  # set on the subclass made by ``serve``
+
+    def log_message(self, *args):  # keep test output clean; requests are recorded in state.requests
+        pass
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_HEAD(self):
+        self._dispatch("GET", head=True)
+
+    def _dispatch(self, method, head=False):
+        path = self.path.split("?", 1)[0]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with self.state.lock:
+            self.state.requests.append(
+                {"method": method, "path": self.path, "body": body, "headers": dict(self.headers.items())}
+            )
+        if self.headers.get("Authorization") != f"Bearer {self.state.token}":
+            return self._json(401, {"error": "Invalid credentials in Authorization header"})
+        for route_method, pattern, handler in ROUTES:
+            match = pattern.match(path)
+            if route_method == method and match:
+                with self.state.lock:
+                    return getattr(self, handler)(body, head=head, **match.groupdict())
+        self._json(404, {"error": f"no route for {method} {path}"})
+
+    def _json(self, status, payload, extra_headers=None):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (extra_headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _endpoint(self):
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def _repo(self, repo):
+        if repo not in self.state.repos:
+            self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            return None
+        return self.state.repos[repo]
+
+    def create_repo(self, body, head=False):
+        payload = json.loads(body)
+        repo_id = f"{payload.get('organization') or self.state.user}/{payload['name']}"
+        url = f"{self._endpoint()}/{repo_id}"
+        if payload.get("type", "model") != "model":
+            return self._json(400, {"error": "this test server only hosts models"})
+        if repo_id in self.state.repos:
+            return self._json(409, {"error": "You already created this model repo", "url": url})
+        self.state.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
+        self._json(200, {"url": url, "name": repo_id})
+
+    def validate_yaml(self, body, head=False):
+        content = json.loads(body)["content"]
+        match = re.match(r"^---\n(.*?)\n---\n", content, re.DOTALL)
+        try:
+            if match:
+                yaml.safe_load(match.group(1))
+        except yaml.YAMLError as error:
+            return self._json(400, {"errors": [{"message": str(error)}], "warnings": []})
+        self._json(200, {"errors": [], "warnings": []})
+
+    def preupload(self, body, repo, rev, head=False):
+        stored = self._repo(repo)
+        if stored is None:
+            return
+        files = json.loads(body)["files"]
+        self._json(
+            200,
+            {
+                "files": [
+                    {
+                        "path": f["path"],
+                        "uploadMode": "regular",
+                        "shouldIgnore": False,
+                        "oid": _git_blob_oid(stored.files[f["path"]]) if f["path"] in stored.files else None,
+                    }
+                    for f in files
+                ],
+                "commitOid": stored.sha,
+            },
+        )
+
+    def commit(self, body, repo, rev, head=False):
+        stored = self._repo(repo)
+        if stored is None:
+            return
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        if not lines or lines[0]["key"] != "header":
+            return self._json(400, {"error": "commit payload must start with a header line"})
+        changes = {}
+        for line in lines[1:]:
+            value = line["value"]
+            if line["key"] == "file":
+                if value.get("encoding") != "base64":
+                    return self._json(400, {"error": f"unsupported encoding for {value['path']}"})
+                changes[value["path"]] = base64.b64decode(value["content"])
+            elif line["key"] == "deletedFile":
+                changes[value["path"]] = None
+            else:
+                return self._json(400, {"error": f"this test server accepts only regular uploads, got {line['key']}"})
+        for path, content in changes.items():
+            if content is None:
+                stored.files.pop(path, None)
+            else:
+                stored.files[path] = content
+        oid = hashlib.sha1(body + stored.sha.encode()).hexdigest()
+        stored.commits.append({"oid": oid, "summary": lines[0]["value"]["summary"], "paths": sorted(changes)})
+        self._json(200, {"commitUrl": f"{self._endpoint()}/{repo}/commit/{oid}", "commitOid": oid})
+
+    def model_info(self, body, repo, rev=None, head=False):
+        stored = self._repo(repo)
+        if stored is None:
+            return
+        self._json(
+            200,
+            {
+                "id": repo,
+                "private": stored.private,
+                "sha": stored.sha,
+                "siblings": [{"rfilename": path} for path in sorted(stored.files)],
+            },
+        )
+
+    def resolve(self, body, repo, rev, path, head=False):
+        stored = self._repo(repo)
+        if stored is None:
+            return
+        if path not in stored.files:
+            return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+        data = stored.files[path]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{_git_blob_oid(data)}"')
+        self.send_header("X-Repo-Commit", stored.sha)
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+
+def _git_blob_oid(data: bytes) -> str:
+    """The git blob sha1 huggingface_hub compares against to skip unchanged files."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class HubServer:
+    """``with HubServer(token) as hub:`` -> ``hub.endpoint``, ``hub.state``; serves on 127.0.0.1 in a thread."""
+
+    def __init__(self, token: str):
+        self.state = HubState(token)
+        handler = type("BoundHubHandler", (HubHandler,), {"state": self.state})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()

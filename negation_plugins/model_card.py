@@ -36,7 +36,9 @@ def flatten_results(results: dict | None) -> dict[str, dict[str, float]]:
     flat = {}
     for benchmark, metrics in results.items():
         if not isinstance(metrics, dict):
-            raise ValueError(f"results for benchmark {benchmark!r} must be a dict of metrics, got {metrics!r}")
+            raise TypeError(
+                f"results for benchmark {benchmark!r} must be a dict of metrics, got {metrics!r}"
+            )
         values = {}
         _flatten_into(values, "", metrics)
         if values:
@@ -67,14 +69,19 @@ def hub_base_model(base_model: str | None) -> str | None:
 
 def results_table(before: dict, after: dict) -> str:
     """Markdown table: one row per (benchmark, metric), before / after / change."""
-    rows = ["| benchmark | metric | before | after | change |", "|---|---|---:|---:|---:|"]
+    rows = [
+        "| benchmark | metric | before | after | change |",
+        "|---|---|---:|---:|---:|",
+    ]
     for benchmark in sorted(set(before) | set(after)):
         metrics = sorted(set(before.get(benchmark, {})) | set(after.get(benchmark, {})))
         for metric in metrics:
             old = before.get(benchmark, {}).get(metric)
             new = after.get(benchmark, {}).get(metric)
             change = f"{new - old:+.4f}" if old is not None and new is not None else ""
-            rows.append(f"| {benchmark} | {metric} | {_cell(old)} | {_cell(new)} | {change} |")
+            rows.append(
+                f"| {benchmark} | {metric} | {_cell(old)} | {_cell(new)} | {change} |"
+            )
     return "\n".join(rows)
 
 
@@ -83,8 +90,14 @@ def _cell(value):
 
 
 def _results_section(before: dict, after: dict) -> str:
-    data = json.dumps({"before": before, "after": after}, sort_keys=True).replace("--", "-\\u002d")  # no "--" inside a comment
-    table = results_table(before, after) if before or after else "_No evaluation results yet._"
+    data = json.dumps({"before": before, "after": after}, sort_keys=True).replace(
+        "--", "-\\u002d"
+    )  # no "--" inside a comment
+    table = (
+        results_table(before, after)
+        if before or after
+        else "_No evaluation results yet._"
+    )
     return f"{RESULTS_START}\n<!-- results-data: {data} -->\n\n{table}\n{RESULTS_END}"
 
 
@@ -181,7 +194,9 @@ def write_model_card(
     return path
 
 
-def update_model_index(card_path, results: dict, results_before: dict | None = None) -> Path:
+def update_model_index(
+    card_path, results: dict, results_before: dict | None = None
+) -> Path:
     """Merge ``results`` (benchmark -> metrics, after training) into an existing card's model-index and table.
 
     Same (benchmark, metric) pairs are replaced, new ones appended; ``results_before`` updates the before column.
@@ -194,7 +209,10 @@ def update_model_index(card_path, results: dict, results_before: dict | None = N
         raise FileNotFoundError(f"no model card at {card_path}")
     card = ModelCard.load(card_path)
     before, after = _stored_results(card.text)
-    for stored, new in ((after, flatten_results(results)), (before, flatten_results(results_before))):
+    for stored, new in (
+        (after, flatten_results(results)),
+        (before, flatten_results(results_before)),
+    ):
         for benchmark, metrics in new.items():
             stored.setdefault(benchmark, {}).update(metrics)
 
@@ -203,7 +221,8 @@ def update_model_index(card_path, results: dict, results_before: dict | None = N
     kept = [
         r
         for r in (card.data.eval_results or [])
-        if after.get(r.dataset_type, {}).get(r.metric_type) is None  # results added by other tools stay
+        if after.get(r.dataset_type, {}).get(r.metric_type)
+        is None  # results added by other tools stay
     ]
     card.data.eval_results = kept + _eval_results(model_name, after) or None
 
@@ -229,7 +248,9 @@ def _stored_results(text: str) -> tuple[dict, dict]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -21,9 +21,17 @@ REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
 ROUTES = [
     ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
-    ("POST", re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
+    (
+        "POST",
+        re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/]+)$"),
+        "preupload",
+    ),
     ("POST", re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
-    ("GET", re.compile(rf"^/api/models/{REPO}(/revision/(?P<rev>[^/]+))?$"), "model_info"),
+    (
+        "GET",
+        re.compile(rf"^/api/models/{REPO}(/revision/(?P<rev>[^/]+))?$"),
+        "model_info",
+    ),
     ("GET", re.compile(rf"^/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
 ]
 
@@ -51,7 +59,9 @@ class HubState:
 class HubHandler(BaseHTTPRequestHandler):
     state: HubState  # set on the subclass made by ``serve``
 
-    def log_message(self, *args):  # keep test output clean; requests are recorded in state.requests
+    def log_message(
+        self, *args
+    ):  # keep test output clean; requests are recorded in state.requests
         pass
 
     def do_GET(self):
@@ -69,10 +79,17 @@ class HubHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         with self.state.lock:
             self.state.requests.append(
-                {"method": method, "path": self.path, "body": body, "headers": dict(self.headers.items())}
+                {
+                    "method": method,
+                    "path": self.path,
+                    "body": body,
+                    "headers": dict(self.headers.items()),
+                }
             )
         if self.headers.get("Authorization") != f"Bearer {self.state.token}":
-            return self._json(401, {"error": "Invalid credentials in Authorization header"})
+            return self._json(
+                401, {"error": "Invalid credentials in Authorization header"}
+            )
         for route_method, pattern, handler in ROUTES:
             match = pattern.match(path)
             if route_method == method and match:
@@ -96,7 +113,9 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _repo(self, repo):
         if repo not in self.state.repos:
-            self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            self._json(
+                404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            )
             return None
         return self.state.repos[repo]
 
@@ -107,7 +126,9 @@ class HubHandler(BaseHTTPRequestHandler):
         if payload.get("type", "model") != "model":
             return self._json(400, {"error": "this test server only hosts models"})
         if repo_id in self.state.repos:
-            return self._json(409, {"error": "You already created this model repo", "url": url})
+            return self._json(
+                409, {"error": "You already created this model repo", "url": url}
+            )
         self.state.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
         self._json(200, {"url": url, "name": repo_id})
 
@@ -118,7 +139,9 @@ class HubHandler(BaseHTTPRequestHandler):
             if match:
                 yaml.safe_load(match.group(1))
         except yaml.YAMLError as error:
-            return self._json(400, {"errors": [{"message": str(error)}], "warnings": []})
+            return self._json(
+                400, {"errors": [{"message": str(error)}], "warnings": []}
+            )
         self._json(200, {"errors": [], "warnings": []})
 
     def preupload(self, body, repo, rev, head=False):
@@ -134,7 +157,9 @@ class HubHandler(BaseHTTPRequestHandler):
                         "path": f["path"],
                         "uploadMode": "regular",
                         "shouldIgnore": False,
-                        "oid": _git_blob_oid(stored.files[f["path"]]) if f["path"] in stored.files else None,
+                        "oid": _git_blob_oid(stored.files[f["path"]])
+                        if f["path"] in stored.files
+                        else None,
                     }
                     for f in files
                 ],
@@ -146,28 +171,48 @@ class HubHandler(BaseHTTPRequestHandler):
         stored = self._repo(repo)
         if stored is None:
             return
-        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        lines = [
+            json.loads(line) for line in body.decode().splitlines() if line.strip()
+        ]
         if not lines or lines[0]["key"] != "header":
-            return self._json(400, {"error": "commit payload must start with a header line"})
+            return self._json(
+                400, {"error": "commit payload must start with a header line"}
+            )
         changes = {}
         for line in lines[1:]:
             value = line["value"]
             if line["key"] == "file":
                 if value.get("encoding") != "base64":
-                    return self._json(400, {"error": f"unsupported encoding for {value['path']}"})
+                    return self._json(
+                        400, {"error": f"unsupported encoding for {value['path']}"}
+                    )
                 changes[value["path"]] = base64.b64decode(value["content"])
             elif line["key"] == "deletedFile":
                 changes[value["path"]] = None
             else:
-                return self._json(400, {"error": f"this test server accepts only regular uploads, got {line['key']}"})
+                return self._json(
+                    400,
+                    {
+                        "error": f"this test server accepts only regular uploads, got {line['key']}"
+                    },
+                )
         for path, content in changes.items():
             if content is None:
                 stored.files.pop(path, None)
             else:
                 stored.files[path] = content
         oid = hashlib.sha1(body + stored.sha.encode()).hexdigest()
-        stored.commits.append({"oid": oid, "summary": lines[0]["value"]["summary"], "paths": sorted(changes)})
-        self._json(200, {"commitUrl": f"{self._endpoint()}/{repo}/commit/{oid}", "commitOid": oid})
+        stored.commits.append(
+            {
+                "oid": oid,
+                "summary": lines[0]["value"]["summary"],
+                "paths": sorted(changes),
+            }
+        )
+        self._json(
+            200,
+            {"commitUrl": f"{self._endpoint()}/{repo}/commit/{oid}", "commitOid": oid},
+        )
 
     def model_info(self, body, repo, rev=None, head=False):
         stored = self._repo(repo)
@@ -188,7 +233,9 @@ class HubHandler(BaseHTTPRequestHandler):
         if stored is None:
             return
         if path not in stored.files:
-            return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+            return self._json(
+                404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
+            )
         data = stored.files[path]
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -213,7 +260,9 @@ class HubServer:
         handler = type("BoundHubHandler", (HubHandler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self):
         self.thread.start()

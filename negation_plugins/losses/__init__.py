@@ -24,13 +24,18 @@ BUILTIN_OBJECTIVES = (
 )
 
 __all__ = [
-    "Objective",
+    "ClipObjective",
     "CombinedObjective",
+    "ConCLIPObjective",
+    "InfoNCEObjective",
+    "NegBenchMCQObjective",
+    "Objective",
+    "OmniObjective",
+    "TNGObjective",
     "build_objective",
+    "clip_symmetric",
     "parse_objectives",
     "parse_spec",
-    "clip_symmetric",
-    *[cls.__name__ for cls in BUILTIN_OBJECTIVES],
 ]
 
 

@@ -21,13 +21,27 @@ def presence_loss(image, caption, presence, logit_scale):
     l1 = F.cross_entropy(logits_image, diagonal_targets(logits_image))
     logits_caption = logit_scale * caption @ image.T
     l2 = F.cross_entropy(logits_caption, diagonal_targets(logits_caption))
-    pair = logit_scale * torch.stack([(image * caption).sum(-1), (image * presence).sum(-1)], dim=1)  # (N, 2)
-    l3 = F.cross_entropy(pair, torch.zeros(pair.shape[0], dtype=torch.long, device=pair.device))
+    pair = logit_scale * torch.stack(
+        [(image * caption).sum(-1), (image * presence).sum(-1)], dim=1
+    )  # (N, 2)
+    l3 = F.cross_entropy(
+        pair, torch.zeros(pair.shape[0], dtype=torch.long, device=pair.device)
+    )
     return (l1 + l2 + l3) / 3
 
 
-def absence_loss(image, caption, absence, logit_scale, caption_weight=1.0, margin_weight=1.0, margin=0.9):
-    margin_term = (F.cosine_similarity(caption, absence, dim=-1) + margin).clamp(min=0).mean()
+def absence_loss(
+    image,
+    caption,
+    absence,
+    logit_scale,
+    caption_weight=1.0,
+    margin_weight=1.0,
+    margin=0.9,
+):
+    margin_term = (
+        (F.cosine_similarity(caption, absence, dim=-1) + margin).clamp(min=0).mean()
+    )
     return (
         clip_symmetric(image, absence, logit_scale)
         + caption_weight * clip_symmetric(image, caption, logit_scale)
@@ -40,7 +54,14 @@ class OmniObjective(Objective):
     description = "Omni-NegCLIP: presence loss (caption vs presence-negated) + absence loss with cosine margin"
     requires = ("image", "caption", "presence", "absence", "logit_scale")
 
-    def __init__(self, presence_weight=1.0, absence_weight=1.0, caption_weight=1.0, margin_weight=1.0, margin=0.9):
+    def __init__(
+        self,
+        presence_weight=1.0,
+        absence_weight=1.0,
+        caption_weight=1.0,
+        margin_weight=1.0,
+        margin=0.9,
+    ):
         super().__init__()
         self.presence_weight = presence_weight
         self.absence_weight = absence_weight
@@ -52,6 +73,12 @@ class OmniObjective(Objective):
         image, caption, scale = batch["image"], batch["caption"], batch["logit_scale"]
         pres = presence_loss(image, caption, batch["presence"], scale)
         absn = absence_loss(
-            image, caption, batch["absence"], scale, self.caption_weight, self.margin_weight, self.margin
+            image,
+            caption,
+            batch["absence"],
+            scale,
+            self.caption_weight,
+            self.margin_weight,
+            self.margin,
         )
         return self.presence_weight * pres + self.absence_weight * absn

@@ -1,1 +1,17 @@
-"""Session fixtures built once from the synthetic world (filled in by the world issue)."""
+"""Session fixtures built once from the synthetic world: the exported files and a tiny pretrained base model."""
+
+from __future__ import annotations
+
+import pytest
+
+from negation_plugins.world import WorldConfig, make_world
+
+# Small enough to build in seconds, big enough that val scenes are new combinations of known shapes.
+FIXTURE_WORLD = WorldConfig(n_images=400, seed=0, image_size=32, val_fraction=0.2)
+
+
+@pytest.fixture(scope="session")
+def world_coco(tmp_path_factory):
+    """A rendered world: ``root``, ``images``, ``captions``/``instances`` (train), ``val_captions``/``val_instances``,
+    ``mcq_csv`` (NegBench MCQ on the held-out val scenes) and ``mcq_train_csv``."""
+    return make_world(tmp_path_factory.mktemp("world"), FIXTURE_WORLD, progress=False)

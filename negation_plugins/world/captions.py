@@ -1,0 +1,137 @@
+"""Text for scenes: affirmative captions (the "web data" the base model sees) and NegBench-style MCQ items.
+
+Affirmative captions never contain a negation word. MCQ items follow NegBench: 4 options, one correct, of template
+type affirmation / negation / hybrid; distractors swap present and absent objects and include presence-based false
+captions ("... but no X" with X in the image). The negation phrasings are deliberately varied, some unlike a plain
+"no X" template, because that is what real benchmarks do.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .scenes import Scene
+
+AFFIRMATIVE_TEMPLATES = (
+    "{list}.",
+    "a photo of {list}.",
+    "an image with {list}.",
+    "{list} on a dark background.",
+    "there is {list}.",
+    "a picture showing {list}.",
+    "a drawing of {list}.",
+)
+CAPTIONS_PER_IMAGE = 5
+NEGATION_WORDS = ("no", "not", "without", "nothing", "none", "never", "neither", "nor", "absent", "n't")
+
+MCQ_AFFIRMATION = ("This image features {list}.", "{List}.", "A picture of {list}.")
+MCQ_NEGATION = (
+    "This image does not feature {a}.",
+    "There is no {obj} in this image.",
+    "No {obj} is present.",
+    "Not a single {obj} can be seen.",
+    "Nothing that looks like {a} appears here.",
+    "A picture without any {obj}.",
+)
+MCQ_HYBRID = (
+    "This image features {list}, but not {a}.",
+    "{List} but no {obj}.",
+    "{List}, without {a}.",
+    "{List}; there is no {obj}.",
+    "{List} and nothing that looks like {a}.",
+)
+TEMPLATE_TYPES = ("positive", "negative", "hybrid")
+
+
+def article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def join_list(phrases: list[str]) -> str:
+    """'a red circle', 'a red circle and a star', 'a, b and c'."""
+    items = [article(p) for p in phrases]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def affirmative_captions(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> list[str]:
+    """``n`` different affirmative phrasings; the first is canonical (all colours, scene order)."""
+    canonical = AFFIRMATIVE_TEMPLATES[0].format(list=join_list([o.phrase for o in scene.objects]))
+    captions = [canonical]
+    templates = list(AFFIRMATIVE_TEMPLATES[1:])
+    rng.shuffle(templates)
+    for i, template in enumerate(templates[: n - 1]):
+        objects = list(scene.objects)
+        rng.shuffle(objects)
+        # Every third extra phrasing leaves colours out, as web captions often do.
+        phrases = [o.category if i % 3 == 2 else o.phrase for o in objects]
+        captions.append(template.format(list=join_list(phrases)))
+    return captions
+
+
+@dataclass(frozen=True)
+class McqItem:
+    captions: tuple[str, str, str, str]
+    correct_answer: int
+    template: str  # positive | negative | hybrid
+
+
+def _affirm(template: str, objects: list[str]) -> str:
+    text = join_list(objects)
+    return template.format(list=text, List=text[0].upper() + text[1:])
+
+
+def _negate(template: str, obj: str) -> str:
+    return template.format(obj=obj, a=article(obj))
+
+
+def _hybrid(template: str, affirmed: list[str], negated: str) -> str:
+    text = join_list(affirmed)
+    return template.format(list=text, List=text[0].upper() + text[1:], obj=negated, a=article(negated))
+
+
+def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
+    """One item per template type (hybrid needs two objects in the scene). Options use object names only."""
+    present, absent = list(scene.categories), list(scene.absent)
+    rng.shuffle(present)
+    rng.shuffle(absent)
+    items = []
+
+    template = rng.choice(MCQ_AFFIRMATION)
+    correct = _affirm(template, present)
+    distractors = [
+        _affirm(template, present[:-1] + [absent[0]]),  # one present object swapped for an absent one
+        _affirm(template, absent[1 : 1 + len(present)]),  # only absent objects
+        _affirm(template, [absent[2]] + present[1:]) if len(present) > 1 else _affirm(template, [absent[3]]),
+    ]
+    items.append(_shuffle_item(correct, distractors, "positive", rng))
+
+    template = rng.choice(MCQ_NEGATION)
+    correct = _negate(template, absent[0])
+    distractors = [
+        _negate(template, present[0]),  # presence-based false: negates an object that is there
+        _affirm(rng.choice(MCQ_AFFIRMATION), [absent[0]]),  # affirms the absent object
+        _negate(template, present[1]) if len(present) > 1 else _affirm(rng.choice(MCQ_AFFIRMATION), [absent[1]]),
+    ]
+    items.append(_shuffle_item(correct, distractors, "negative", rng))
+
+    if len(present) > 1:
+        template = rng.choice(MCQ_HYBRID)
+        correct = _hybrid(template, present, absent[0])
+        distractors = [
+            _hybrid(template, present[1:], present[0]),  # presence-based false: "... but no X" with X there
+            _hybrid(template, [absent[0]], present[0]),  # present and absent swapped
+            _hybrid(template, [absent[1]] + present[2:], present[1]),
+        ]
+        items.append(_shuffle_item(correct, distractors, "hybrid", rng))
+    return items
+
+
+def _shuffle_item(correct: str, distractors: list[str], template: str, rng: random.Random) -> McqItem:
+    options = [correct] + distractors
+    if len(set(options)) != 4:
+        raise AssertionError(f"MCQ options are not distinct: {options}")
+    order = list(range(4))
+    rng.shuffle(order)
+    captions = tuple(options[i] for i in order)
+    return McqItem(captions=captions, correct_answer=order.index(0), template=template)

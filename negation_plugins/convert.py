@@ -243,6 +243,8 @@ def transformers_configs(model, kind: str):
     """The transformers config describing ``model`` (an open_clip model) for one conversion kind."""
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
+    if kind not in KINDS:
+        raise ValueError(f"unknown conversion kind {kind!r}; kinds are: {', '.join(KINDS)}")
     text = open_clip_text_spec(model)
     text_cfg = dict(
         vocab_size=text["vocab_size"],

@@ -1,1 +1,169 @@
-"""Placeholder: filled in by its issue."""
+"""The evaluation suite: registers the public negation benchmarks and retention checks, and ``negclip eval``.
+
+``evaluate(models, benches, options)`` is the library entry point; the command adds reports, a plot and
+model-card metadata around it. One text-embedding cache is shared by every model and benchmark of a run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ..hookspecs import hookimpl
+from .ccneg import CCNeg
+from .common import BenchmarkDataError, Encoder, TextEmbeddingCache
+from .negbench import NegBenchRetrieval
+from .negrefcocog import NegRefCOCOg
+from .probe import NegationProbe
+from .retention import CocoRetrieval, ZeroShotClassification
+from .valse import ValseExistence
+
+BENCHMARKS = (NegBenchRetrieval, CCNeg, ValseExistence, NegRefCOCOg, ZeroShotClassification, CocoRetrieval, NegationProbe)
+SHARED_OPTIONS = ("skip_bad", "encoder", "batch_size", "progress")  # given to every benchmark that accepts them
+
+
+@hookimpl
+def register_benchmarks(register):
+    for benchmark in BENCHMARKS:
+        register(benchmark())
+
+
+def parse_options(pairs, benches) -> dict[str, dict]:
+    """``["bench.key=value", "key=value"]`` -> ``{bench: {key: value}}``; values are JSON when they parse as JSON
+    (numbers, true/false, lists), strings otherwise; a key without ``bench.`` goes to every selected benchmark."""
+    options = {b: {} for b in benches}
+    for pair in pairs:
+        target, sep, raw = pair.partition("=")
+        if not sep or not target:
+            raise ValueError(f"option {pair!r} must look like bench.key=value")
+        bench, dot, key = target.rpartition(".")
+        if dot and bench not in options:
+            raise ValueError(f"option {pair!r} names benchmark {bench!r}, which is not selected ({', '.join(benches)})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        for name in [bench] if dot else benches:
+            options[name][key] = value
+    return options
+
+
+def _call_options(benchmark, options: dict, shared: dict) -> dict:
+    """Options the benchmark's ``run`` accepts, with a clear error for unknown or missing ones."""
+    params = dict(list(inspect.signature(benchmark.run).parameters.items())[1:])
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params and not takes_any]
+    accepted = [k for k in params if k not in SHARED_OPTIONS and params[k].kind is not params[k].VAR_KEYWORD]
+    if unknown:
+        raise ValueError(f"benchmark {benchmark.name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(accepted)}")
+    missing = [k for k in accepted if params[k].default is inspect.Parameter.empty and k not in options]
+    if missing:
+        hint = " ".join(f"--option {benchmark.name}.{k}=VALUE" for k in missing)
+        raise ValueError(f"benchmark {benchmark.name!r} needs option(s) {', '.join(missing)}: pass {hint}")
+    extra = {k: v for k, v in shared.items() if k in params or takes_any}
+    return {**extra, **options}
+
+
+def evaluate(models, benches, options=None, *, cache=None, batch_size=64, skip_bad=False, progress=True,
+             device="cpu", backend=None, on_result=None) -> dict:
+    """Run every benchmark on every model (a spec or a loaded :class:`ClipBundle`).
+
+    Returns ``{"results": {model: {bench: metrics}}, "seconds": {model: {bench: s}}}``.
+    """
+    from .. import plugins
+    from ..factory import ClipBundle, load_clip
+
+    options = options or {b: {} for b in benches}
+    chosen = {b: plugins.get_one("benchmarks", b) for b in benches}
+    results, seconds = {}, {}
+    for model in models:
+        clip = model if isinstance(model, ClipBundle) else load_clip(model, device=device, backend=backend)
+        encoder = Encoder(clip, cache=cache, batch_size=batch_size, progress=progress)
+        shared = {"skip_bad": skip_bad, "encoder": encoder, "batch_size": batch_size, "progress": progress}
+        results[clip.spec], seconds[clip.spec] = {}, {}
+        for name, benchmark in chosen.items():
+            call = _call_options(benchmark, options.get(name, {}), shared)
+            start = time.perf_counter()
+            try:
+                metrics = benchmark.run(clip, **call)
+            except (BenchmarkDataError, FileNotFoundError) as err:
+                raise BenchmarkDataError(f"benchmark {name!r} on {clip.spec}: {err}") from None
+            seconds[clip.spec][name] = round(time.perf_counter() - start, 3)
+            results[clip.spec][name] = metrics
+            if on_result is not None:
+                on_result(clip.spec, name, metrics)
+        if cache is not None:
+            cache.save()
+    return {"results": results, "seconds": seconds}
+
+
+@click.command(name="eval")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--bench", "benches", multiple=True, required=True, help="Benchmark name(s), comma-separated or repeated.")
+@click.option("--option", "-o", "option_pairs", multiple=True, metavar="BENCH.KEY=VALUE",
+              help="A benchmark option, e.g. ccneg.file=ccneg.pt (KEY=VALUE alone: every benchmark).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.json, results.md, results.png.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Keep text embeddings on disk here across runs.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--backend", default=None, help="Force the backend that loads the models (see `negclip plugins`).")
+@click.option("--skip-bad", is_flag=True, help="Skip missing images / malformed rows and count them, instead of stopping.")
+@click.option("--model-card", type=click.Path(dir_okay=False), default=None,
+              help="Write results into this model card's model-index (last model; the first model is 'before').")
+@click.option("--no-plot", is_flag=True, help="Skip results.png.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_command(models, benches, option_pairs, out_dir, cache_dir, batch_size, device, backend, skip_bad, model_card, no_plot, quiet):
+    """Score one or more MODELS on negation benchmarks and retention checks; compare them side by side.
+
+    Example: negclip eval ViT-B-32:openai local-dir:./tuned --bench valse-existence,negation-probe
+    -o valse-existence.file=existence.json -o valse-existence.images=coco/val2014 --out eval/
+    """
+    from .. import plugins
+    from . import report
+
+    names = [b.strip() for group in benches for b in group.split(",") if b.strip()]
+    available = plugins.get("benchmarks")
+    unknown = [b for b in names if b not in available]
+    if unknown:
+        raise click.UsageError(f"unknown benchmark(s) {', '.join(unknown)}; registered: {', '.join(available)}")
+    try:
+        options = parse_options(option_pairs, names)
+        for name in names:  # check options before loading any model
+            _call_options(available[name], options[name], {})
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+    cache = TextEmbeddingCache(cache_dir)
+
+    def show(model, bench, metrics):
+        flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        click.echo(f"{model}  {bench}: " + ", ".join(f"{k}={v:.4f}" for k, v in flat.items()), err=True)
+
+    try:
+        run = evaluate(models, names, options, cache=cache, batch_size=batch_size, skip_bad=skip_bad,
+                       progress=not quiet, device=device, backend=backend, on_result=show)
+    except (BenchmarkDataError, FileNotFoundError, ValueError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+
+    out = Path(out_dir)
+    full = {"models": list(run["results"]), "benchmarks": names, "options": options, **run, "text_cache": cache.stats()}
+    written = [report.write_json(out / "report.json", full), report.write_markdown(out / "results.md", run["results"])]
+    if not no_plot:
+        written.append(report.write_plot(out / "results.png", run["results"]))
+    if model_card:
+        from ..model_card import update_model_index
+
+        specs = list(run["results"])
+        before = run["results"][specs[0]] if len(specs) > 1 else None
+        written.append(update_model_index(model_card, run["results"][specs[-1]], results_before=before))
+    click.echo(report.markdown_table(run["results"]), nl=False)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(eval_command)

@@ -1,0 +1,140 @@
+"""Shared benchmark machinery (ranks, image resolution, encoder, text-embedding cache) and the tiny real model
+every benchmark test scores with."""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from negation_plugins.benchmarks.common import (
+    BenchmarkDataError,
+    Encoder,
+    RowProblems,
+    TextEmbeddingCache,
+    model_fingerprint,
+    pessimistic_rank,
+    resolve_image,
+)
+from negation_plugins.factory import ClipBundle
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_model(seed: int):
+    torch.manual_seed(seed)
+    return open_clip.model.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        quick_gelu=True,
+    ).eval()
+
+
+def tiny_clip(seed: int = 0) -> ClipBundle:
+    """A real open_clip CLIP with random weights (32-wide, one layer per tower) and real preprocessing."""
+    return ClipBundle(
+        model=_tiny_model(seed),
+        tokenizer=open_clip.get_tokenizer("ViT-B-32"),
+        preprocess=open_clip.image_transform(32, is_train=False),
+        spec=f"tiny-{seed}",
+    )
+
+
+def write_images(folder, names, seed=0, size=(40, 30)):
+    """Real PNG/JPEG files with random blocks of colour, so every image embeds differently."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+        for _ in range(4):
+            x, y = rng.randrange(size[0] - 8), rng.randrange(size[1] - 8)
+            image.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, x + 8, y + 8))
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(folder / name)
+    return folder
+
+
+def hand_image_embeddings(clip, paths):
+    """One image at a time, straight through the bundle: the reference the scorers are checked against."""
+    out = []
+    for path in paths:
+        with Image.open(path) as img:
+            out.append(clip.encode_image(clip.preprocess(img.convert("RGB"))[None])[0])
+    return out
+
+
+def dot(a, b):
+    return float(sum(x * y for x, y in zip(a.tolist(), b.tolist())))
+
+
+def test_pessimistic_rank_counts_ties_against_the_model():
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.2, 0.2], [0.1, 0.7, 0.8]])
+    positive = torch.eye(3, dtype=torch.bool)
+    assert pessimistic_rank(scores, positive).tolist() == [0, 2, 0]
+    two_positives = torch.tensor([[True, False, True]] * 3)
+    assert pessimistic_rank(scores, two_positives).tolist() == [0, 1, 0]
+
+
+def test_resolve_image_tries_root_then_basename_and_explains(tmp_path):
+    write_images(tmp_path / "imgs", ["a.png"])
+    found, _ = resolve_image("/authors/machine/a.png", tmp_path / "imgs")
+    assert found == tmp_path / "imgs" / "a.png"
+    missing, why = resolve_image("b.png", tmp_path / "imgs")
+    assert missing is None and "b.png" in why and "tried" in why
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not an image")
+    broken, why = resolve_image("broken.png", tmp_path / "imgs")
+    assert broken is None and "unreadable" in why
+
+
+def test_row_problems_raise_or_count():
+    with pytest.raises(BenchmarkDataError, match=r"data.csv: row 3: bad caption.*--skip-bad"):
+        RowProblems("data.csv").bad(3, "bad caption")
+    problems = RowProblems("data.csv", skip_bad=True)
+    problems.bad(3, "bad caption")
+    assert problems.summary() == {"n_skipped": 1, "skipped": ["data.csv: row 3: bad caption"]}
+
+
+def test_encoder_matches_bundle_and_cache_hits(tmp_path):
+    clip = tiny_clip()
+    texts = ["a dog", "no dog", "a dog", "a cat"]
+    direct = clip.encode_text(texts)
+    cache = TextEmbeddingCache(tmp_path / "cache")
+    first = Encoder(clip, cache=cache, batch_size=2, progress=False).texts(texts)
+    assert torch.allclose(first, direct, atol=1e-5)
+    assert cache.stats() == {"hits": 0, "misses": 3}  # duplicates encoded once
+    cache.save()
+
+    reloaded = TextEmbeddingCache(tmp_path / "cache")
+    again = Encoder(clip, cache=reloaded, progress=False).texts(texts)
+    assert torch.equal(again, first) and reloaded.stats() == {"hits": 3, "misses": 0}
+    other = Encoder(tiny_clip(seed=1), cache=reloaded, progress=False).texts(["a dog"])  # other weights: a miss
+    assert reloaded.stats()["misses"] == 1 and not torch.allclose(other[0], first[0])
+
+
+def test_fingerprint_changes_with_any_weight():
+    clip = tiny_clip()
+    before = model_fingerprint(clip)
+    model = open_clip.model.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        quick_gelu=True,
+    )
+    model.load_state_dict(clip.model.state_dict())
+    copy = ClipBundle(model=model, tokenizer=clip.tokenizer, preprocess=clip.preprocess, spec="copy")
+    assert model_fingerprint(copy) == before
+    with torch.no_grad():
+        model.text_projection[0, 0] += 1e-3
+    assert model_fingerprint(copy) != before
+
+
+def test_encoder_image_files_match_one_by_one(tmp_path):
+    clip = tiny_clip()
+    paths = [p for p in sorted(write_images(tmp_path, [f"{i}.png" for i in range(5)]).iterdir())]
+    batched = Encoder(clip, batch_size=2, progress=False).image_files(paths + paths[:1])
+    for got, want in zip(batched, hand_image_embeddings(clip, paths + paths[:1])):
+        assert torch.allclose(got, want, atol=1e-5)

@@ -21,10 +21,10 @@ import torch
 
 from negation_plugins.hookspecs import hookimpl
 
-from .pipelines import diffusers_pipeline, put_text_encoder, restore
+from .pipelines import diffusers_pipeline, put_text_encoder
 from .text_encoders import Slot, text_module_from_source
 
-__all__ = ["StableDiffusionIntegration", "negation_text_encoder", "restore"]
+__all__ = ["StableDiffusionIntegration", "negation_text_encoder"]
 
 
 def _width_hint(pipe) -> str:

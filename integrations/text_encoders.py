@@ -169,8 +169,3 @@ def _check_bundle_tokenizer(bundle: ClipBundle, slot: Slot, name: str) -> None:
                 f"but {slot.target}'s tokenizer gives {theirs[:12]}...; the encoder would read different tokens"
             )
 
-
-def pooled_projected(module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Projected pooled features of a CLIPTextModelWithProjection (unnormalized), for tests and CLIPSeg."""
-    with torch.no_grad():
-        return module(input_ids=input_ids).text_embeds

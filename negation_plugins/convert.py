@@ -325,7 +325,10 @@ def open_clip_to_transformers(model, kind: str = "full", verify: bool = True):
     if leftover:
         raise ConversionError(f"open_clip weights with no transformers place: {', '.join(leftover[:8])}")
     reference = _text_tower(model)[0].token_embedding.weight
-    hf_model = cls(config)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every parameter is overwritten below (strict load), so skip the random init
+        hf_model = cls(config)
     hf_state = hf_model.state_dict()
     _check_keys(set(target), set(hf_state), f"mapping to {cls.__name__}")
     for key, tensor in target.items():

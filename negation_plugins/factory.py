@@ -38,7 +38,7 @@ class ClipBundle:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     @property
     def context_length(self) -> int:

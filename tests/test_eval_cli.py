@@ -1,0 +1,109 @@
+"""`negclip eval`: several models side by side, options, JSON/markdown/plot reports, text cache on disk,
+model-card metadata, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import negation_plugins as npl
+from negation_plugins.benchmarks.suite import parse_options
+from negation_plugins.cli import cli
+from negation_plugins.factory import Backend
+from tests.test_benchmarks_common import tiny_clip, write_images
+
+
+class TinyBackend(Backend):
+    """Real tiny random CLIPs for the command line: ``tiny:SEED``."""
+
+    name = "tiny-test"
+
+    def can_load(self, spec):
+        return spec.startswith("tiny:")
+
+    def load(self, spec, *, device="cpu", **options):
+        clip = tiny_clip(int(spec.split(":")[1]))
+        clip.spec = spec
+        return clip
+
+
+class TinyPlugin:
+    @npl.hookimpl
+    def register_backends(self, register):
+        register(TinyBackend())
+
+
+@pytest.fixture
+def valse(tmp_path):
+    write_images(tmp_path / "imgs", [f"{i}.jpg" for i in range(4)])
+    data = {str(i): {"image_file": f"{i}.jpg", "caption": f"a photo of {i} dogs", "foil": f"a photo with no dogs {i}",
+                     "mturk": {"foil": 0, "caption": 3, "other": 0}} for i in range(4)}
+    (tmp_path / "existence.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def run(args):
+    return CliRunner().invoke(cli, ["eval", *args, "--quiet"], catch_exceptions=False)
+
+
+def test_parse_options_json_values_and_all_benchmarks():
+    got = parse_options(["ccneg.eval_size=10", "ccneg.file=/x/y.pt", "skip=true", "negrefcocog.seed=[1]"], ["ccneg", "negrefcocog"])
+    assert got == {"ccneg": {"eval_size": 10, "file": "/x/y.pt", "skip": True}, "negrefcocog": {"skip": True, "seed": [1]}}
+    with pytest.raises(ValueError, match="not selected"):
+        parse_options(["valse-existence.file=x"], ["ccneg"])
+
+
+@pytest.mark.e2e
+def test_two_models_side_by_side_with_reports_cache_and_model_card(valse, register_plugin, tmp_path):
+    from negation_plugins.model_card import write_model_card
+
+    register_plugin(TinyPlugin(), "tiny-plugin")
+    card = write_model_card(tmp_path / "card", base_model="tiny:0", results_after={"negation-probe": {"x": 0.5}})
+    args = ["tiny:0", "tiny:1", "--bench", "valse-existence,negation-probe", "-o", f"valse-existence.file={valse / 'existence.json'}",
+            "-o", f"valse-existence.images={valse / 'imgs'}", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+            "--model-card", str(card)]
+    result = run(args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["models"] == ["tiny:0", "tiny:1"] and report["benchmarks"] == ["valse-existence", "negation-probe"]
+    assert report["results"]["tiny:0"]["valse-existence"]["n_items"] == 4
+    assert report["results"]["tiny:0"]["negation-probe"]["cosine"]["mean"] != report["results"]["tiny:1"]["negation-probe"]["cosine"]["mean"]
+    assert report["text_cache"] == {"hits": 0, "misses": 2 * (8 + 200)}
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| benchmark | metric | tiny:0 | tiny:1 |" in table and "| valse-existence | accuracy |" in table
+    assert (tmp_path / "out" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    meta = yaml.safe_load(card.read_text().split("---")[1])
+    metrics = {(r["dataset"]["type"], m["type"]): m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert metrics[("valse-existence", "accuracy")] == pytest.approx(report["results"]["tiny:1"]["valse-existence"]["accuracy"])
+    assert metrics[("negation-probe", "cosine.mean")] == pytest.approx(report["results"]["tiny:1"]["negation-probe"]["cosine"]["mean"])
+
+    again = run(args[:-2] + ["--out", str(tmp_path / "out2"), "--no-plot"])  # a new cache object: read back from disk
+    assert again.exit_code == 0, again.output
+    report2 = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert report2["text_cache"] == {"hits": 2 * (8 + 200), "misses": 0}
+    assert report2["results"] == report["results"] and not (tmp_path / "out2" / "results.png").exists()
+
+
+def test_clear_errors_for_bad_benchmarks_options_and_rows(valse, register_plugin, tmp_path):
+    register_plugin(TinyPlugin(), "tiny-plugin")
+    out = ["--out", str(tmp_path / "out")]
+    result = run(["tiny:0", "--bench", "nope", *out])
+    assert result.exit_code == 2 and "unknown benchmark(s) nope" in result.output and "valse-existence" in result.output
+    result = run(["tiny:0", "--bench", "valse-existence", *out])
+    assert result.exit_code == 2 and "--option valse-existence.file=VALUE" in result.output
+    result = run(["tiny:0", "--bench", "valse-existence", "-o", "valse-existence.colour=red", *out])
+    assert result.exit_code == 2 and "no option(s) colour" in result.output
+
+    (valse / "imgs" / "2.jpg").unlink()
+    bad = ["tiny:0", "--bench", "valse-existence", "-o", f"valse-existence.file={valse / 'existence.json'}",
+           "-o", f"valse-existence.images={valse / 'imgs'}", "--no-plot", *out]
+    result = run(bad)
+    assert result.exit_code == 1 and "existence.json: row 2: image '2.jpg' not found" in result.output
+    result = run(bad + ["--skip-bad"])
+    assert result.exit_code == 0, result.output
+    got = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["tiny:0"]["valse-existence"]
+    assert got["n_items"] == 3 and got["n_skipped"] == 1

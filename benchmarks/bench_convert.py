@@ -46,7 +46,7 @@ def main():
         a, b = model.state_dict(), back.state_dict()
         exact = all(torch.equal(a[k], b[k]) for k in a if k != "logit_scale")
         print(f"{name:<15} {diffs['last_hidden_state']:>9.2e} {diffs['pooled']:>9.2e} {diffs['projected']:>9.2e} "
-              f"{str(exact):>10} {to_hf:>8.2f} {to_oc:>8.2f}")
+              f"{exact!s:>10} {to_hf:>8.2f} {to_oc:>8.2f}")
 
 
 if __name__ == "__main__":

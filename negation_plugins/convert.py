@@ -118,7 +118,7 @@ def open_clip_text_spec(model) -> dict:
         raise ConversionError(f"{where}: final LayerNorm after pooling is not how transformers CLIP works")
     pool = tower.pool_type if prefix else model.text_pool_type
     eos = tower.eos_id if prefix else getattr(model, "text_eos_id", None)
-    vocab_size, width = tower.token_embedding.weight.shape
+    vocab_size = tower.token_embedding.weight.shape[0]
     if pool == "argmax":
         # argmax picks the first highest id; with the CLIP vocabulary that is always the end-of-text token
         # 49407, which transformers finds by id. Otherwise use transformers' legacy id 2 = argmax pooling.
@@ -246,18 +246,18 @@ def transformers_configs(model, kind: str):
     if kind not in KINDS:
         raise ValueError(f"unknown conversion kind {kind!r}; kinds are: {', '.join(KINDS)}")
     text = open_clip_text_spec(model)
-    text_cfg = dict(
-        vocab_size=text["vocab_size"],
-        hidden_size=text["width"],
-        intermediate_size=text["intermediate_size"],
-        num_hidden_layers=text["layers"],
-        num_attention_heads=text["heads"],
-        max_position_embeddings=text["context_length"],
-        hidden_act=text["hidden_act"],
-        layer_norm_eps=text["layer_norm_eps"],
-        eos_token_id=text["eos_token_id"],
-        projection_dim=text["projection_dim"] or text["width"],
-    )
+    text_cfg = {
+        "vocab_size": text["vocab_size"],
+        "hidden_size": text["width"],
+        "intermediate_size": text["intermediate_size"],
+        "num_hidden_layers": text["layers"],
+        "num_attention_heads": text["heads"],
+        "max_position_embeddings": text["context_length"],
+        "hidden_act": text["hidden_act"],
+        "layer_norm_eps": text["layer_norm_eps"],
+        "eos_token_id": text["eos_token_id"],
+        "projection_dim": text["projection_dim"] or text["width"],
+    }
     if kind == "text":
         return CLIPTextConfig(**text_cfg, architectures=["CLIPTextModel"])
     if text["projection_dim"] is None:

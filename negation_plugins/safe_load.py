@@ -28,11 +28,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             raw = load_file(str(path), device="cpu")
-        except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
+        except SafetensorError as err:
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     else:
         raw = _torch_load_weights_only(path)

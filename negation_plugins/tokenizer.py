@@ -29,7 +29,8 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]
     """The CLIP vocabulary (token -> id) and BPE merges, built from open_clip's bundled file."""
     from open_clip.tokenizer import bytes_to_unicode
 
-    lines = gzip.open(bpe_path()).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path()) as bpe_file:
+        lines = bpe_file.read().decode("utf-8").split("\n")
     merges = tuple(tuple(line.split()) for line in lines[1 : NUM_MERGES + 1])
     byte_tokens = list(bytes_to_unicode().values())
     tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]

@@ -45,6 +45,7 @@ def test_module_prefix_is_stripped_and_safetensors_load(tmp_path):
     _assert_same(load_state_dict(tmp_path / "w.safetensors"), weights)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on plain pickles, expected here
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
     marker = tmp_path / "marker.txt"

@@ -139,7 +139,7 @@ def _describe(cfg: dict) -> str:
 
 
 def _path_of(spec: str) -> Path:
-    return Path(spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec).expanduser()
+    return Path(spec.removeprefix(PREFIX)).expanduser()
 
 
 class OpenAIStateDictBackend(Backend):

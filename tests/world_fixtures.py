@@ -15,3 +15,18 @@ def world_coco(tmp_path_factory):
     """A rendered world: ``root``, ``images``, ``captions``/``instances`` (train), ``val_captions``/``val_instances``,
     ``mcq_csv`` (NegBench MCQ on the held-out val scenes) and ``mcq_train_csv``."""
     return make_world(tmp_path_factory.mktemp("world"), FIXTURE_WORLD, progress=False)
+
+
+# A smaller budget than the README model (see benchmarks/bench_world_pretrain.py): enough to learn the shapes, and
+# like any model pretrained on affirmative captions it reads "no X" as "X".
+FIXTURE_PRETRAIN = dict(steps=200, batch_size=128)
+
+
+@pytest.fixture(scope="session")
+def world_model(world_coco, tmp_path_factory):
+    """Spec ``local-dir:/path`` of a tiny open_clip CLIP pretrained from scratch on ``world_coco``'s captions."""
+    from negation_plugins.world.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("world_model") / "model"
+    pretrain(world_coco, out, PretrainConfig(**FIXTURE_PRETRAIN), use_cache=False, progress=False)
+    return f"local-dir:{out}"

@@ -1,0 +1,229 @@
+"""Pretrain the world's base model: a tiny open_clip CLIP trained from scratch on affirmative captions only.
+
+It stands in for the web-pretrained CLIPs of the papers: good at "what is in the picture", blind to "no" (it has never
+seen a negation). Saved as a local open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
+``open_clip.create_model_and_transforms("local-dir:PATH")`` and ``negation_plugins.load_clip`` both load.
+A finished run is cached under ``~/.cache/negation-plugins/world-<hash>`` (hash of the world and the config), so
+re-runs with the same seed reuse it; without the cache the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .export import WorldFiles
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+RESULT_NAME = "pretrain_result.json"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    seed: int = 0
+    embed_dim: int = 64
+    vision_width: int = 64
+    vision_layers: int = 2
+    patch_size: int = 8
+    text_width: int = 64
+    text_layers: int = 2
+    context_length: int = 32
+
+    def model_cfg(self, image_size: int) -> dict:
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {"image_size": image_size, "layers": self.vision_layers, "width": self.vision_width,
+                           "patch_size": self.patch_size, "head_width": 32},
+            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
+                         "heads": self.text_width // 32, "layers": self.text_layers},
+        }
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("NEGATION_PLUGINS_CACHE", Path.home() / ".cache" / "negation-plugins"))
+
+
+def cache_key(world: WorldFiles, config: PretrainConfig) -> str:
+    """Same world settings + same training config -> same key (the run is deterministic in them)."""
+    manifest = json.loads((world.root / "world.json").read_text())
+    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 1}, sort_keys=True)
+    return "world-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrain(world: WorldFiles | str | os.PathLike, out: str | os.PathLike, config: PretrainConfig = PretrainConfig(),
+             *, cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True) -> dict:
+    """Train (or fetch from the cache) the base model into ``out``; returns the result dict (also in ``out``)."""
+    world = world if isinstance(world, WorldFiles) else WorldFiles.at(world)
+    out = Path(out)
+    cached = Path(cache_dir or default_cache_dir()) / cache_key(world, config)
+    if use_cache and (cached / RESULT_NAME).is_file():
+        logger.info("reusing cached world model %s", cached)
+        if cached.resolve() != out.resolve():
+            _copy_folder(cached, out)
+        result = json.loads((out / RESULT_NAME).read_text())
+        return {**result, "cached": True}
+
+    result = _train_and_save(world, out, config, progress)
+    if use_cache and cached.resolve() != out.resolve():
+        _copy_folder(out, cached)
+    return {**result, "cached": False}
+
+
+def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progress: bool) -> dict:
+    start = time.perf_counter()
+    image_size = json.loads((world.root / "world.json").read_text())["config"]["image_size"]
+    torch.manual_seed(config.seed)
+    model_cfg = config.model_cfg(image_size)
+    model = open_clip.CLIP(**model_cfg)
+    preprocess = open_clip.image_transform(image_size, is_train=False)
+    tokenizer = open_clip.SimpleTokenizer(context_length=config.context_length)
+
+    images, captions = load_split(world.captions, world.images, preprocess, what="train")
+    tokens = [tokenizer(c) for c in captions]
+    train_loop(model, images, tokens, config, progress)
+
+    val_images, val_captions = load_split(world.val_captions, world.images, preprocess, what="val")
+    canonical = tokenizer([c[0] for c in val_captions])
+    recall = retrieval_r1(model, val_images, canonical)
+    result = {
+        "r1_image_to_text": recall["image_to_text"],
+        "r1_text_to_image": recall["text_to_image"],
+        "n_val_scenes": len(val_images),
+        "n_train_scenes": len(images),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "config": asdict(config),
+    }
+    logger.info("world model: val R@1 image->text %.3f text->image %.3f (%d scenes)",
+                result["r1_image_to_text"], result["r1_text_to_image"], len(val_images))
+    save_open_clip_folder(model, model_cfg, out, extra={RESULT_NAME: result})
+    return result
+
+
+def load_split(captions_json: Path, images_dir: Path, preprocess, what: str) -> tuple[torch.Tensor, list[list[str]]]:
+    """Preprocessed image tensor (N, 3, H, W) and each image's captions, in the COCO file's image order."""
+    data = json.loads(Path(captions_json).read_text())
+    by_image: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann["caption"])
+    entries = [img for img in data["images"] if img["id"] in by_image]
+    if not entries:
+        raise ValueError(f"{captions_json}: no {what} images with captions")
+    pixels = []
+    for img in entries:
+        path = Path(images_dir) / img["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{captions_json}: image {img['id']} file {path} does not exist")
+        with Image.open(path) as im:
+            pixels.append(preprocess(im.convert("RGB")))
+    return torch.stack(pixels), [by_image[img["id"]] for img in entries]
+
+
+def train_loop(model: open_clip.CLIP, images: torch.Tensor, tokens: list[torch.Tensor], config: PretrainConfig,
+               progress: bool) -> None:
+    """Symmetric InfoNCE, each image paired with one of its captions drawn at random each step."""
+    generator = torch.Generator().manual_seed(config.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    batch_size = min(config.batch_size, len(images))
+    order, cursor = torch.randperm(len(images), generator=generator), 0
+    model.train()
+    bar = tqdm(range(config.steps), desc="pretraining world model", disable=not progress)
+    for _ in bar:
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(images), generator=generator), 0
+        batch = order[cursor : cursor + batch_size]
+        cursor += batch_size
+        picks = [int(torch.randint(len(tokens[i]), (1,), generator=generator)) for i in batch.tolist()]
+        text = torch.stack([tokens[i][k] for i, k in zip(batch.tolist(), picks)])
+        image_features, text_features, logit_scale = model(images[batch], text)
+        logits = logit_scale * image_features @ text_features.T
+        labels = torch.arange(len(batch))
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+
+
+def _lr_factor(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def retrieval_r1(model, images: torch.Tensor, tokens: torch.Tensor) -> dict:
+    """Recall@1 with one caption per image, caption i belonging to image i."""
+    model.eval()
+    image_features = model.encode_image(images, normalize=True)
+    text_features = model.encode_text(tokens, normalize=True)
+    similarity = image_features @ text_features.T
+    target = torch.arange(len(images))
+    return {
+        "image_to_text": round(float((similarity.argmax(1) == target).float().mean()), 4),
+        "text_to_image": round(float((similarity.argmax(0) == target).float().mean()), 4),
+    }
+
+
+def save_open_clip_folder(model: torch.nn.Module, model_cfg: dict, out: Path, extra: dict | None = None) -> None:
+    """Write an open_clip local folder atomically (a temp folder renamed into place)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                                          "std": list(open_clip.OPENAI_DATASET_STD)}}
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_NAME))
+    for name, data in (extra or {}).items():
+        (tmp / name).write_text(json.dumps(data, indent=2))
+    _replace_folder(tmp, out)
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    _replace_folder(tmp, target)
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)

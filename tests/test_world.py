@@ -1,0 +1,143 @@
+"""The synthetic world: determinism, valid COCO exports, a sound MCQ, and a base model that fails on negation."""
+
+import hashlib
+import json
+import re
+
+import open_clip
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import negation_plugins as npl
+from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq, run_retrieval
+from negation_plugins.cli import cli
+from negation_plugins.world import CATEGORIES, WorldConfig, WorldFiles, generate_scenes, make_world
+from negation_plugins.world.captions import NEGATION_WORDS
+
+NEGATION_CUE = re.compile(r"\b(no|not|without|nothing)\b", re.IGNORECASE)
+
+
+def digest(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_world_is_deterministic_in_its_seed(tmp_path):
+    config = WorldConfig(n_images=24, seed=3, image_size=32, val_fraction=0.25)
+    first = digest(make_world(tmp_path / "a", config, progress=False).root)
+    assert first == digest(make_world(tmp_path / "b", config, progress=False).root)
+    other = digest(make_world(tmp_path / "c", WorldConfig(n_images=24, seed=4, val_fraction=0.25), progress=False).root)
+    assert first["captions_train.json"] != other["captions_train.json"]
+    assert len([k for k in first if k.startswith("images/")]) == 24
+
+
+def test_bad_world_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="at most"):
+        generate_scenes(10**6, seed=0)
+    with pytest.raises(ValueError, match="n_images"):
+        make_world(tmp_path / "w", WorldConfig(n_images=1))
+    with pytest.raises(FileNotFoundError, match="not a world folder"):
+        WorldFiles.at(tmp_path)
+
+
+def test_coco_exports_are_consistent(world_coco):
+    seen_ids = set()
+    for captions_path, instances_path in ((world_coco.captions, world_coco.instances),
+                                          (world_coco.val_captions, world_coco.val_instances)):
+        captions, instances = json.loads(captions_path.read_text()), json.loads(instances_path.read_text())
+        image_ids = [img["id"] for img in captions["images"]]
+        assert image_ids == [img["id"] for img in instances["images"]] and len(set(image_ids)) == len(image_ids)
+        assert not seen_ids & set(image_ids), "train and val share images"
+        seen_ids |= set(image_ids)
+        assert len({a["id"] for a in captions["annotations"]}) == len(captions["annotations"])
+        per_image = {i: [] for i in image_ids}
+        for ann in captions["annotations"]:
+            per_image[ann["image_id"]].append(ann["caption"])
+            words = set(re.findall(r"[a-z']+", ann["caption"].lower()))
+            assert not words & set(NEGATION_WORDS), ann["caption"]
+        assert all(len(c) == 5 and len(set(c)) == 5 for c in per_image.values())
+        categories = {c["id"]: c["name"] for c in instances["categories"]}
+        assert sorted(categories.values()) == sorted(CATEGORIES)
+        assert {a["category_id"] for a in instances["annotations"]} == set(categories), "a category is unused"
+        sizes = {img["id"]: (img["width"], img["height"]) for img in instances["images"]}
+        for ann in instances["annotations"]:
+            x, y, w, h = ann["bbox"]
+            width, height = sizes[ann["image_id"]]
+            assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width and y + h <= height
+            # every object is named in the image's canonical caption
+            assert categories[ann["category_id"]] in per_image[ann["image_id"]][0]
+        for img in captions["images"]:
+            with Image.open(world_coco.images / img["file_name"]) as im:
+                assert im.size == (img["width"], img["height"]) and im.mode == "RGB"
+
+
+def objects_in(text):
+    return [c for c in CATEGORIES if re.search(rf"\b{c}\b", text.lower())]
+
+
+def truth(caption, present):
+    """Objects after the first negation cue are negated, before it affirmed (how the world's templates are built)."""
+    cue = NEGATION_CUE.search(caption)
+    affirmed = objects_in(caption[: cue.start()] if cue else caption)
+    negated = objects_in(caption[cue.start():]) if cue else []
+    return all(o in present for o in affirmed) and not any(o in present for o in negated)
+
+
+def bag_of_words_score(caption, present):
+    """What a model blind to negation does: reward mentioned present objects, penalise mentioned absent ones."""
+    return sum(1 if o in present else -1 for o in objects_in(caption))
+
+
+@pytest.mark.parametrize("split", ["mcq_csv", "mcq_train_csv"])
+def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, split):
+    instances = json.loads((world_coco.val_instances if split == "mcq_csv" else world_coco.instances).read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    files = {img["id"]: img["file_name"] for img in instances["images"]}
+    present = {files[i]: set() for i in files}
+    for ann in instances["annotations"]:
+        present[files[ann["image_id"]]].add(names[ann["category_id"]])
+    rows = read_mcq_csv(getattr(world_coco, split))
+    assert {r.type for r in rows} == {"affirmation", "negation", "hybrid"}
+    bow_hits = {"affirmation": [], "negation": [], "hybrid": []}
+    for row in rows:
+        truths = [truth(c, present[row.image_path]) for c in row.captions]
+        assert truths.count(True) == 1 and truths[row.correct_answer], (row, present[row.image_path])
+        scores = [bag_of_words_score(c, present[row.image_path]) for c in row.captions]
+        bow_hits[row.type].append(scores.index(max(scores)) == row.correct_answer and scores.count(max(scores)) == 1)
+    assert all(bow_hits["affirmation"])
+    assert not any(bow_hits["negation"]) and not any(bow_hits["hybrid"])
+    # presence-based false captions: "... but no X" / "no X" with X in the image
+    assert any(not truth(c, present[r.image_path]) and NEGATION_CUE.search(c) and
+               set(objects_in(c[NEGATION_CUE.search(c).start():])) & present[r.image_path]
+               for r in rows for c in r.captions)
+
+
+def test_world_cli_make(tmp_path):
+    result = CliRunner().invoke(cli, ["world", "make", "--out", str(tmp_path / "w"), "--n-images", "20"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["n_train"] + summary["n_val"] == 20
+    assert read_mcq_csv(summary["mcq_csv"])
+    bad = CliRunner().invoke(cli, ["world", "make", "--out", str(tmp_path / "x"), "--n-images", "1"])
+    assert bad.exit_code != 0 and "n_images" in bad.output
+
+
+@pytest.mark.e2e
+def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_coco):
+    folder = world_model[len("local-dir:"):]
+    model, _, preprocess = open_clip.create_model_and_transforms(world_model)
+    tokenizer = open_clip.get_tokenizer(world_model)
+    clip = npl.load_clip(world_model)
+    image = preprocess(Image.open(next(world_coco.images.iterdir())).convert("RGB"))[None]
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(image), clip.model.encode_image(image), atol=1e-6)
+    assert tokenizer(["a red circle"]).shape[1] == clip.context_length
+    assert json.loads(open(f"{folder}/open_clip_config.json").read())["model_cfg"]["text_cfg"]["vocab_size"] == 49408
+
+    mcq = run_mcq(clip, world_coco.mcq_csv, world_coco.images, progress=False)
+    assert mcq["affirmation"] >= 0.7, mcq
+    assert mcq["negation"] <= 0.2 and mcq["hybrid"] <= 0.2, mcq
+    retrieval = run_retrieval(clip, world_coco.val_captions, world_coco.images, captions_per_image=1, progress=False)
+    assert retrieval["image_to_text_r1"] >= 0.5, retrieval

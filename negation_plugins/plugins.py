@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "integrations.diffusers_sd",
     "integrations.diffusers_sdxl",
     "integrations.clipseg",
+    "integrations.neg_t2i",
 )
 
 KINDS = ("backends", "negators", "verifiers", "objectives", "benchmarks", "integrations")

@@ -23,13 +23,13 @@ from negation_plugins.benchmarks.common import (
 from negation_plugins.factory import ClipBundle
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny_model(seed: int):
     torch.manual_seed(seed)
     return open_clip.model.CLIP(
         embed_dim=32,
-        vision_cfg=dict(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        vision_cfg={"layers": 1, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
         quick_gelu=True,
     ).eval()
 
@@ -120,8 +120,8 @@ def test_fingerprint_changes_with_any_weight():
     before = model_fingerprint(clip)
     model = open_clip.model.CLIP(
         embed_dim=32,
-        vision_cfg=dict(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        vision_cfg={"layers": 1, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
         quick_gelu=True,
     )
     model.load_state_dict(clip.model.state_dict())

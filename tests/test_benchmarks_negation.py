@@ -13,7 +13,12 @@ from PIL import Image
 
 from negation_plugins import plugins
 from negation_plugins.benchmarks.common import BenchmarkDataError
-from tests.test_benchmarks_common import dot, hand_image_embeddings, tiny_clip, write_images
+from tests.test_benchmarks_common import (
+    dot,
+    hand_image_embeddings,
+    tiny_clip,
+    write_images,
+)
 
 CAPTIONS = ["a red square", "no blue circle here", "a photo without a dog", "a cat on a mat", "an empty street",
             "there is no tree", "a car and a bus", "nothing but sky"]
@@ -51,8 +56,7 @@ def test_negbench_retrieval_matches_hand_recall(tmp_path):
             sims = [dot(text, image) for image in images]
             rank = sum(1 for j, s in enumerate(sims) if j != owner and s >= sims[owner])
             total += 1
-            for k in hits:
-                hits[k] += rank < k
+            hits = {k: hit + (rank < k) for k, hit in hits.items()}
     assert got["n_images"] == 6 and got["n_captions"] == total == 12 and got["n_skipped"] == 0
     for k in hits:
         assert got[f"t2i_R@{k}"] == pytest.approx(hits[k] / total)

@@ -12,7 +12,12 @@ from negation_plugins import load_clip, plugins
 from negation_plugins.benchmarks.common import BenchmarkDataError
 from negation_plugins.benchmarks.probe import builtin_pairs
 from negation_plugins.benchmarks.retention import parse_templates
-from tests.test_benchmarks_common import dot, hand_image_embeddings, tiny_clip, write_images
+from tests.test_benchmarks_common import (
+    dot,
+    hand_image_embeddings,
+    tiny_clip,
+    write_images,
+)
 
 CLASSES = ["dog", "cat", "traffic_light", "boat", "kite", "pizza"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -43,8 +43,8 @@ def read_image_header(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.size
+        with Image.open(path):  # opening parses the header; pixels are read later, when encoding
+            pass
     except FileNotFoundError:
         return f"image file not found: {path}"
     except (UnidentifiedImageError, OSError) as err:

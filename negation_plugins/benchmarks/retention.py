@@ -13,7 +13,16 @@ from pathlib import Path
 import torch
 
 from . import Benchmark
-from .common import IMAGE_SUFFIXES, BenchmarkDataError, RowProblems, encoder_for, pessimistic_rank, read_image_header, recalls, resolve_image
+from .common import (
+    IMAGE_SUFFIXES,
+    BenchmarkDataError,
+    RowProblems,
+    encoder_for,
+    pessimistic_rank,
+    read_image_header,
+    recalls,
+    resolve_image,
+)
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",

@@ -590,11 +590,12 @@ def model_config_of(bundle) -> dict:
 
 def preprocess_cfg_of(model) -> dict:
     """open_clip's image preprocessing settings of a model, with OpenAI's defaults filled in."""
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    from open_clip.model import get_model_preprocess_cfg
+    from dataclasses import asdict
 
-    cfg = {"mean": OPENAI_DATASET_MEAN, "std": OPENAI_DATASET_STD, "interpolation": "bicubic", "resize_mode": "shortest"}
-    cfg.update(get_model_preprocess_cfg(model))
+    from open_clip.model import get_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg
+
+    cfg = asdict(PreprocessCfg()) | get_model_preprocess_cfg(model)
     size = cfg["size"]
     cfg["size"] = size[0] if isinstance(size, (tuple, list)) and size[0] == size[1] else size
     cfg["mean"], cfg["std"] = list(cfg["mean"]), list(cfg["std"])

@@ -256,3 +256,15 @@ def test_convert_command_round_trip(negationclip_file, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["convert", str(text_dir), str(tmp_path / "x"), "--to", "open_clip"])
     assert result.exit_code != 0 and "text-only" in result.output and not (tmp_path / "x").exists()
+
+
+def test_open_clip_folder_saves_back_out(negationclip_file, tmp_path):
+    from negation_plugins.convert import save_open_clip
+
+    path, state = negationclip_file
+    first = save_open_clip(npl.load_clip(str(path)), tmp_path / "first")
+    reloaded = npl.load_clip(f"local-dir:{first}")
+    assert reloaded.info["model_cfg"]["text_cfg"]["heads"] == 1
+    second = save_open_clip(reloaded, tmp_path / "second")
+    assert json.loads((first / "open_clip_config.json").read_text()) == json.loads((second / "open_clip_config.json").read_text())
+    assert_holds(npl.load_clip(f"local-dir:{second}").model, state)

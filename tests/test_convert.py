@@ -187,3 +187,19 @@ def test_unsupported_architectures_are_named():
         open_clip_to_transformers(layer_scale, "text")
     with pytest.raises(ValueError, match="unknown conversion kind"):
         open_clip_to_transformers(no_proj, "everything")
+
+
+def test_custom_text_clip_layout_converts():
+    """open_clip's CustomTextCLIP keeps the text tower under ``.text``; the conversion follows it."""
+    from open_clip.model import CustomTextCLIP
+
+    cfg = tiny_model_cfg()
+    torch.manual_seed(7)
+    model = CustomTextCLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=True).eval()
+    hf = open_clip_to_transformers(model, "full")
+    assert_text_matches(model, hf, probe_tokens())
+    back = transformers_to_open_clip(hf)
+    source = model.state_dict()
+    for key, tensor in back.state_dict().items():
+        original = source[key if key.startswith(("visual.", "logit_scale")) else f"text.{key}"]
+        assert torch.equal(tensor, original), key

@@ -35,7 +35,10 @@ class OpenClipBackend(Backend):
                 raise FileNotFoundError(f"{folder}: not an open_clip folder (no open_clip_config.json)")
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=device, **options)
         tokenizer = open_clip.get_tokenizer(name)
-        return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, spec=spec, info={"backend": self.name})
+        # The config lets save_open_clip write the model back out; force_* options change it, so then it is
+        # read from the modules instead.
+        info = {"backend": self.name, "model_cfg": None if options else open_clip.get_model_config(name)}
+        return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, spec=spec, info=info)
 
 
 @hookimpl

@@ -71,7 +71,7 @@ def load_examples(train: str, negation: str, images: str | None, instances: str 
     if path.stat().st_size == 0:
         raise ValueError(f"--train {path}: file is empty")
     if negation == "on-the-fly":
-        records = io.read_coco_captions(path, instances=instances, images=images)
+        records = io.read_coco_captions(path, instances=instances, images=images).items
     elif _is_coco_without_negations(path):
         raise ValueError(
             f"--train {path} is a COCO captions file without negated captions; generate records with "

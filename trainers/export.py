@@ -15,74 +15,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from torch import nn
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
-DIFFUSERS_PREFIX = "text_encoder.text_model.encoder.layers"
 ADAPTER_DIR = "adapter"
 RESULTS_FILE = "results.json"
-_BLOCK = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.(attn|mlp\.c_fc|mlp\.c_proj)$")
 
 
-def diffusers_lora_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
-    """LoRA weights of an open_clip text tower, renamed to transformers ``CLIPTextModel`` modules with the
-    ``text_encoder.`` prefix diffusers expects (peft layout: ``...q_proj.lora_A.weight`` / ``lora_B.weight``).
+def export_diffusers_lora(adapter_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write ``output/pytorch_lora_weights.safetensors`` from a saved peft adapter folder: the diffusers
+    text-encoder LoRA (``text_encoder.`` + transformers ``CLIPTextModel`` module names) that
+    ``pipe.load_lora_weights`` reads. The exact open_clip -> transformers LoRA mapping (fused q/k/v split, peft's
+    out_proj quirk) lives in :mod:`integrations.lora`, shared with the pipeline side."""
+    from integrations.lora import write_diffusers_lora
 
-    open_clip's fused q/k/v LoRA (A: r x d, B: 3d x r) becomes three LoRAs sharing A, with B split in thirds —
-    exactly the same weight update, since q/k/v are the thirds of ``in_proj``. The peft scale alpha/r is folded
-    into B, because diffusers loads files without alphas at scale 1.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    out: dict[str, torch.Tensor] = {}
-    for name, module in peft_model.named_modules():
-        match = _BLOCK.search(name)
-        if not match or not isinstance(module, LoraLayer) or "visual." in name:
-            continue
-        layer, part = match.group(1), match.group(2)
-        prefix = f"{DIFFUSERS_PREFIX}.{layer}"
-        if part == "attn":
-            lora_a, lora_b = _lora_pair(module)
-            width = lora_b.shape[0] // 3
-            for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-                out[f"{prefix}.self_attn.{proj}.lora_A.weight"] = lora_a.clone()
-                out[f"{prefix}.self_attn.{proj}.lora_B.weight"] = lora_b[i * width : (i + 1) * width].contiguous()
-            out_a, out_b = _lora_pair(module.base_layer.out_proj)
-            out[f"{prefix}.self_attn.out_proj.lora_A.weight"] = out_a
-            out[f"{prefix}.self_attn.out_proj.lora_B.weight"] = out_b
-        else:
-            target = "fc1" if part == "mlp.c_fc" else "fc2"
-            lora_a, lora_b = _lora_pair(module)
-            out[f"{prefix}.mlp.{target}.lora_A.weight"] = lora_a
-            out[f"{prefix}.mlp.{target}.lora_B.weight"] = lora_b
-    return out
-
-
-def _lora_pair(module) -> tuple[torch.Tensor, torch.Tensor]:
-    adapter = module.active_adapters[0]
-    lora_a = module.lora_A[adapter].weight.detach().float().cpu().contiguous()
-    lora_b = (module.lora_B[adapter].weight.detach().float().cpu() * module.scaling[adapter]).contiguous()
-    return lora_a, lora_b
-
-
-def export_diffusers_lora(peft_model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the diffusers text-encoder LoRA file (atomically); fails if the model holds no text LoRA."""
-    from safetensors.torch import save_file
-
-    state = diffusers_lora_state_dict(peft_model)
-    if not state:
-        raise ValueError("the model has no LoRA layers on its text tower; nothing to export for diffusers")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
-    return path
+    return write_diffusers_lora(adapter_dir, output, slot="text_encoder")
 
 
 def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: dict) -> None:
@@ -96,7 +47,7 @@ def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: di
     output.mkdir(parents=True, exist_ok=True)
     if isinstance(model, peft.PeftModel):
         _replace_dir(output / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp)))
-        export_diffusers_lora(model, output / DIFFUSERS_LORA_FILE)
+        export_diffusers_lora(output / ADAPTER_DIR, output)
         model = model.merge_and_unload()
     model.eval()
     trained = ClipBundle(model, bundle.tokenizer, bundle.preprocess, bundle.spec, bundle.info)

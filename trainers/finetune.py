@@ -287,6 +287,9 @@ def train(config: TrainConfig) -> dict:
             from safetensors.torch import load_file
 
             best_state = load_file(str(checkpoint / BEST_FILE))
+        if is_main:  # forget steps logged after this checkpoint by the interrupted run
+            kept = [line for line in _read_lines(output / METRICS_FILE) if json.loads(line)["step"] <= step]
+            (output / METRICS_FILE).write_text("".join(line + "\n" for line in kept))
     else:
         results_before = evaluate(state, config, val_set, train_set, absent_index, make_eval)
         if is_main:
@@ -365,7 +368,11 @@ def train(config: TrainConfig) -> dict:
             for name, value in best_state.items():
                 named[name].copy_(value.to(named[name].device))
     results_after = evaluate(state, config, val_set, train_set, absent_index, make_eval)
+    # One fingerprint of the trained weights per process: equal on all ranks iff gradients were synced.
+    fingerprint = torch.tensor([sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)],
+                               dtype=torch.float64, device=device)
     summary = {
+        "rank_weight_fingerprints": accelerator.gather(fingerprint).tolist(),
         "steps": step,
         "total_steps": total_steps,
         "stopped_early": stopped_early,
@@ -412,6 +419,10 @@ def save_checkpoint(accelerator, output: Path, step: int, trainer_state: dict, b
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state))
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _flat(results: dict) -> dict:

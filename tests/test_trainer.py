@@ -1,0 +1,267 @@
+"""Trainer: config parsing, tuning modes, batches, bad configs failing before training, outputs and the
+diffusers LoRA export (loaded by diffusers itself)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import open_clip
+import pytest
+import torch
+
+from tests.test_trainer_support import TINY_CFG, tiny_model_dir, write_records
+from trainers import batches
+from trainers.config import ConfigError, TrainConfig, parse_config, parse_tuning
+from trainers.finetune import train
+from trainers.tuning import apply_tuning, lora_target_regex
+
+
+def tiny_clip(seed=0):
+    torch.manual_seed(seed)
+    return open_clip.CLIP(**TINY_CFG)
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def records(world_coco, tmp_path_factory):
+    path = tmp_path_factory.mktemp("records") / "records.jsonl"
+    write_records(world_coco, path, limit=600)
+    return path
+
+
+def base_args(spec, records, world, out, *extra):
+    return ["--model", spec, "--train", str(records), "--images", str(world.images), "--output", str(out),
+            "--batch-size", "8", "--max-steps", "2", "--eval-every", "2", "--no-progress", "--log-with", "none",
+            "--no-export-transformers", *extra]
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------
+
+def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("lr: 0.5\nbatch-size: 7\nobjective: tng\ntuning: front:0-1\n")
+    config = parse_config(["--config", str(config_file), "--batch-size", "3", "--objective", "omni",
+                           "--objective", "clip:0.5", "--no-cache-image-features"])
+    assert config.lr == 0.5 and config.batch_size == 3
+    assert config.objective == ["omni", "clip:0.5"] and config.tuning == "front:0-1"
+    assert config.cache_image_features is False
+    assert parse_config([]).objective == TrainConfig().objective
+
+
+def test_yaml_with_unknown_setting_is_refused(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("learning_rate: 1\n")
+    with pytest.raises(ConfigError, match="unknown setting.*learning_rate"):
+        parse_config(["--config", str(config_file)])
+
+
+@pytest.mark.parametrize("text,expected", [("full", ("full", None)), ("lora", ("lora", None)),
+                                           ("front:0-5", ("front", (0, 5)))])
+def test_parse_tuning(text, expected):
+    assert parse_tuning(text) == expected
+
+
+@pytest.mark.parametrize("text", ["front:3-1", "front", "partial", "front:a-b"])
+def test_parse_tuning_rejects(text):
+    with pytest.raises(ConfigError):
+        parse_tuning(text)
+
+
+# ---- tuning modes ----------------------------------------------------------------------------------------------
+
+def test_full_tuning_trains_the_whole_text_tower_and_nothing_visual():
+    model, names = apply_tuning(tiny_clip(), "full")
+    assert not any(n.startswith("visual.") for n in names)
+    for expected in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection",
+                     "logit_scale", "transformer.resblocks.1.mlp.c_proj.weight"):
+        assert expected in names
+    assert all(p.requires_grad == (n in names) for n, p in model.named_parameters())
+
+
+def test_front_tuning_trains_only_the_slice_plus_embeddings():
+    _, names = apply_tuning(tiny_clip(), "front:0-0")
+    assert any(n.startswith("transformer.resblocks.0.") for n in names)
+    assert not any(n.startswith("transformer.resblocks.1.") for n in names)
+    assert "token_embedding.weight" in names and "text_projection" in names
+
+
+def test_front_range_outside_the_layer_count_fails():
+    with pytest.raises(ConfigError, match="2 layers .*layer 5 does not exist"):
+        apply_tuning(tiny_clip(), "front:0-5")
+
+
+def test_lora_adapts_text_attention_and_mlp_only_and_changes_outputs():
+    base = tiny_clip()
+    tokens = open_clip.get_tokenizer("RN50")(["a red circle but no star"])[:, :32]
+    before = base.encode_text(tokens).detach().clone()
+    model, names = apply_tuning(base, "lora", lora_rank=4, lora_alpha=8)
+    assert names and all("lora_" in n for n in names)
+    assert not any(".visual." in n for n in names)
+    assert any(".attn.lora_A" in n for n in names) and any("attn.base_layer.out_proj.lora_A" in n for n in names)
+    assert any("mlp.c_fc.lora_A" in n for n in names) and any("mlp.c_proj.lora_B" in n for n in names)
+    for name, param in model.named_parameters():  # lora_B starts at 0: move it so the adapters act
+        if "lora_B" in name:
+            param.data.normal_(0, 0.1)
+    after = model.base_model.model.encode_text(tokens)
+    assert not torch.allclose(before, after)
+
+
+def test_lora_regex_stays_in_the_text_tower():
+    regex = lora_target_regex(tiny_clip(), "attn")
+    assert re.fullmatch(regex, "transformer.resblocks.3.attn")
+    assert not re.fullmatch(regex, "visual.transformer.resblocks.3.attn")
+    assert not re.fullmatch(regex, "transformer.resblocks.3.attn.out_proj")
+
+
+def test_lora_targets_matching_nothing_fail_with_examples():
+    with pytest.raises(ConfigError, match="matches no module.*transformer.resblocks.0"):
+        apply_tuning(tiny_clip(), "lora", lora_targets="q_proj")
+
+
+# ---- batches ---------------------------------------------------------------------------------------------------
+
+def test_records_of_one_caption_are_grouped_and_split_by_image():
+    rows = [
+        {"image": "a.png", "caption": "a star", "negated_caption": "a star but no box", "objects": ["box"],
+         "kind": "absence"},
+        {"image": "a.png", "caption": "a star", "negated_caption": "a box but no star", "objects": ["star"],
+         "kind": "presence"},
+        {"image": "b.png", "caption": "a box", "negated_caption": "a box but no star", "objects": ["star"],
+         "kind": "absence"},
+    ]
+    examples = batches.group_records(rows, "mem")
+    assert len(examples) == 2
+    assert examples[0].absence == ["a star but no box"] and examples[0].presence == ["a box but no star"]
+    usable, dropped = batches.usable_examples(examples, ("image", "presence"), "mem")
+    assert [e.image for e in usable] == ["a.png"] and dropped == 1
+    train_set, val_set = batches.split_by_image(examples, 0.5, seed=0)
+    assert {e.image for e in train_set}.isdisjoint({e.image for e in val_set}) and len(val_set) == 1
+
+
+def test_batch_plan_is_deterministic_sharded_and_covers_each_epoch():
+    plan = batches.BatchPlan(10, 2, world_size=2, seed=3)
+    first_epoch = [i for g in range(0, 3) for r in (0, 1) for i in plan.indices(g, r)][:10]
+    assert sorted(first_epoch) == list(range(10))
+    assert plan.indices(1, 0) != plan.indices(1, 1)
+    assert batches.BatchPlan(10, 2, 2, 3).indices(7, 1) == plan.indices(7, 1)
+
+
+def test_mcq_options_hold_one_true_caption():
+    example = batches.Example("a.png", "a star", absence=["a star, no box"], presence=["a box but no star"])
+    other = batches.Example("b.png", "a box", absence=["a box but no moon"])
+    options, answer = batches.mcq_options(example, __import__("random").Random(0), [example, other])
+    assert len(options) == 4 and options[answer] == "a star, no box" and "a box but no star" in options
+
+
+# ---- bad configs fail before training --------------------------------------------------------------------------
+
+def _fails_before_training(args, match, out):
+    with pytest.raises((ConfigError, ValueError), match=match):
+        train(parse_config(args))
+    assert not (out / "metrics.jsonl").exists() and not (out / "open_clip_model.safetensors").exists()
+
+
+def test_unknown_objective_fails_before_training(tiny_spec, records, world_coco, tmp_path):
+    out = tmp_path / "o"
+    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--objective", "nope"),
+                           "unknown objective 'nope'", out)
+
+
+def test_lora_targets_matching_nothing_fail_before_training(tiny_spec, records, world_coco, tmp_path):
+    out = tmp_path / "o"
+    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--lora-targets", "q_proj"),
+                           "matches no module", out)
+
+
+def test_front_range_fails_before_training(tiny_spec, records, world_coco, tmp_path):
+    out = tmp_path / "o"
+    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--tuning", "front:0-2"),
+                           "layer 2 does not exist", out)
+
+
+def test_empty_train_file_fails_before_training(tiny_spec, world_coco, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "o"
+    _fails_before_training(base_args(tiny_spec, empty, world_coco, out), "is empty", out)
+
+
+def test_model_tokenizer_mismatch_fails_before_training(records, world_coco, tmp_path):
+    small_vocab = tiny_model_dir(tmp_path / "small", vocab_size=1000)
+    out = tmp_path / "o"
+    _fails_before_training(base_args(small_vocab, records, world_coco, out), "vocabulary has only 1000", out)
+
+
+def test_objective_needing_missing_negation_kind_fails(tiny_spec, world_coco, tmp_path):
+    only_absence = tmp_path / "absence.jsonl"
+    only_absence.write_text(json.dumps({"image": "000001.png", "caption": "a star", "negated_caption": "a star, no box",
+                                        "objects": ["box"], "kind": "absence"}) + "\n")
+    out = tmp_path / "o"
+    _fails_before_training(base_args(tiny_spec, only_absence, world_coco, out, "--objective", "omni"),
+                           "presence-negated", out)
+
+
+# ---- a short run and its outputs -------------------------------------------------------------------------------
+
+def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, records, world_coco, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from negation_plugins import load_clip
+    from negation_plugins.convert import open_clip_to_transformers
+
+    out = tmp_path / "run"
+    args = base_args(tiny_spec, records, world_coco, out, "--lr", "0.05", "--lora-rank", "4",
+                     "--eval-mcq", str(world_coco.mcq_csv))
+    args[args.index("--no-export-transformers")] = "--export-transformers"
+    summary = train(parse_config(args))
+
+    assert summary["steps"] == 2 and "mcq" in summary["results_before"] and "mcq" in summary["results_after"]
+    for name in ("open_clip_config.json", "open_clip_model.safetensors", "README.md", "results.json",
+                 "metrics.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "pytorch_lora_weights.safetensors", "transformers/config.json", "text_encoder/config.json"):
+        assert (out / name).is_file(), name
+    assert "## Results" in (out / "README.md").read_text()
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    tuned = load_clip(f"local-dir:{out}")
+    tokens = tuned.tokenize(["a red star but no blue circle", "a box"])
+
+    # base text encoder + the diffusers LoRA file, loaded by diffusers, == the merged fine-tuned text encoder
+    base = load_clip(tiny_spec)
+    text_encoder = open_clip_to_transformers(base.model, "text")
+    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
+        str(out / "pytorch_lora_weights.safetensors"), return_lora_metadata=True)
+    StableDiffusionPipeline.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=text_encoder,
+                                                        metadata=metadata)
+    hf_ids = tokens.clone()
+    with torch.no_grad():
+        with_lora = text_encoder(input_ids=hf_ids).last_hidden_state
+        merged = CLIPTextModel.from_pretrained(out / "text_encoder")(input_ids=hf_ids).last_hidden_state
+        unchanged = open_clip_to_transformers(base.model, "text")(input_ids=hf_ids).last_hidden_state
+    assert torch.allclose(with_lora, merged, atol=1e-4)
+    assert not torch.allclose(unchanged, merged, atol=1e-4)
+    assert torch.allclose(model.encode_text(tokens), tuned.model.encode_text(tokens))
+
+
+def test_bf16_with_gradient_accumulation_trains_full_tower(tiny_spec, records, world_coco, tmp_path):
+    """Mixed precision + 2 micro-batches per optimizer step: one logged step per optimizer step, finite losses,
+    and the weights move."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "acc"
+    args = base_args(tiny_spec, records, world_coco, out, "--gradient-accumulation-steps", "2", "--val-fraction", "0",
+                     "--tuning", "full", "--mixed-precision", "bf16", "--lr", "0.01")
+    summary = train(parse_config(args))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and summary["steps"] == 2
+    assert all(r["loss"] == r["loss"] and r["loss"] < 100 for r in lines)
+    before = load_file(tiny_spec.removeprefix("local-dir:") + "/open_clip_model.safetensors")
+    after = load_file(str(out / "open_clip_model.safetensors"))
+    assert not torch.equal(before["transformer.resblocks.0.attn.in_proj_weight"],
+                           after["transformer.resblocks.0.attn.in_proj_weight"])
+    assert torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])

@@ -190,7 +190,7 @@ def _block_pairs(oc: str, hf: str):
             yield f"{oc}{oc_name}.{p}", (f"{hf}{hf_name}.{p}",), COPY
 
 
-def key_pairs(kind: str, text_layers: int, vision_layers: int = 0, oc_text: str = "", with_projection: bool = True):
+def key_pairs(kind: str, text_layers: int, vision_layers: int = 0, oc_text: str = ""):
     """Every (open_clip key, transformers keys, operation) for one conversion kind."""
     if kind not in KINDS:
         raise ValueError(f"unknown conversion kind {kind!r}; kinds are: {', '.join(KINDS)}")
@@ -203,7 +203,7 @@ def key_pairs(kind: str, text_layers: int, vision_layers: int = 0, oc_text: str 
     ]
     for i in range(text_layers):
         pairs += _block_pairs(f"{oc_text}transformer.resblocks.{i}.", f"{hf}encoder.layers.{i}.")
-    if kind != "text" and with_projection:
+    if kind != "text":
         pairs.append((oc_text + "text_projection", ("text_projection.weight",), TRANSPOSE))
     if kind == "full":
         pairs += [
@@ -296,12 +296,15 @@ def open_clip_to_transformers(model, kind: str = "full", verify: bool = True):
     tokens (and an image for "full") and any disagreement raises :class:`ConversionMismatchError`.
     """
     from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.initialization import no_init_weights
 
     config = transformers_configs(model, kind)
     cls = {"text": CLIPTextModel, "text_with_projection": CLIPTextModelWithProjection, "full": CLIPModel}[kind]
-    _, oc_text = _text_tower(model)
-    pairs = key_pairs(kind, config.num_hidden_layers if kind != "full" else config.text_config.num_hidden_layers,
-                      config.vision_config.num_hidden_layers if kind == "full" else 0, oc_text)
+    tower, oc_text = _text_tower(model)
+    if kind == "full":
+        pairs = key_pairs(kind, config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers, oc_text)
+    else:
+        pairs = key_pairs(kind, config.num_hidden_layers, oc_text=oc_text)
     source = model.state_dict()
     target: dict[str, torch.Tensor] = {}
     for oc_key, hf_keys, how in pairs:
@@ -324,9 +327,7 @@ def open_clip_to_transformers(model, kind: str = "full", verify: bool = True):
     leftover = sorted(relevant - used)
     if leftover:
         raise ConversionError(f"open_clip weights with no transformers place: {', '.join(leftover[:8])}")
-    reference = _text_tower(model)[0].token_embedding.weight
-    from transformers.initialization import no_init_weights
-
+    reference = tower.token_embedding.weight
     with no_init_weights():  # every parameter is overwritten below (strict load), so skip the random init
         hf_model = cls(config)
     hf_state = hf_model.state_dict()
@@ -345,7 +346,7 @@ def open_clip_to_transformers(model, kind: str = "full", verify: bool = True):
 
 
 def _hf_parts(hf_model):
-    """(kind, text config, vision config or None, text module prefix) of a transformers CLIP model."""
+    """(kind, text config, vision config or None) of a transformers CLIP model."""
     from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
     if isinstance(hf_model, CLIPModel):

@@ -10,7 +10,7 @@ import torch
 
 from negation_plugins import load_clip, plugins
 from negation_plugins.benchmarks.common import BenchmarkDataError
-from negation_plugins.benchmarks.probe import builtin_pairs
+from negation_plugins.benchmarks.probe import negator_pairs
 from negation_plugins.benchmarks.retention import parse_templates
 from tests.test_benchmarks_common import (
     dot,
@@ -115,13 +115,16 @@ def test_coco_retrieval_missing_image_names_the_entry(tmp_path):
 def test_negation_probe_distribution_matches_hand(tmp_path):
     clip = tiny_clip()
     got = bench("negation-probe").run(clip, progress=False)
-    pairs = builtin_pairs()
+    pairs, kinds, _ = negator_pairs("template", 50, 0)
     affirmative, negated = clip.encode_text([a for a, _ in pairs]), clip.encode_text([n for _, n in pairs])
     cosines = torch.tensor([dot(a, n) for a, n in zip(affirmative, negated)])
     dist = got["cosine"]
-    assert got["n_pairs"] == len(pairs) == 100
+    assert got["n_pairs"] == len(pairs) == 100 and got["n_unnegatable"] == 0 and kinds.count("presence") == 50
+    assert all(a != n and a.rstrip(".").lower() != n.rstrip(".").lower() for a, n in pairs)
     assert dist["mean"] == pytest.approx(float(cosines.mean()), abs=1e-5)
-    assert dist["median"] == pytest.approx(float(cosines.median()), abs=1e-3)  # quantile interpolates between middles
+    assert got["mean_presence"] == pytest.approx(float(cosines[50:].mean()), abs=1e-5)
+    middle = sorted(cosines.tolist())[49:51]
+    assert dist["median"] == pytest.approx(sum(middle) / 2, abs=1e-5)
     assert dist["min"] <= dist["p05"] <= dist["p25"] <= dist["median"] <= dist["p75"] <= dist["p95"] <= dist["max"]
     assert sum(dist["histogram"]["counts"]) == 100
 

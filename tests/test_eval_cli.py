@@ -10,6 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 import negation_plugins as npl
+from negation_plugins.benchmarks.probe import negator_pairs
 from negation_plugins.benchmarks.suite import parse_options
 from negation_plugins.cli import cli
 from negation_plugins.factory import Backend
@@ -71,7 +72,8 @@ def test_two_models_side_by_side_with_reports_cache_and_model_card(valse, regist
     assert report["models"] == ["tiny:0", "tiny:1"] and report["benchmarks"] == ["valse-existence", "negation-probe"]
     assert report["results"]["tiny:0"]["valse-existence"]["n_items"] == 4
     assert report["results"]["tiny:0"]["negation-probe"]["cosine"]["mean"] != report["results"]["tiny:1"]["negation-probe"]["cosine"]["mean"]
-    assert report["text_cache"] == {"hits": 0, "misses": 2 * (8 + 200)}
+    probe_texts = len({t for pair in negator_pairs()[0] for t in pair})
+    assert report["text_cache"] == {"hits": 0, "misses": 2 * (8 + probe_texts)}
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| benchmark | metric | tiny:0 | tiny:1 |" in table and "| valse-existence | accuracy |" in table
     assert (tmp_path / "out" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -84,7 +86,7 @@ def test_two_models_side_by_side_with_reports_cache_and_model_card(valse, regist
     again = run(args[:-2] + ["--out", str(tmp_path / "out2"), "--no-plot"])  # a new cache object: read back from disk
     assert again.exit_code == 0, again.output
     report2 = json.loads((tmp_path / "out2" / "report.json").read_text())
-    assert report2["text_cache"] == {"hits": 2 * (8 + 200), "misses": 0}
+    assert report2["text_cache"] == {"hits": 2 * (8 + probe_texts), "misses": 0}
     assert report2["results"] == report["results"] and not (tmp_path / "out2" / "results.png").exists()
 
 

@@ -1,10 +1,12 @@
 """Negation-sensitivity probe, no dataset needed: the cosine between a caption's and its negation's text
 embeddings. A bag-of-words encoder gives ~1.0 ("a dog" vs "no dog" look alike); a model that understands
-"no" pulls them apart. Reported as a distribution."""
+"no" pulls them apart. Reported as a distribution. Pairs come from a negator plugin (default: the rule-based
+``template`` negator) applied to built-in captions, or from a file."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -16,18 +18,44 @@ OBJECTS = (
     "dog", "cat", "car", "person", "bicycle", "tree", "chair", "cup", "umbrella", "horse",
     "boat", "clock", "bench", "laptop", "pizza", "bird", "book", "traffic light", "kite", "train",
 )
-TEMPLATES = (
-    ("a photo of a {}.", "a photo with no {}."),
-    ("there is a {} in the picture.", "there is no {} in the picture."),
-    ("a street with a {}.", "a street without a {}."),
-    ("a room that contains a {}.", "a room that does not contain a {}."),
-    ("an image showing a {}.", "an image not showing any {}."),
+SCENES = (
+    "a {} and a {} on the grass.",
+    "a photo of a {} next to a {}.",
+    "a street with a {} and a {}.",
+    "a room with a {} beside a {}.",
+    "a {} in front of a {} on a sunny day.",
 )
 HISTOGRAM_EDGES = [round(-1 + 0.1 * i, 1) for i in range(21)]
 
 
-def builtin_pairs() -> list[tuple[str, str]]:
-    return [(a.format(o), n.format(o)) for o in OBJECTS for a, n in TEMPLATES]
+def negator_pairs(negator: str = "template", n_captions: int = 50, seed: int = 0):
+    """``(pairs, kinds, n_unnegatable)`` made by a registered negator from built-in two-object captions: each
+    caption negated once for an object it shows ("presence": meaning flips) and once for one it does not
+    ("absence": an added "no X")."""
+    import random
+
+    from .. import plugins
+    from ..data.io import CaptionItem
+
+    rng = random.Random(seed)
+    items, present, absent = [], [], []
+    for index in range(n_captions):
+        first, second, missing = rng.sample(OBJECTS, 3)
+        caption = SCENES[index % len(SCENES)].format(first, second)
+        caption = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", caption)  # "a umbrella" -> "an umbrella"
+        items.append(CaptionItem(image=f"probe-{index}", caption=caption, objects=(first, second)))
+        present.append(second)
+        absent.append(missing)
+    rewriter = plugins.get_one("negators", negator)()
+    pairs, kinds, unnegatable = [], [], 0
+    for kind, objects in (("absence", absent), ("presence", present)):
+        for item, negated in zip(items, rewriter.rewrite(items, objects, kind, rng)):
+            if negated is None:
+                unnegatable += 1
+                continue
+            pairs.append((item.caption, negated))
+            kinds.append(kind)
+    return pairs, kinds, unnegatable
 
 
 def read_pairs(path, skip_bad=False) -> tuple[list[tuple[str, str]], RowProblems]:
@@ -76,15 +104,24 @@ class NegationProbe(Benchmark):
     name = "negation-probe"
     description = "Cosine between caption and negated-caption text embeddings, as a distribution (no dataset)"
 
-    def run(self, clip, *, pairs=None, skip_bad=False, encoder=None, batch_size=64, progress=True):
+    def run(self, clip, *, pairs=None, negator="template", n_captions=50, seed=0, skip_bad=False, encoder=None,
+            batch_size=64, progress=True):
+        """``pairs``: a JSONL/TSV file of caption/negation pairs; without it, ``negator`` makes them."""
+        extra = {}
         if pairs is None:
-            pairs, problems = builtin_pairs(), RowProblems("built-in pairs")
+            pairs, kinds, unnegatable = negator_pairs(negator, int(n_captions), int(seed))
+            problems = RowProblems(f"negator {negator!r}")
+            extra = {"negator": negator, "n_unnegatable": unnegatable}
         else:
             pairs, problems = read_pairs(pairs, skip_bad)
+            kinds = ["file"] * len(pairs)
         if not pairs:
             raise BenchmarkDataError("negation-probe: no caption/negation pairs")
         enc = encoder_for(clip, encoder, batch_size, progress)
         affirmative = enc.texts([a for a, _ in pairs], desc="probe captions")
         negated = enc.texts([n for _, n in pairs], desc="probe negations")
         cosines = (affirmative * negated).sum(1)
-        return {"cosine": distribution(cosines), "n_pairs": len(pairs), **problems.summary()}
+        by_kind = {
+            f"mean_{kind}": float(cosines[[k == kind for k in kinds]].mean()) for kind in sorted(set(kinds)) if kind != "file"
+        }
+        return {"cosine": distribution(cosines), **by_kind, "n_pairs": len(pairs), **extra, **problems.summary()}

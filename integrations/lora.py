@@ -71,8 +71,12 @@ def read_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Te
     return config, load_file(str(weights_path))
 
 
-def diffusers_lora_state_dict(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The adapter as a transformers-``CLIPTextModel`` LoRA: ``({module.lora_A.weight: tensor}, lora_config)``."""
+def diffusers_lora_state_dict(adapter_dir: str | Path, module_prefix: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """The adapter as a transformers text-model LoRA: ``({module.lora_A.weight: tensor}, lora_config)``.
+
+    ``module_prefix`` is where the encoder layers live in the target module: ``""`` for the flat
+    ``CLIPTextModel`` (transformers >= 5.6), ``"text_model."`` for ``CLIPTextModelWithProjection``.
+    """
     config, weights = read_peft_adapter(adapter_dir)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in weights.items():
@@ -85,8 +89,8 @@ def diffusers_lora_state_dict(adapter_dir: str | Path) -> tuple[dict[str, torch.
         if set(pair) != {"lora_A", "lora_B"}:
             raise AdapterError(f"{adapter_dir}: module {module!r} has {sorted(pair)} but a LoRA needs lora_A and lora_B")
         for target, lora_a, lora_b in _transformers_loras(module, pair["lora_A"], pair["lora_B"], adapter_dir):
-            state[f"{target}.lora_A.weight"] = lora_a.clone()  # q, k, v share A: separate copies
-            state[f"{target}.lora_B.weight"] = lora_b.contiguous()
+            state[f"{module_prefix}{target}.lora_A.weight"] = lora_a.clone()  # q, k, v share A: separate copies
+            state[f"{module_prefix}{target}.lora_B.weight"] = lora_b.contiguous()
     targets = sorted({key.rsplit(".", 2)[0].rsplit(".", 1)[-1] for key in state})
     lora_config = {
         "r": int(config["r"]),
@@ -151,11 +155,19 @@ def peft_mha_out_proj_factor() -> float:
     return round(float((applied / delta).mean()) * 4) / 4
 
 
-def write_diffusers_lora(adapter_dir: str | Path, out_dir: str | Path, slot: str = "text_encoder") -> Path:
-    """Write ``out_dir/pytorch_lora_weights.safetensors`` (keys ``<slot>.``, rank/alpha in metadata); atomic."""
+def write_diffusers_lora(
+    adapter_dir: str | Path, out_dir: str | Path, slot: str = "text_encoder", module_prefix: str | None = None
+) -> Path:
+    """Write ``out_dir/pytorch_lora_weights.safetensors`` (keys ``<slot>.``, rank/alpha in metadata); atomic.
+
+    ``module_prefix`` defaults to the layout diffusers pipelines use: SDXL's ``text_encoder_2`` is a
+    ``CLIPTextModelWithProjection`` (``text_model.`` inside), ``text_encoder`` a flat ``CLIPTextModel``.
+    """
     from diffusers import StableDiffusionXLPipeline
 
-    state, lora_config = diffusers_lora_state_dict(adapter_dir)
+    if module_prefix is None:
+        module_prefix = "text_model." if slot == "text_encoder_2" else ""
+    state, lora_config = diffusers_lora_state_dict(adapter_dir, module_prefix)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".lora-") as tmp:
@@ -176,7 +188,8 @@ def load_peft_adapter(pipe, adapter_dir: str | Path, *, adapter_name: str = "neg
         raise ValueError(f"{type(pipe).__name__} has no {slot} to load the adapter into")
     tmp = Path(tempfile.mkdtemp(prefix="negation-lora-"))
     try:
-        write_diffusers_lora(adapter_dir, tmp, slot=slot)
+        prefix = "text_model." if hasattr(encoder, "text_model") else ""
+        write_diffusers_lora(adapter_dir, tmp, slot=slot, module_prefix=prefix)
         _check_shapes(encoder, tmp / WEIGHTS_NAME, slot, adapter_dir)
         pipe.load_lora_weights(str(tmp), weight_name=WEIGHTS_NAME, adapter_name=adapter_name)
     finally:

@@ -104,3 +104,17 @@ def test_adapter_errors_are_clear(tmp_path):
     peft_encoder.save_pretrained(tmp_path / "adapter32")
     with pytest.raises(AdapterError, match="trained for width 32 but text_encoder has 64"):
         load_peft_adapter(pipe, tmp_path / "adapter32")
+
+
+def test_peft_adapter_into_sdxl_text_encoder_2_pooled_output(tmp_path):
+    from tests.test_integrations_helpers import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline()
+    peft_encoder, _ = trained_transformers_lora(pipe.text_encoder_2, seed=3)
+    peft_encoder.save_pretrained(tmp_path / "adapter")
+    load_peft_adapter(pipe, tmp_path / "adapter", slot="text_encoder_2")
+    _, _, pooled, _ = pipe.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=False)
+    ids = tokenizer()(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = peft_encoder(ids).text_embeds
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=0)

@@ -145,3 +145,18 @@ def test_sdxl_mapping_and_ambiguity_and_refusal():
 def test_apply_names_registered_integrations_for_unknown_targets():
     with pytest.raises(TypeError, match="diffusers-sd"):
         negation_plugins.apply(object(), "anything")
+
+
+def test_transformers_folder_and_open_clip_folder_sources(tmp_path):
+    from negation_plugins.convert import save_open_clip, save_transformers
+
+    bundle = tiny_clip(64, seed=6)
+    save_transformers(bundle, tmp_path / "hf", kind="text")
+    save_open_clip(bundle, tmp_path / "oc")
+    expected = open_clip_token_states(bundle, PROMPTS)
+    for source in (str(tmp_path / "hf"), f"local-dir:{tmp_path / 'oc'}"):
+        pipe = tiny_sd_pipeline()
+        negation_plugins.apply(pipe, source)
+        assert_states_equal(prompt_embeds(pipe), expected)
+    encoder = negation_text_encoder(str(tmp_path / "hf"), like=pipe)
+    assert encoder.config.hidden_size == 64

@@ -1,1 +1,80 @@
-"""Placeholder: filled in by its issue."""
+"""``negclip generate``: negation records from COCO captions (or a caption table) with any negator/verifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..hookspecs import hookimpl
+
+
+def _options(pairs: tuple[str, ...], flag: str) -> dict:
+    """``key=value`` pairs; values parsed as JSON when they look like it (numbers, true/false), else strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+@click.command("generate")
+@click.option("--captions", required=True, type=click.Path(dir_okay=False), help="COCO captions JSON, or JSONL/CSV of image,caption.")
+@click.option("--instances", type=click.Path(dir_okay=False), help="COCO instances JSON: ground-truth objects per image.")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Image folder (records name files relative to it).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output: .jsonl records, or .json in NegationCLIP's format.")
+@click.option("--negator", default="template", show_default=True, help="Negator plugin name.")
+@click.option("--negator-option", multiple=True, metavar="KEY=VALUE", help="Option for the negator (repeatable).")
+@click.option("--verifier", default=None, help="Absence verifier plugin ('annotations' when --instances is given, else none).")
+@click.option("--verifier-option", multiple=True, metavar="KEY=VALUE", help="Option for the verifier (repeatable).")
+@click.option("--kinds", default=None, help="Comma-separated: absence,presence (default: both with --instances, else absence).")
+@click.option("--vocabulary", type=click.Path(dir_okay=False), help="Object names, one per line (default: instances categories, else COCO's 80).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--chunk-size", default=256, show_default=True, type=int, help="Captions per resumable chunk.")
+@click.option("--skip-bad-images", is_flag=True, help="Skip (and count) captions whose image is missing or corrupt.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT and any unfinished run's progress instead of resuming.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def generate_command(captions, instances, images, out, negator, negator_option, verifier, verifier_option, kinds,
+                     vocabulary, seed, chunk_size, skip_bad_images, overwrite, no_progress):  # fmt: skip
+    """Generate negated captions (absence: stays true; presence: becomes false) as JSONL records."""
+    from .. import plugins
+    from .generate import generate
+    from .io import DataError, read_captions
+    from .vocabulary import COCO_CATEGORIES
+
+    try:
+        caption_set = read_captions(captions, instances, images, skip_bad_images)
+        if vocabulary:
+            words = [w.strip().lower() for w in Path(vocabulary).read_text(encoding="utf-8").splitlines()]
+            vocab = list(dict.fromkeys(w for w in words if w))
+        else:
+            vocab = caption_set.categories or list(COCO_CATEGORIES)
+        kind_list = [k.strip() for k in kinds.split(",")] if kinds else (
+            ["absence", "presence"] if instances else ["absence"])  # fmt: skip
+        negator_obj = plugins.get_one("negators", negator)(**_options(negator_option, "--negator-option"))
+        verifier_name = verifier if verifier is not None else ("annotations" if instances else "none")
+        verifier_obj = None
+        if verifier_name != "none":
+            verifier_obj = plugins.get_one("verifiers", verifier_name)(
+                images=images, **_options(verifier_option, "--verifier-option")
+            )
+        summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
+                           overwrite=overwrite, progress=not no_progress)  # fmt: skip
+    except (DataError, FileExistsError, KeyError, ValueError, TypeError) as e:
+        raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
+    click.echo(
+        f"wrote {summary['out']}: {summary.get('absence', 0)} absence + {summary.get('presence', 0)} presence records "
+        f"from {summary['captions']} captions in {summary['seconds']} s ({summary['captions_per_second']} captions/s)"
+    )
+    click.echo(json.dumps(summary, sort_keys=True))
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(generate_command)

@@ -1,1 +1,250 @@
-"""Placeholder: filled in by its issue."""
+"""Negators: turn an affirmative caption plus an object into a negated caption.
+
+Contract (what ``negclip generate`` and third-party negators rely on):
+
+* ``propose(items, vocabulary, rng) -> list[list[str]]``: per item, candidate objects that are probably ABSENT from
+  its image, best first (the verifier then picks the first one it accepts).
+* ``rewrite(items, objects, kind, rng) -> list[str | None]``: per item, the caption rewritten to negate
+  ``objects[i]``; ``kind="absence"`` (object not in the image: the caption stays true) or ``"presence"`` (object in
+  the image: the caption becomes false; the object is removed from the affirmative part first). ``None`` means
+  "cannot negate this one" and is counted, never silently dropped.
+* ``stats``: a Counter the command prints (e.g. ``fallbacks``).
+
+Built-in: ``template`` (rules, microseconds per caption) and ``llm`` (NegationCLIP's LLM pipeline, see
+:mod:`negation_plugins.data.llm`).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from ..hookspecs import hookimpl
+from .io import KINDS, CaptionItem
+from .language import (
+    count_negations,
+    is_negated,
+    lower_first,
+    mentions,
+    pluralize,
+    remove_mentions,
+    strip_caption,
+    upper_first,
+    with_article,
+)
+
+CONTEXT_LENGTH = 77
+
+# Caption + absence of an object ("hybrid" in TNG-CLIP). {c}: caption body, {o}: object, {a}: with article,
+# {p}: plural. Every template adds exactly ONE negation word, so outputs never double-negate.
+HYBRID_TEMPLATES = (
+    "{c} with no {o}",
+    "{c}, without {a}",
+    "{c}, but not {a}",
+    "{c}; there is no {o}",
+    "{c}; {p} are absent",
+    "{c}, lacking {a}",
+    "{c}, free of {p}",
+    "{c}, with nothing like {a}",
+    "{c}, which does not include {a}",
+    "{c}, not a single {o} in sight",
+    "{c}, with {a} nowhere to be seen",
+    "{c}, and there are no {p}",
+    "{c}, and nothing that looks like {a}",
+    "{c} but no {p}",
+    "{c}; {a} cannot be seen",
+    "{c}, with {a} not present",
+    "No {o} is visible, but {c}",
+    "There is no {o} here, only {c}",
+    "Without {a}, {c}",
+    "Not a single {o}, just {c}",
+)
+# Negating a whole caption (TNG-CLIP "full"): true for any image the caption does not describe.
+FULL_TEMPLATES = (
+    "this image does not show {c}",
+    "this is not {c}",
+    "there is nothing like {c} here",
+    "not {c}",
+    "the picture is not {c}",
+    "you cannot see {c} here",
+    "nothing here looks like {c}",
+    "{c} is not what this image shows",
+    "no part of this image shows {c}",
+    "this scene is not {c}",
+)
+# Negation with nothing affirmative left (presence negation of an image's only known object).
+ONLY_NEGATION_TEMPLATES = (
+    "there is no {o} in this image",
+    "no {p} here",
+    "this image shows no {o}",
+    "not a single {o} can be seen",
+    "an image without {a}",
+    "a picture lacking {a}",
+    "nothing that looks like {a} appears here",
+    "{p} are absent from this picture",
+)
+# When a caption is too long, the cue goes first so truncating the caption's tail keeps it.
+SHORT_PREFIX_TEMPLATE = "no {o}: {c}"
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_encode():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer().encode
+
+
+def fits_context(text: str, context_length: int = CONTEXT_LENGTH) -> bool:
+    """Whether the text plus start/end tokens fits CLIP's context (each BPE token covers >= 1 character, so
+    short texts are decided without tokenizing)."""
+    if len(text) <= context_length - 2:
+        return True
+    return len(_clip_encode()(text)) + 2 <= context_length
+
+
+def _fields(obj: str) -> dict:
+    return {"o": obj, "a": with_article(obj), "p": pluralize(obj)}
+
+
+def _finish(text: str, end: str) -> str:
+    return upper_first(text) + (end or "")
+
+
+def _fit(template: str, body: str, obj: str, end: str, context_length: int) -> str | None:
+    text = template.format(c=body, **_fields(obj))
+    if fits_context(text + end, context_length):
+        return text
+    words = body.split()
+    while words:
+        text = SHORT_PREFIX_TEMPLATE.format(c=" ".join(words), **_fields(obj))
+        if fits_context(text + end, context_length):
+            return text
+        words = words[: max(0, len(words) - max(1, len(words) // 8))]
+    return None
+
+
+def hybrid(caption: str, obj: str, rng: random.Random, context_length: int = CONTEXT_LENGTH) -> str | None:
+    """Caption + the absence of ``obj`` (must not be mentioned in the caption); None when it is mentioned."""
+    body, end = strip_caption(caption)
+    if not body or mentions(body, obj):
+        return None
+    template = rng.choice(HYBRID_TEMPLATES)
+    if not template.startswith("{c}"):
+        body = lower_first(body)
+    text = _fit(template, body, obj, end, context_length)
+    return None if text is None else _finish(text, end)
+
+
+def full(caption: str, rng: random.Random, context_length: int = CONTEXT_LENGTH) -> str | None:
+    """Negation of a whole caption; None for a caption that is already negated (no double negation)."""
+    body, end = strip_caption(caption)
+    if not body or is_negated(body):
+        return None
+    template = rng.choice(FULL_TEMPLATES)
+    body = lower_first(body)
+    words = body.split()
+    while words:
+        text = template.format(c=" ".join(words))
+        if fits_context(text + end, context_length):
+            return _finish(text, end)
+        words = words[: len(words) - max(1, len(words) // 8)]
+    return None
+
+
+def presence(
+    caption: str,
+    obj: str,
+    other_objects: Sequence[str],
+    rng: random.Random,
+    context_length: int = CONTEXT_LENGTH,
+) -> str | None:
+    """A FALSE caption negating ``obj`` which is in the image: the mention of ``obj`` is removed from the caption
+    (or, when that cannot be done grammatically, the caption is rebuilt from the image's other objects), then
+    its absence is added. The result never both affirms and negates ``obj``."""
+    body, end = strip_caption(caption)
+    remainder = remove_mentions(body, obj) if body else None
+    if remainder is not None and is_negated(remainder) and count_negations(remainder) != count_negations(body):
+        remainder = None
+    if remainder is None:
+        others = [o for o in dict.fromkeys(other_objects) if o != obj and not mentions(o, obj)]
+        remainder = _join([with_article(o) for o in others]) if others else ""
+    if not remainder:
+        text = rng.choice(ONLY_NEGATION_TEMPLATES).format(**_fields(obj))
+        return _finish(text, end)
+    template = rng.choice(HYBRID_TEMPLATES)
+    if not template.startswith("{c}"):
+        remainder = lower_first(remainder)
+    text = _fit(template, remainder, obj, end, context_length)
+    return None if text is None else _finish(text, end)
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def absence_candidates(item: CaptionItem, vocabulary: Sequence[str], rng: random.Random, k: int = 3) -> list[str]:
+    """Up to ``k`` random vocabulary objects neither annotated in the image nor mentioned in its caption."""
+    known = set(item.objects or ())
+    pool = [o for o in vocabulary if o not in known]
+    rng.shuffle(pool)
+    picked = []
+    for obj in pool:
+        if not mentions(item.caption, obj):
+            picked.append(obj)
+            if len(picked) == k:
+                break
+    return picked
+
+
+def presence_candidates(item: CaptionItem, vocabulary: Sequence[str]) -> list[str]:
+    """Objects that ARE in the image: annotated ones, else vocabulary objects the caption mentions."""
+    if item.objects is not None:
+        return list(item.objects)
+    return [o for o in vocabulary if mentions(item.caption, o)]
+
+
+class Negator:
+    """Base class of negator plugins (see the module docstring for the contract)."""
+
+    name: str = ""
+    description: str = ""
+
+    def __init__(self, context_length: int = CONTEXT_LENGTH, **options):
+        if options:
+            raise TypeError(f"negator {self.name!r} got unknown option(s): {', '.join(sorted(options))}")
+        self.context_length = context_length
+        self.stats: Counter = Counter()
+
+    def propose(self, items: Sequence[CaptionItem], vocabulary: Sequence[str], rng: random.Random) -> list[list[str]]:
+        return [absence_candidates(item, vocabulary, rng) for item in items]
+
+    def rewrite(
+        self, items: Sequence[CaptionItem], objects: Sequence[str], kind: str, rng: random.Random
+    ) -> list[str | None]:
+        raise NotImplementedError
+
+    @staticmethod
+    def check_kind(kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+class TemplateNegator(Negator):
+    name = "template"
+    description = f"Rule-based negation: {len(HYBRID_TEMPLATES)} cue forms, articles/plurals, fits 77 tokens"
+
+    def rewrite(self, items, objects, kind, rng):
+        self.check_kind(kind)
+        if kind == "absence":
+            return [hybrid(item.caption, obj, rng, self.context_length) for item, obj in zip(items, objects)]
+        return [
+            presence(item.caption, obj, item.objects or (), rng, self.context_length)
+            for item, obj in zip(items, objects)
+        ]
+
+
+@hookimpl
+def register_negators(register):
+    register(TemplateNegator)

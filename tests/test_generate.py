@@ -1,0 +1,108 @@
+"""`negclip generate` on the synthetic world: every record checked against the instances; kill -9 and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from negation_plugins.cli import cli
+from negation_plugins.data.io import read_coco_captions, read_negation_records
+from negation_plugins.data.language import mention_pattern
+
+
+def _generate(*args):
+    return CliRunner().invoke(cli, ["generate", "--no-progress", *args], catch_exceptions=False)
+
+
+def test_template_and_annotations_on_world_are_verifiably_right(world_coco, tmp_path):
+    out = tmp_path / "negations.jsonl"
+    result = _generate("--captions", world_coco.captions, "--instances", world_coco.instances,
+                       "--images", world_coco.images, "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.splitlines()[-1])
+    records = read_negation_records(out)
+    truth = {i.image: set(i.objects) for i in read_coco_captions(world_coco.captions, world_coco.instances).items}
+    n_captions = sum(1 for _ in read_coco_captions(world_coco.captions).items)
+    kinds = {"absence": 0, "presence": 0}
+    for record in records:
+        kinds[record.kind] += 1
+        (obj,) = record.objects
+        if record.kind == "absence":
+            assert obj not in truth[record.image], record
+            assert record.verifier == "annotations"
+        else:
+            assert obj in truth[record.image], record
+        # The object is mentioned exactly once in the negated caption: as the negated one, never affirmed.
+        assert len(mention_pattern(obj).findall(record.negated_caption)) == 1, record
+    assert kinds == {"absence": summary["absence"], "presence": summary["presence"]}
+    assert kinds["absence"] == kinds["presence"] == n_captions  # every world image has an absent object
+    assert not out.with_name(out.name + ".progress.json").exists()
+
+
+def test_refuses_existing_output_and_bad_images_are_counted_only_with_flag(world_coco, tmp_path):
+    out = tmp_path / "n.jsonl"
+    out.write_text("keep me\n")
+    args = ["--captions", world_coco.captions, "--images", world_coco.images, "--out", out]
+    result = CliRunner().invoke(cli, ["generate", "--no-progress", *map(str, args)])
+    assert result.exit_code != 0 and "already exists; pass --overwrite" in result.output
+    assert out.read_text() == "keep me\n"
+    # A copy of the captions whose first image is missing from a fresh image folder.
+    images = tmp_path / "images"
+    images.mkdir()
+    data = json.loads(Path(world_coco.captions).read_text())
+    data["images"] = data["images"][:3]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in {i["id"] for i in data["images"]}]
+    for image in data["images"][1:]:
+        (images / image["file_name"]).write_bytes((Path(world_coco.images) / image["file_name"]).read_bytes())
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps(data))
+    args = ["--captions", captions, "--images", images, "--out", tmp_path / "m.jsonl"]
+    result = CliRunner().invoke(cli, ["generate", "--no-progress", *map(str, args)])
+    assert result.exit_code != 0 and "missing image file" in result.output and data["images"][0]["file_name"] in result.output
+    result = CliRunner().invoke(cli, ["generate", "--no-progress", "--skip-bad-images", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["skipped_bad_images"] == 1
+
+
+@pytest.mark.e2e
+def test_killed_run_resumes_without_duplicates_or_losses(world_coco, tmp_path):
+    # A bigger input (the world's captions repeated) in tiny fsynced chunks, so the kill lands mid-run.
+    data = json.loads(Path(world_coco.captions).read_text())
+    base = data["annotations"]
+    data["annotations"] = [dict(a, id=k * len(base) + a["id"]) for k in range(4) for a in base]
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps(data))
+    common = ["--captions", str(captions), "--instances", str(world_coco.instances), "--images",
+              str(world_coco.images), "--chunk-size", "16", "--seed", "3", "--no-progress"]  # fmt: skip
+    reference = tmp_path / "reference.jsonl"
+    assert _generate(*common[:-1], "--out", str(reference)).exit_code == 0
+
+    out = tmp_path / "resumed.jsonl"
+    progress = out.with_name(out.name + ".progress.json")
+    command = [sys.executable, "-c", "from negation_plugins.cli import cli; cli()", "generate", *common, "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.exists() and json.loads(progress.read_text() or "{}").get("chunks_done", 0) >= 3:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "generation finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads(progress.read_text())["chunks_done"]
+    n_chunks = -(-len(data["annotations"]) // 16)
+    assert 0 < done < n_chunks and not out.exists()
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    summary = json.loads(finished.stdout.splitlines()[-1])
+    assert summary["resumed_from_chunk"] >= done
+    assert out.read_bytes() == reference.read_bytes()
+    assert not progress.exists() and not out.with_name(out.name + ".partial").exists()

@@ -1,0 +1,89 @@
+"""Template negator: properties over arbitrary captions/objects, grammar details, the 77-token limit."""
+
+import random
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from negation_plugins import plugins
+from negation_plugins.data.io import CaptionItem
+from negation_plugins.data.language import count_negations, mention_pattern, pluralize, with_article
+from negation_plugins.data.negators import HYBRID_TEMPLATES, fits_context, full, hybrid, presence
+from negation_plugins.data.vocabulary import COCO_CATEGORIES
+
+WORDS = ["a", "the", "man", "red", "dog", "riding", "on", "and", "with", "couch", "two", "cats", "in", "field",
+         "next", "to", "tree", "of", "photo", ",", "there", "is", "big", "horse", "no", "not"]  # fmt: skip
+captions = st.lists(st.sampled_from(WORDS), min_size=1, max_size=40).map(" ".join) | st.text(
+    alphabet=string.ascii_letters + " ,.;'-", min_size=1, max_size=120
+)
+objects = st.sampled_from(COCO_CATEGORIES)
+
+
+@settings(max_examples=150, deadline=None)
+@given(captions, objects, st.integers(0, 2**32))
+def test_hybrid_mentions_object_once_and_adds_exactly_one_negation(caption, obj, seed):
+    text = hybrid(caption, obj, random.Random(seed))
+    if mention_pattern(obj).search(caption) or not caption.strip(" ,.;!?"):
+        return  # refused below
+    assert text is not None
+    assert len(mention_pattern(obj).findall(text)) == 1
+    assert count_negations(text) == count_negations(caption) + 1
+    assert fits_context(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(captions, objects, st.lists(objects, max_size=3), st.integers(0, 2**32))
+def test_presence_never_affirms_the_negated_object(caption, obj, others, seed):
+    text = presence(caption, obj, [obj, *others], random.Random(seed))
+    assert text is not None and fits_context(text)
+    assert len(mention_pattern(obj).findall(text)) == 1  # only the negated mention remains
+
+
+@settings(max_examples=100, deadline=None)
+@given(captions, st.integers(0, 2**32))
+def test_full_never_double_negates(caption, seed):
+    text = full(caption, random.Random(seed))
+    if count_negations(caption) or not caption.strip(" ,.;!?"):
+        assert text is None
+    else:
+        assert text is not None and count_negations(text) == 1 and fits_context(text)
+
+
+def test_refusals_and_grammar():
+    rng = random.Random(0)
+    assert hybrid("a dog on a couch", "dog", rng) is None  # the object is there: no absence caption
+    assert hybrid("two dogs on a couch", "dog", rng) is None
+    assert full("there is no dog", rng) is None
+    assert with_article("apple") == "an apple" and with_article("umbrella") == "an umbrella"
+    assert with_article("unicorn") == "a unicorn" and with_article("hour glass") == "an hour glass"
+    assert [pluralize(w) for w in ("bus", "person", "knife", "traffic light", "toothbrush", "sheep")] == [
+        "buses", "people", "knives", "traffic lights", "toothbrushes", "sheep"]  # fmt: skip
+    assert presence("a red circle, a blue star and a green square.", "star", [], rng).startswith(
+        "A red circle and a green square"
+    )
+    assert "a man on a bench" in presence("A man with a dog on a bench", "dog", [], rng).lower()
+
+
+def test_cue_forms_are_diverse_and_all_used():
+    cues = {t.replace("{c}", "").strip(" ,;") for t in HYBRID_TEMPLATES}
+    assert len(cues) >= 10
+    seen = {hybrid("a man in a field.", "dog", random.Random(s)) for s in range(400)}
+    assert len(seen) == len(HYBRID_TEMPLATES)
+    assert "A man in a field, without a dog." in seen and "No dog is visible, but a man in a field." in seen
+
+
+def test_long_captions_are_fitted_to_77_tokens_keeping_the_cue():
+    caption = " ".join(["a very long description of a crowded street market"] * 12)
+    text = hybrid(caption, "umbrella", random.Random(0))
+    assert fits_context(text) and not fits_context(caption)
+    assert "umbrella" in text and count_negations(text) == 1
+
+
+def test_registered_negator_rewrites_batches():
+    negator = plugins.get_one("negators", "template")()
+    items = [CaptionItem("a.png", "a dog on a couch.", objects=("dog", "couch")), CaptionItem("b.png", "a cat.")]
+    out = negator.rewrite(items, ["cat", "cat"], "absence", random.Random(0))
+    assert out[0] is not None and "cat" in out[0] and out[1] is None
+    (present,) = negator.rewrite(items[:1], ["dog"], "presence", random.Random(0))
+    assert len(mention_pattern("dog").findall(present)) == 1

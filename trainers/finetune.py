@@ -231,6 +231,7 @@ def train(config: TrainConfig) -> dict:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     requires = objective.requires
+    _forget_previous_run_settings()
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -402,6 +403,16 @@ def train(config: TrainConfig) -> dict:
     if config.log_with != "none":
         accelerator.end_training()
     return summary
+
+
+def _forget_previous_run_settings() -> None:
+    """accelerate keeps mixed-precision and accumulation settings in process-wide singletons; a second
+    ``train()`` in the same Python process (benchmarks, tests, the demo) must not inherit the first one's.
+    The distributed process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def save_checkpoint(accelerator, output: Path, step: int, trainer_state: dict, best_state) -> None:

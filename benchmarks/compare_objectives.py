@@ -1,0 +1,117 @@
+"""Compare objectives and tuning modes on the synthetic world; prints the README table.
+
+    python benchmarks/compare_objectives.py --workdir /tmp/compare --steps 200
+
+Same world, same base model (pretrained on affirmative captions, cached), same template-negation records and the
+same number of steps for every row; scores on held-out scenes: NegBench-style MCQ accuracy (overall and per type)
+and affirmative image->text Recall@1 relative to the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROWS = (
+    # (label, objectives, tuning)
+    ("infonce (NegationCLIP)", ["infonce"], "lora"),
+    ("tng (TNG-CLIP, on-the-fly)", ["tng"], "lora"),
+    ("omni (Omni-NegCLIP)", ["omni"], "lora"),
+    ("conclip (CoN-CLIP)", ["conclip", "clip:0.5"], "lora"),
+    ("clip:0.99 + negbench-mcq:0.01", ["clip:0.99", "negbench-mcq:0.01"], "lora"),
+    ("omni + clip:0.5 (default)", ["omni", "clip:0.5"], "lora"),
+    ("omni + tng:0.5 + clip:0.5", ["omni", "tng:0.5", "clip:0.5"], "lora"),
+    ("omni + clip:0.5, full", ["omni", "clip:0.5"], "full"),
+    ("omni + clip:0.5, front:0-0", ["omni", "clip:0.5"], "front:0-0"),
+)
+
+
+def prepare(workdir: Path, seed: int):
+    """World + cached base model + records (built once, reused by every row)."""
+    from negation_plugins import plugins
+    from negation_plugins.data.generate import generate
+    from negation_plugins.data.io import read_coco_captions
+    from negation_plugins.world import WorldConfig, make_world
+    from negation_plugins.world.export import WorldFiles
+    from negation_plugins.world.pretrain import PretrainConfig, pretrain
+
+    world_dir = workdir / "world"
+    world = WorldFiles.at(world_dir) if (world_dir / "world.json").is_file() else make_world(
+        world_dir, WorldConfig(seed=seed), progress=False)
+    pretrain(world, workdir / "base_model", PretrainConfig(seed=seed), progress=False)
+    records = workdir / "records.jsonl"
+    if not records.is_file():
+        captions = read_coco_captions(world.captions, world.instances, world.images)
+        generate(captions, records, plugins.get_one("negators", "template")(),
+                 plugins.get_one("verifiers", "annotations")(images=str(world.images)), ("absence", "presence"),
+                 captions.categories, seed=seed, overwrite=True, progress=False)
+    return world, f"local-dir:{workdir / 'base_model'}", records
+
+
+def evaluate(spec: str, world) -> dict:
+    from negation_plugins import load_clip
+    from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
+
+    clip = load_clip(spec)
+    return {"mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
+            "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/negclip-compare")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default=None, help="comma list of row numbers (1-based) to run")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    from trainers.config import TrainConfig
+    from trainers.finetune import train
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    world, base, records = prepare(workdir, args.seed)
+    base_scores = evaluate(base, world)
+    rows = list(enumerate(ROWS, 1))
+    if args.only:
+        keep = {int(x) for x in args.only.split(",")}
+        rows = [(i, row) for i, row in rows if i in keep]
+    print(f"steps={args.steps} seed={args.seed}; held-out MCQ accuracy and affirmative image->text R@1 (x base)")
+    header = f"| {'objective / tuning':<32} | overall | affirm. | negation | hybrid | R@1 x base | s/step |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    _print_row("base model (no fine-tuning)", base_scores, base_scores, None)
+    results = {"base": base_scores, "rows": {}}
+    for number, (label, objectives, tuning) in rows:
+        out = workdir / f"run-{number}"
+        config = TrainConfig(model=base, train=str(records), images=str(world.images), output=str(out),
+                             objective=objectives, tuning=tuning, max_steps=args.steps, seed=args.seed,
+                             eval_every=args.steps, val_fraction=0.05, progress=False, log_with="none",
+                             export_transformers=False)
+        started = time.perf_counter()
+        summary = train(config)
+        seconds = time.perf_counter() - started
+        scores = evaluate(f"local-dir:{out}", world)
+        _print_row(label if tuning == "lora" else label, scores, base_scores, summary["train_seconds"] / args.steps)
+        results["rows"][label] = {"scores": scores, "tuning": tuning, "objectives": objectives,
+                                  "wall_seconds": round(seconds, 1)}
+        sys.stdout.flush()
+    (workdir / "compare_objectives.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _print_row(label, scores, base, seconds_per_step):
+    mcq = scores["mcq"]
+    ratio = scores["retrieval"]["image_to_text_r1"] / max(base["retrieval"]["image_to_text_r1"], 1e-9)
+    step = "-" if seconds_per_step is None else f"{seconds_per_step:.3f}"
+    print(f"| {label:<32} | {mcq['accuracy']:.3f}   | {mcq['affirmation']:.3f}   | {mcq['negation']:.3f}    "
+          f"| {mcq['hybrid']:.3f}  | {ratio:.3f}      | {step:>6} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

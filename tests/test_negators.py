@@ -87,3 +87,13 @@ def test_registered_negator_rewrites_batches():
     assert out[0] is not None and "cat" in out[0] and out[1] is None
     (present,) = negator.rewrite(items[:1], ["dog"], "presence", random.Random(0))
     assert len(mention_pattern("dog").findall(present)) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(captions | st.text(max_size=200))
+def test_fast_token_count_matches_open_clip(text):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from negation_plugins.data.negators import clip_token_count
+
+    assert clip_token_count(text) == len(SimpleTokenizer().encode(text))

@@ -48,6 +48,7 @@ _AN_BEFORE_CONSONANT = re.compile(r"^(hour|honest|honou?r|heir)", re.I)
 MASS_NOUNS = frozenset({"broccoli", "scissors", "glasses", "skis", "water", "grass", "snow", "sand", "food", "hair"})
 
 
+@functools.lru_cache(maxsize=65536)
 def is_negated(text: str) -> bool:
     """Whether the text already contains a negation cue word."""
     return any(w.lower() in NEGATION_WORDS or w.lower().endswith("n't") for w in _WORD.findall(text))

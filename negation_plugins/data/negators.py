@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -96,6 +97,10 @@ def _clip_tokenizer():
     return SimpleTokenizer()
 
 
+# open_clip's split pattern restricted to lower-case ASCII (no special tokens: texts with '<' take the slow path).
+_ASCII_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
+
+
 @functools.lru_cache(maxsize=65536)
 def _piece_tokens(piece: str) -> int:
     return _clip_tokenizer().bpe(piece).count(" ") + 1
@@ -107,9 +112,8 @@ def clip_token_count(text: str) -> int:
     Printable ASCII without '&' needs neither ftfy nor HTML unescaping and is counted per regex piece with a
     cache (fast enough for the training step); anything else goes through open_clip's full ``encode``.
     """
-    if text.isascii() and text.isprintable() and "&" not in text:
-        tokenizer = _clip_tokenizer()
-        return sum(_piece_tokens(p) for p in tokenizer.pat.findall(" ".join(text.split()).lower()))
+    if text.isascii() and text.isprintable() and "&" not in text and "<" not in text:
+        return sum(_piece_tokens(p) for p in _ASCII_PIECES.findall(text.lower()))
     return len(_clip_tokenizer().encode(text))
 
 

@@ -29,6 +29,7 @@ _NOT_NOUNS = frozenset(
     "top side front back left right middle some".split()
 )
 
+NEAREST_RANKED = 4
 _VERB_FORM = re.compile(r"..(ing|ed)$")
 _ING_NOUNS = frozenset("building ceiling painting clothing bedding railing pudding wedding sled".split())
 
@@ -53,6 +54,12 @@ def caption_nouns(caption: str, vocabulary: Sequence[str] = ()) -> list[str]:
             if noun not in found and not any(mentions(f, noun) for f in found):
                 found.append(noun)
     return found
+
+
+def _then_the_rest(i: int, ranked: list[int], n: int):
+    """``ranked``, then every other index except ``i`` (generated only if the ranked ones are exhausted)."""
+    yield from ranked
+    yield from (j for j in range(n) if j != i and j not in ranked)
 
 
 class OnTheFlyNegation:
@@ -87,8 +94,12 @@ class OnTheFlyNegation:
         self.stats["batches"] += 1
         return {"hybrid": hybrids, "full": fulls, "hard_objects": hard}
 
-    def _neighbours(self, n: int, image_embeds) -> list[list[int]]:
-        """Per image, the other images from most to least similar (random order without embeddings)."""
+    def _neighbours(self, n: int, image_embeds):
+        """Per image, the other images from most to least similar (random order without embeddings).
+
+        Only the few nearest are ranked up front (the hard object nearly always comes from them); the rest
+        follow in index order as a last resort.
+        """
         if image_embeds is None:
             orders = []
             for i in range(n):
@@ -102,8 +113,8 @@ class OnTheFlyNegation:
             embeds = torch.nn.functional.normalize(image_embeds.detach().float(), dim=-1)
             similarity = embeds @ embeds.T
             similarity.fill_diagonal_(float("-inf"))
-            ranked = similarity.argsort(dim=1, descending=True)[:, : n - 1]
-        return ranked.tolist()
+            nearest = similarity.topk(min(NEAREST_RANKED, n - 1), dim=1).indices.tolist()
+        return [_then_the_rest(i, ranked, n) for i, ranked in enumerate(nearest)]
 
     def _hard_object(self, i, captions, objects, neighbours, nouns) -> str | None:
         own = set(objects[i]) if objects is not None else None

@@ -109,3 +109,17 @@ def test_clear_errors_for_bad_benchmarks_options_and_rows(valse, register_plugin
     assert result.exit_code == 0, result.output
     got = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["tiny:0"]["valse-existence"]
     assert got["n_items"] == 3 and got["n_skipped"] == 1
+
+
+@pytest.mark.e2e
+def test_world_model_on_mcq_retrieval_and_probe(world_coco, world_model, tmp_path):
+    """The synthetic world end to end: the world's MCQ benchmark (another plugin) and this suite's in one run."""
+    result = run([world_model, "--bench", "mcq,coco-retrieval,negation-probe", "-o", f"mcq.csv={world_coco.mcq_csv}",
+                  "-o", f"mcq.images={world_coco.images}", "-o", f"coco-retrieval.captions={world_coco.val_captions}",
+                  "-o", f"coco-retrieval.images={world_coco.images}", "--out", str(tmp_path / "out"), "--no-plot"])
+    assert result.exit_code == 0, result.output
+    got = json.loads((tmp_path / "out" / "report.json").read_text())["results"][world_model]
+    assert set(got) == {"mcq", "coco-retrieval", "negation-probe"}
+    assert got["coco-retrieval"]["n_images"] > 0 and 0 <= got["coco-retrieval"]["t2i_R@1"] <= got["coco-retrieval"]["t2i_R@10"] <= 1
+    assert got["coco-retrieval"]["t2i_R@10"] > 10 / got["coco-retrieval"]["n_images"]  # pretrained: better than chance
+    assert "| mcq |" in (tmp_path / "out" / "results.md").read_text()

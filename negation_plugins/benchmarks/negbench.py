@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 from . import Benchmark
-from .common import BenchmarkDataError, RowProblems, encoder_for, pessimistic_rank, recalls, resolve_image
+from .common import (
+    BenchmarkDataError,
+    RowProblems,
+    encoder_for,
+    pessimistic_rank,
+    recalls,
+    resolve_image,
+)
 
 
 def read_retrieval_csv(path, images=None, skip_bad=False):

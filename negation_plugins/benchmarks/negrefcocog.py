@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 
 from . import Benchmark
-from .common import BenchmarkDataError, RowProblems, encoder_for, load_rgb, resolve_image
+from .common import (
+    BenchmarkDataError,
+    RowProblems,
+    encoder_for,
+    load_rgb,
+    resolve_image,
+)
 
 
 def _box(value):

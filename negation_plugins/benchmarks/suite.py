@@ -64,7 +64,7 @@ def _call_options(benchmark, options: dict, shared: dict) -> dict:
     if missing:
         hint = " ".join(f"--option {benchmark.name}.{k}=VALUE" for k in missing)
         raise ValueError(f"benchmark {benchmark.name!r} needs option(s) {', '.join(missing)}: pass {hint}")
-    extra = {k: v for k, v in shared.items() if k in params or takes_any}
+    extra = {k: v for k, v in shared.items() if k in params}
     return {**extra, **options}
 
 
@@ -90,8 +90,10 @@ def evaluate(models, benches, options=None, *, cache=None, batch_size=64, skip_b
             start = time.perf_counter()
             try:
                 metrics = benchmark.run(clip, **call)
-            except (BenchmarkDataError, FileNotFoundError) as err:
+            except (ValueError, FileNotFoundError) as err:  # includes other plugins' data errors
                 raise BenchmarkDataError(f"benchmark {name!r} on {clip.spec}: {err}") from None
+            except TypeError as err:  # a **options benchmark refusing an option only it could check
+                raise BenchmarkDataError(f"benchmark {name!r}: bad option(s) {sorted(call)}: {err}") from None
             seconds[clip.spec][name] = round(time.perf_counter() - start, 3)
             results[clip.spec][name] = metrics
             if on_result is not None:

@@ -1,0 +1,116 @@
+"""Absence verifiers: ground truth, and real tiny transformers/open_clip models built from configs."""
+
+import pytest
+import torch
+from PIL import Image
+
+from negation_plugins import plugins
+from negation_plugins.data.io import CaptionItem, DataError, read_coco_captions
+
+
+def _items(tmp_path, n=4):
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    items = []
+    for i in range(n):
+        Image.new("RGB", (40, 30), ((60 * i) % 255, 100, 200 - 40 * i)).save(images / f"{i}.png")
+        items.append(CaptionItem(f"{i}.png", "a shape.", image_id=i, objects=("circle",)))
+    return images, items
+
+
+def test_annotations_verifier_uses_ground_truth_and_counts(world_coco):
+    verifier = plugins.get_one("verifiers", "annotations")()
+    items = read_coco_captions(world_coco.captions, world_coco.instances).items[:50]
+    present = [item.objects[0] for item in items]
+    assert verifier.absent(items, present) == [False] * 50
+    absent = [next(c for c in ("circle", "square", "star", "ring") if c not in item.objects) for item in items]
+    assert verifier.absent(items, absent) == [True] * 50
+    assert verifier.stats == {"checked": 100, "rejected": 50}
+    with pytest.raises(DataError, match="needs object annotations"):
+        verifier.absent([CaptionItem("x.png", "a dog")], ["cat"])
+
+
+def test_detector_verifier_with_tiny_owlvit(tmp_path):
+    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
+
+    from negation_plugins.tokenizer import clip_tokenizer
+
+    torch.manual_seed(0)
+    config = OwlViTConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=16),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        projection_dim=32,
+    )  # fmt: skip
+    folder = tmp_path / "owlvit"
+    OwlViTForObjectDetection(config).save_pretrained(folder)
+    image_processor = OwlViTImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
+    OwlViTProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(16)).save_pretrained(folder)
+    images, items = _items(tmp_path)
+    verifier = plugins.get_one("verifiers", "detector")(images=images, model=str(folder), batch_size=3)
+    scores = verifier.scores(items, ["dog", "cat", "umbrella", "dog"])
+    assert len(scores) == 4 and all(0 < s < 1 for s in scores)
+    verifier.threshold = sorted(scores)[2]
+    assert verifier.absent(items, ["dog", "cat", "umbrella", "dog"]) == [s < verifier.threshold for s in scores]
+    assert verifier.stats == {"checked": 4, "rejected": 2}
+    with pytest.raises(ValueError, match="give the image folder"):
+        plugins.get_one("verifiers", "detector")(model=str(folder))
+
+
+def _tiny_vilt(tmp_path, answer_bias):
+    from transformers import BertTokenizerFast, ViltConfig, ViltForQuestionAnswering, ViltImageProcessor, ViltProcessor
+
+    torch.manual_seed(0)
+    vocab = tmp_path / "vocab.txt"
+    words = "is there a an in this image ? answer yes or no . dog cat umbrella"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words.split()]) + "\n")
+    config = ViltConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                        image_size=32, patch_size=16, max_image_length=-1, vocab_size=30, num_labels=2,
+                        id2label={0: "yes", 1: "no"}, label2id={"yes": 0, "no": 1}, max_position_embeddings=40)  # fmt: skip
+    model = ViltForQuestionAnswering(config)
+    with torch.no_grad():
+        model.classifier[-1].bias.copy_(torch.tensor(answer_bias))
+    folder = tmp_path / "vilt"
+    model.save_pretrained(folder)
+    processor = ViltProcessor(ViltImageProcessor(size={"shortest_edge": 32}, size_divisor=16),
+                              BertTokenizerFast(vocab_file=str(vocab)))  # fmt: skip
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("bias, expected", [([50.0, 0.0], False), ([0.0, 50.0], True)])
+def test_vqa_verifier_keeps_only_when_the_answer_is_not_yes(tmp_path, bias, expected):
+    folder = _tiny_vilt(tmp_path, bias)
+    images, items = _items(tmp_path, 3)
+    verifier = plugins.get_one("verifiers", "vqa")(images=images, model=str(folder), batch_size=2)
+    assert verifier.answers(items, ["dog", "cat", "umbrella"]) == ["yes" if not expected else "no"] * 3
+    assert verifier.absent(items, ["dog", "cat", "umbrella"]) == [expected] * 3
+
+
+def test_clip_verifier_scores_against_the_vocabulary(tmp_path):
+    import open_clip
+
+    from negation_plugins.factory import load_clip
+    from negation_plugins.world.pretrain import PretrainConfig, save_open_clip_folder
+
+    torch.manual_seed(0)
+    model_cfg = PretrainConfig(text_layers=1, vision_layers=1).model_cfg(32)
+    save_open_clip_folder(open_clip.CLIP(**model_cfg), model_cfg, tmp_path / "clip")
+    spec = f"local-dir:{tmp_path / 'clip'}"
+    images, items = _items(tmp_path, 5)
+    shapes = ["circle", "square", "triangle", "star"]
+    objects = ["square", "umbrella", "star", "circle", "triangle"]  # 'umbrella' joins the compared names
+    small = plugins.get_one("verifiers", "clip")(images=images, model=spec, threshold=0.2, batch_size=2)
+    small.set_vocabulary(shapes)
+    probabilities = small.probabilities(items, objects)
+    # Independently: softmax over the prompts of vocabulary + extra objects, read at each item's object.
+    clip = load_clip(spec)
+    names = shapes + ["umbrella"]
+    text = clip.encode_text([f"a photo of {'an' if n[0] in 'aeiou' else 'a'} {n}." for n in names])
+    image = clip.encode_image([Image.open(images / item.image).convert("RGB") for item in items])
+    expected = (clip.logit_scale * image @ text.T).softmax(-1)
+    assert probabilities == pytest.approx([expected[r, names.index(o)].item() for r, o in enumerate(objects)], abs=1e-5)
+    small.threshold = sorted(probabilities)[2]
+    assert small.absent(items, objects) == [p < small.threshold for p in probabilities]
+    assert small.stats["rejected"] == 3

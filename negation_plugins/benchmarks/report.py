@@ -83,7 +83,8 @@ def write_plot(path, results: dict) -> Path:
         values = [flat[model].get(b, {}).get(k, float("nan")) for b, k in rows]
         ax.bar([r + (i - (len(models) - 1) / 2) * width for r in range(len(rows))], values, width, label=model_label(model))
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{b}\n{k}" for b, k in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels([f"{b}\n{k}" + (" (lower = better)" if b == "negation-probe" else "") for b, k in rows],
+                       rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("score")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_title("negclip eval")

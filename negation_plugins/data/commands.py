@@ -46,6 +46,7 @@ def generate_command(captions, instances, images, out, negator, negator_option, 
     from .. import plugins
     from .generate import generate
     from .io import DataError, read_captions
+    from .llm import LlmError
     from .vocabulary import COCO_CATEGORIES
 
     try:
@@ -66,7 +67,7 @@ def generate_command(captions, instances, images, out, negator, negator_option, 
             )
         summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
                            overwrite=overwrite, progress=not no_progress)  # fmt: skip
-    except (DataError, FileExistsError, KeyError, ValueError, TypeError) as e:
+    except (DataError, LlmError, FileExistsError, KeyError, ValueError, TypeError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
     click.echo(
         f"wrote {summary['out']}: {summary.get('absence', 0)} absence + {summary.get('presence', 0)} presence records "

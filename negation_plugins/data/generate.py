@@ -168,23 +168,30 @@ def generate(
     started = time.perf_counter()
     bar = tqdm(total=len(items), initial=min(len(items), resumed_from * chunk_size), unit="caption",
                desc="generate", disable=not progress)  # fmt: skip
-    with open(partial, "ab") as f:
-        for k in range(resumed_from, n_chunks):
-            chunk = items[k * chunk_size : (k + 1) * chunk_size]
-            rng = random.Random(f"{seed}:{k}")
-            records = generate_chunk(chunk, vocabulary, negator, verifier, kinds, rng, stats)
-            for record in records:
-                stats[record.kind] += 1
-            f.write("".join(r.to_json() + "\n" for r in records).encode())
-            f.flush()
-            os.fsync(f.fileno())
-            state.update(chunks_done=k + 1, bytes=f.tell(), stats=_merged_stats(stats, negator, verifier))
-            state["seconds"] = state.get("seconds", 0.0) + (time.perf_counter() - started)
-            started = time.perf_counter()
-            atomic_write_text(progress_file, json.dumps(state))
-            bar.update(len(chunk))
-            bar.set_postfix(records=stats["absence"] + stats["presence"])
-    bar.close()
+    try:
+        with open(partial, "ab") as f:
+            for k in range(resumed_from, n_chunks):
+                chunk = items[k * chunk_size : (k + 1) * chunk_size]
+                rng = random.Random(f"{seed}:{k}")
+                records = generate_chunk(chunk, vocabulary, negator, verifier, kinds, rng, stats)
+                for record in records:
+                    stats[record.kind] += 1
+                f.write("".join(r.to_json() + "\n" for r in records).encode())
+                f.flush()
+                os.fsync(f.fileno())
+                state.update(chunks_done=k + 1, bytes=f.tell(), stats=_merged_stats(stats, negator, verifier))
+                state["seconds"] = state.get("seconds", 0.0) + (time.perf_counter() - started)
+                started = time.perf_counter()
+                atomic_write_text(progress_file, json.dumps(state))
+                bar.update(len(chunk))
+                bar.set_postfix(records=stats["absence"] + stats["presence"])
+    except BaseException:
+        if state["chunks_done"] == 0:  # nothing worth resuming: leave no partial output behind
+            partial.unlink(missing_ok=True)
+            progress_file.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
     final_stats = _merged_stats(stats, negator, verifier)
     if out.suffix.lower() == ".json":
         records = read_negation_records(partial)

@@ -268,4 +268,7 @@ class TemplateNegator(Negator):
 
 @hookimpl
 def register_negators(register):
+    from .llm import LlmNegator
+
     register(TemplateNegator)
+    register(LlmNegator)

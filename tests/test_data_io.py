@@ -18,10 +18,14 @@ from negation_plugins.data.io import (
 
 def _coco(tmp_path, annotations=None, images=None, write_images=True):
     images = images if images is not None else [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
-    annotations = annotations if annotations is not None else [
-        {"id": 10, "image_id": 1, "caption": "a dog on a couch."},
-        {"id": 11, "image_id": 2, "caption": "a cat and a laptop."},
-    ]
+    annotations = (
+        annotations
+        if annotations is not None
+        else [
+            {"id": 10, "image_id": 1, "caption": "a dog on a couch."},
+            {"id": 11, "image_id": 2, "caption": "a cat and a laptop."},
+        ]
+    )
     (tmp_path / "images").mkdir(exist_ok=True)
     if write_images:
         for image in images:

@@ -64,7 +64,11 @@ def test_refuses_existing_output_and_bad_images_are_counted_only_with_flag(world
     captions.write_text(json.dumps(data))
     args = ["--captions", captions, "--images", images, "--out", tmp_path / "m.jsonl"]
     result = CliRunner().invoke(cli, ["generate", "--no-progress", *map(str, args)])
-    assert result.exit_code != 0 and "missing image file" in result.output and data["images"][0]["file_name"] in result.output
+    assert (
+        result.exit_code != 0
+        and "missing image file" in result.output
+        and data["images"][0]["file_name"] in result.output
+    )
     result = CliRunner().invoke(cli, ["generate", "--no-progress", "--skip-bad-images", *map(str, args)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.splitlines()[-1])["skipped_bad_images"] == 1
@@ -85,7 +89,15 @@ def test_killed_run_resumes_without_duplicates_or_losses(world_coco, tmp_path):
 
     out = tmp_path / "resumed.jsonl"
     progress = out.with_name(out.name + ".progress.json")
-    command = [sys.executable, "-c", "from negation_plugins.cli import cli; cli()", "generate", *common, "--out", str(out)]
+    command = [
+        sys.executable,
+        "-c",
+        "from negation_plugins.cli import cli; cli()",
+        "generate",
+        *common,
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -106,3 +118,30 @@ def test_killed_run_resumes_without_duplicates_or_losses(world_coco, tmp_path):
     assert summary["resumed_from_chunk"] >= done
     assert out.read_bytes() == reference.read_bytes()
     assert not progress.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_caption_table_without_instances_and_negationclip_output(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
+    table = tmp_path / "captions.jsonl"
+    table.write_text('{"image": "a.png", "caption": "A dog with a frisbee on the grass."}\n'
+                     '{"image": "b.png", "caption": "A cat sitting next to a laptop."}\n')  # fmt: skip
+    common = ["--captions", str(table), "--images", str(tmp_path / "images"), "--seed", "1"]
+    result = _generate(*common, "--kinds", "absence,presence", "--out", str(tmp_path / "n.jsonl"))
+    assert result.exit_code == 0, result.output
+    records = read_negation_records(tmp_path / "n.jsonl")
+    presence = {r.image: r for r in records if r.kind == "presence"}
+    assert presence["a.png"].objects[0] in {"dog", "frisbee"} and presence["b.png"].objects[0] in {"cat", "laptop"}
+    assert {r.verifier for r in records if r.kind == "absence"} == {None}  # no verifier without annotations
+    for record in records:
+        assert len(mention_pattern(record.objects[0]).findall(record.negated_caption)) == 1
+    # NegationCLIP's format as output: the absence records, read back identically.
+    result = _generate(*common, "--out", str(tmp_path / "negationclip.json"))
+    assert result.exit_code == 0, result.output
+    back = read_negation_records(tmp_path / "negationclip.json")
+    assert [(r.image, r.negated_caption) for r in back] == [
+        (r.image, r.negated_caption) for r in records if r.kind == "absence"
+    ]

@@ -119,7 +119,7 @@ def test_server_down(tmp_path):
     server = ChatServer("good")
     url = server.url
     server.server_close()  # nothing listens on that port any more
-    result, out = _run(tmp_path, url)
+    result, _ = _run(tmp_path, url)
     assert result.exit_code != 0 and "cannot connect" in result.output and url in result.output
     assert not list(tmp_path.glob("out.jsonl*"))
 
@@ -166,7 +166,10 @@ def test_tiny_local_causal_lm_batched_with_chat_template(tmp_path):
         assert "dog" not in cands
     # Batched left-padded greedy generation answers each prompt as if it were alone.
     negator = LlmNegator(model=str(tmp_path / "lm"), batch_size=2, max_new_tokens=6, temperature=0)
-    conversations = [[{"role": "user", "content": "hello there"}], [{"role": "user", "content": "a much longer prompt " * 5}]]
+    conversations = [
+        [{"role": "user", "content": "hello there"}],
+        [{"role": "user", "content": "a much longer prompt " * 5}],
+    ]
     assert negator.chat(conversations) == [negator.chat([c])[0] for c in conversations]
     with pytest.raises(ValueError, match="exactly one of model="):
         LlmNegator()

@@ -25,16 +25,41 @@ def _options(pairs: tuple[str, ...], flag: str) -> dict:
 
 
 @click.command("generate")
-@click.option("--captions", required=True, type=click.Path(dir_okay=False), help="COCO captions JSON, or JSONL/CSV of image,caption.")
-@click.option("--instances", type=click.Path(dir_okay=False), help="COCO instances JSON: ground-truth objects per image.")
-@click.option("--images", required=True, type=click.Path(file_okay=False), help="Image folder (records name files relative to it).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output: .jsonl records, or .json in NegationCLIP's format.")
+@click.option(
+    "--captions",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="COCO captions JSON, or JSONL/CSV of image,caption.",
+)
+@click.option(
+    "--instances", type=click.Path(dir_okay=False), help="COCO instances JSON: ground-truth objects per image."
+)
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Image folder (records name files relative to it).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output: .jsonl records, or .json in NegationCLIP's format.",
+)
 @click.option("--negator", default="template", show_default=True, help="Negator plugin name.")
 @click.option("--negator-option", multiple=True, metavar="KEY=VALUE", help="Option for the negator (repeatable).")
-@click.option("--verifier", default=None, help="Absence verifier plugin ('annotations' when --instances is given, else none).")
+@click.option(
+    "--verifier", default=None, help="Absence verifier plugin ('annotations' when --instances is given, else none)."
+)
 @click.option("--verifier-option", multiple=True, metavar="KEY=VALUE", help="Option for the verifier (repeatable).")
-@click.option("--kinds", default=None, help="Comma-separated: absence,presence (default: both with --instances, else absence).")
-@click.option("--vocabulary", type=click.Path(dir_okay=False), help="Object names, one per line (default: instances categories, else COCO's 80).")
+@click.option(
+    "--kinds", default=None, help="Comma-separated: absence,presence (default: both with --instances, else absence)."
+)
+@click.option(
+    "--vocabulary",
+    type=click.Path(dir_okay=False),
+    help="Object names, one per line (default: instances categories, else COCO's 80).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--chunk-size", default=256, show_default=True, type=int, help="Captions per resumable chunk.")
 @click.option("--skip-bad-images", is_flag=True, help="Skip (and count) captions whose image is missing or corrupt.")

@@ -150,7 +150,9 @@ def generate(
         try:
             saved = json.loads(progress_file.read_text())
         except json.JSONDecodeError:
-            raise DataError(f"{progress_file}: corrupt progress file; delete it (and {partial}) to start over") from None
+            raise DataError(
+                f"{progress_file}: corrupt progress file; delete it (and {partial}) to start over"
+            ) from None
         if saved.get("fingerprint") != fingerprint:
             raise DataError(
                 f"{progress_file}: an unfinished run with different inputs or settings; pass --overwrite to start over"
@@ -217,6 +219,6 @@ def _merged_stats(stats: Counter, negator: Negator, verifier: Verifier | None) -
     """Our counts plus the negator's/verifier's (added to what a resumed run had saved under the same keys)."""
     merged = dict(stats)
     for prefix, part in (("negator", negator), ("verifier", verifier)):
-        for key, value in (part.stats.items() if part is not None else ()):
+        for key, value in part.stats.items() if part is not None else ():
             merged[f"{prefix}_{key}"] = merged.get(f"{prefix}_{key}", 0) + value
     return merged

@@ -152,8 +152,10 @@ def read_coco_instances(instances: str | os.PathLike) -> tuple[dict[int, tuple[s
 
 
 def _coco_images(data, path) -> dict[int, str]:
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
-        data.get("annotations"), list
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
     ):
         raise DataError(f"{path}: not a COCO captions file (needs 'images' and 'annotations' lists)")
     files: dict[int, str] = {}

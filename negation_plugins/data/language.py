@@ -9,8 +9,35 @@ import functools
 import re
 
 NEGATION_WORDS = frozenset(
-    "no not without nothing none never neither nor absent lacking lacks lack free nobody nowhere "
-    "isn't aren't wasn't weren't doesn't don't didn't can't cannot won't hasn't haven't".split()
+    [
+        "no",
+        "not",
+        "without",
+        "nothing",
+        "none",
+        "never",
+        "neither",
+        "nor",
+        "absent",
+        "lacking",
+        "lacks",
+        "lack",
+        "free",
+        "nobody",
+        "nowhere",
+        "isn't",
+        "aren't",
+        "wasn't",
+        "weren't",
+        "doesn't",
+        "don't",
+        "didn't",
+        "can't",
+        "cannot",
+        "won't",
+        "hasn't",
+        "haven't",
+    ]
 )
 _WORD = re.compile(r"[A-Za-z']+")
 
@@ -43,8 +70,8 @@ IRREGULAR_PLURALS = {
 }
 _SINGULARS = {plural: singular for singular, plural in IRREGULAR_PLURALS.items()}
 # Words that take "a" despite a vowel letter, or "an" despite a consonant letter.
-_A_BEFORE_VOWEL = re.compile(r"^(uni|use|usu|ute|uro|eu|one|once|ewe)", re.I)
-_AN_BEFORE_CONSONANT = re.compile(r"^(hour|honest|honou?r|heir)", re.I)
+_A_BEFORE_VOWEL = re.compile(r"^(uni|use|usu|ute|uro|eu|one|once|ewe)", re.IGNORECASE)
+_AN_BEFORE_CONSONANT = re.compile(r"^(hour|honest|honou?r|heir)", re.IGNORECASE)
 MASS_NOUNS = frozenset({"broccoli", "scissors", "glasses", "skis", "water", "grass", "snow", "sand", "food", "hair"})
 
 
@@ -116,7 +143,7 @@ def mention_pattern(noun: str) -> re.Pattern:
     """Regex matching the noun in singular or plural form as whole words."""
     forms = {noun.lower(), pluralize(noun.lower()), singularize(noun.lower())}
     alternatives = "|".join(sorted((re.escape(f).replace(r"\ ", r"\s+") for f in forms), key=len, reverse=True))
-    return re.compile(rf"\b(?:{alternatives})\b", re.I)
+    return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
 
 
 def mentions(text: str, noun: str) -> bool:
@@ -146,13 +173,76 @@ def upper_first(text: str) -> str:
 
 
 DETERMINERS = frozenset(
-    "a an the one two three four five six seven eight nine ten some several many few any his her their its my "
-    "our your this that these those".split()
+    [
+        "a",
+        "an",
+        "the",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "some",
+        "several",
+        "many",
+        "few",
+        "any",
+        "his",
+        "her",
+        "their",
+        "its",
+        "my",
+        "our",
+        "your",
+        "this",
+        "that",
+        "these",
+        "those",
+    ]
 )
 # Words that end a noun phrase on the left: when scanning modifiers we stop at these (and do not remove them).
 _BOUNDARY = frozenset(
-    "and or with of on in at by for to from near next behind under over above below beside between into onto "
-    "while is are was were has have holding riding wearing carrying eating".split()
+    [
+        "and",
+        "or",
+        "with",
+        "of",
+        "on",
+        "in",
+        "at",
+        "by",
+        "for",
+        "to",
+        "from",
+        "near",
+        "next",
+        "behind",
+        "under",
+        "over",
+        "above",
+        "below",
+        "beside",
+        "between",
+        "into",
+        "onto",
+        "while",
+        "is",
+        "are",
+        "was",
+        "were",
+        "has",
+        "have",
+        "holding",
+        "riding",
+        "wearing",
+        "carrying",
+        "eating",
+    ]
 )
 
 

@@ -41,8 +41,8 @@ PRESENCE_PROMPT = (
     'Caption: "{caption}"\nObject: {obj}\nRewrite the caption so that it states that the object is NOT in the '
     "image, and remove every other mention of the object. Answer with the rewritten caption only."
 )
-_ARTICLE = re.compile(r"^(a|an|the|one|some)\s+", re.I)
-_PREFIX = re.compile(r"^(rewritten caption|caption|answer|object)\s*:\s*", re.I)
+_ARTICLE = re.compile(r"^(a|an|the|one|some)\s+", re.IGNORECASE)
+_PREFIX = re.compile(r"^(rewritten caption|caption|answer|object)\s*:\s*", re.IGNORECASE)
 
 
 class LlmError(RuntimeError):
@@ -77,7 +77,9 @@ def parse_caption(answer: str, obj: str, caption: str, kind: str, context_length
 
 class LlmNegator(Negator):
     name = "llm"
-    description = "NegationCLIP's LLM pipeline (pick an object, rewrite two-shot) via transformers or an OpenAI-compatible server"
+    description = (
+        "NegationCLIP's LLM pipeline (pick an object, rewrite two-shot) via transformers or an OpenAI-compatible server"
+    )
 
     def __init__(self, model: str | None = None, url: str | None = None, api_model: str = "default",
                  api_key: str | None = None, mode: str = "contextual", temperature: float = 0.6, top_p: float = 0.9,

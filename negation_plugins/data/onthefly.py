@@ -24,14 +24,65 @@ from .vocabulary import COCO_CATEGORIES
 
 _TOKEN = re.compile(r"[a-z]+|[,.;:!?]")
 _NOT_NOUNS = frozenset(
-    "and or with of on in at by for to from near next behind under over above below beside between into onto "
-    "while is are was were be has have it its there here this that photo picture image drawing view background "
-    "top side front back left right middle some".split()
+    [
+        "and",
+        "or",
+        "with",
+        "of",
+        "on",
+        "in",
+        "at",
+        "by",
+        "for",
+        "to",
+        "from",
+        "near",
+        "next",
+        "behind",
+        "under",
+        "over",
+        "above",
+        "below",
+        "beside",
+        "between",
+        "into",
+        "onto",
+        "while",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "has",
+        "have",
+        "it",
+        "its",
+        "there",
+        "here",
+        "this",
+        "that",
+        "photo",
+        "picture",
+        "image",
+        "drawing",
+        "view",
+        "background",
+        "top",
+        "side",
+        "front",
+        "back",
+        "left",
+        "right",
+        "middle",
+        "some",
+    ]
 )
 
 NEAREST_RANKED = 4
 _VERB_FORM = re.compile(r"..(ing|ed)$")
-_ING_NOUNS = frozenset("building ceiling painting clothing bedding railing pudding wedding sled".split())
+_ING_NOUNS = frozenset(
+    ["building", "ceiling", "painting", "clothing", "bedding", "railing", "pudding", "wedding", "sled"]
+)
 
 
 def caption_nouns(caption: str, vocabulary: Sequence[str] = ()) -> list[str]:
@@ -65,7 +116,9 @@ def _then_the_rest(i: int, ranked: list[int], n: int):
 class OnTheFlyNegation:
     """Call per batch: ``otf(captions, image_embeds=None, objects=None) -> dict(hybrid, full, hard_objects)``."""
 
-    def __init__(self, seed: int = 0, vocabulary: Sequence[str] = COCO_CATEGORIES, context_length: int = CONTEXT_LENGTH):
+    def __init__(
+        self, seed: int = 0, vocabulary: Sequence[str] = COCO_CATEGORIES, context_length: int = CONTEXT_LENGTH
+    ):
         self.rng = random.Random(seed)
         self.vocabulary = tuple(vocabulary)
         self.context_length = context_length

@@ -159,7 +159,9 @@ class ClipVerifier(Verifier):
 
 class VqaVerifier(Verifier):
     name = "vqa"
-    description = "VQA / image-text-to-text model (transformers) asked 'Is there a X in this image?'; absent unless 'yes'"
+    description = (
+        "VQA / image-text-to-text model (transformers) asked 'Is there a X in this image?'; absent unless 'yes'"
+    )
     needs_images = True
 
     def __init__(self, images=None, model: str = "llava-hf/llava-v1.6-mistral-7b-hf",

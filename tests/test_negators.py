@@ -95,3 +95,12 @@ def test_fast_token_count_matches_open_clip(text):
     from negation_plugins.data.negators import _clip_tokenizer, clip_token_count
 
     assert clip_token_count(text) == len(_clip_tokenizer().encode(text))  # open_clip's own full encode
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=string.ascii_letters + string.digits + " ,.;'-()&<>é", max_size=30), max_size=4))
+def test_counting_by_parts_equals_counting_the_whole(parts):
+    from negation_plugins.data.negators import fits_parts, fits_context
+
+    for context_length in (5, 12, 32):
+        assert fits_parts(parts, context_length) == fits_context("".join(parts), context_length)

@@ -133,15 +133,52 @@ def _finish(text: str, end: str) -> str:
     return upper_first(text) + (end or "")
 
 
+@functools.lru_cache(maxsize=65536)
+def _cached_token_count(text: str) -> int:
+    return clip_token_count(text)
+
+
+def _splits_cleanly(left: str, right: str) -> bool:
+    """Whether open_clip's pre-tokenizer splits ``left + right`` exactly between the two (then token counts add)."""
+    if not left or not right:
+        return True
+    a, b = left[-1], right[0]
+    if a.isspace() or b.isspace():
+        return True
+    if "'" in (a, b) or not (a.isascii() and b.isascii()):
+        return False
+    if a.isalnum() and b.isalnum():
+        return a.isdigit() or b.isdigit()  # digits are single pieces; letter+letter would merge
+    return a.isalnum() != b.isalnum()  # punctuation runs merge with each other, never with letters/digits
+
+
+def fits_parts(parts: Sequence[str], context_length: int = CONTEXT_LENGTH) -> bool:
+    """``fits_context("".join(parts))``, counting each part once (cached) when the parts split cleanly: captions
+    recur across templates and epochs, so the training step rarely tokenizes anything."""
+    if sum(map(len, parts)) <= context_length - 2:
+        return True
+    if all(_splits_cleanly(a, b) for a, b in zip(parts, parts[1:])):
+        return sum(_cached_token_count(p) for p in parts if p) + 2 <= context_length
+    return fits_context("".join(parts), context_length)
+
+
+@functools.lru_cache(maxsize=256)
+def _around(template: str) -> tuple[str, str]:
+    prefix, _, suffix = template.partition("{c}")
+    return prefix, suffix
+
+
 def _fit(template: str, body: str, obj: str, end: str, context_length: int) -> str | None:
-    text = template.format(c=body, **_fields(obj))
-    if fits_context(text + end, context_length):
-        return text
+    fields = _fields(obj)
+    prefix, suffix = (part.format(**fields) for part in _around(template))
+    if fits_parts((prefix, body, suffix, end), context_length):
+        return prefix + body + suffix
     words = body.split()
+    prefix, suffix = (part.format(**fields) for part in _around(SHORT_PREFIX_TEMPLATE))
     while words:
-        text = SHORT_PREFIX_TEMPLATE.format(c=" ".join(words), **_fields(obj))
-        if fits_context(text + end, context_length):
-            return text
+        body = " ".join(words)
+        if fits_parts((prefix, body, suffix, end), context_length):
+            return prefix + body + suffix
         words = words[: max(0, len(words) - max(1, len(words) // 8))]
     return None
 
@@ -163,13 +200,12 @@ def full(caption: str, rng: random.Random, context_length: int = CONTEXT_LENGTH)
     body, end = strip_caption(caption)
     if not body or is_negated(body):
         return None
-    template = rng.choice(FULL_TEMPLATES)
-    body = lower_first(body)
-    words = body.split()
+    prefix, suffix = _around(rng.choice(FULL_TEMPLATES))
+    words = lower_first(body).split()
     while words:
-        text = template.format(c=" ".join(words))
-        if fits_context(text + end, context_length):
-            return _finish(text, end)
+        body = " ".join(words)
+        if fits_parts((prefix, body, suffix, end), context_length):
+            return _finish(prefix + body + suffix, end)
         words = words[: len(words) - max(1, len(words) // 8)]
     return None
 

@@ -17,6 +17,7 @@ Built-in: ``template`` (rules, microseconds per caption) and ``llm`` (NegationCL
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 import re
 from collections import Counter
@@ -157,7 +158,7 @@ def fits_parts(parts: Sequence[str], context_length: int = CONTEXT_LENGTH) -> bo
     recur across templates and epochs, so the training step rarely tokenizes anything."""
     if sum(map(len, parts)) <= context_length - 2:
         return True
-    if all(_splits_cleanly(a, b) for a, b in zip(parts, parts[1:])):
+    if all(_splits_cleanly(a, b) for a, b in itertools.pairwise(parts)):
         return sum(_cached_token_count(p) for p in parts if p) + 2 <= context_length
     return fits_context("".join(parts), context_length)
 

@@ -25,6 +25,49 @@ logger = logging.getLogger(__name__)
 MCQ_TYPES = ("affirmation", "negation", "hybrid")
 
 
+GENERIC_CAPTIONS = ("a picture.", "an image.", "a photo.", "this image.", "a drawing.", "a scene.")
+
+
+def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> dict:
+    """Template negator + annotation verifier, absence and presence kinds, on two caption sets:
+
+    - the world's own captions ("a red cross and a star" -> "... but no circle" / "a star, without a cross");
+    - one generic caption per image ("a picture." -> "A picture without any circle." / "... crosses are absent"),
+      so that bare negations ("no X" with nothing affirmed) appear as true AND as false captions, balanced.
+      Without them every negation the model sees rides on an affirmative list, and bare-negation questions
+      ("This image does not feature a X") stay below chance.
+    """
+    import random
+
+    from negation_plugins import plugins
+    from negation_plugins.data.generate import generate
+    from negation_plugins.data.io import CaptionItem, CaptionSet, read_coco_captions
+
+    captions = read_coco_captions(world.captions, world.instances, world.images)
+    rng = random.Random(f"{seed}-generic")
+    first_per_image = {item.image: item for item in reversed(captions.items)}
+    generic = CaptionSet([CaptionItem(image=i.image, caption=rng.choice(GENERIC_CAPTIONS), image_id=i.image_id,
+                                      objects=i.objects) for i in first_per_image.values()],
+                         captions.categories, 0, "generic captions")
+    summary: dict = {}
+    parts = []
+    for number, caption_set in enumerate((captions, generic)):
+        part = out.with_name(f"{out.stem}.part{number}.jsonl")
+        negator = plugins.get_one("negators", "template")()
+        verifier = plugins.get_one("verifiers", "annotations")(images=str(world.images))
+        result = generate(caption_set, part, negator, verifier, ("absence", "presence"), captions.categories,
+                          seed=seed + number, overwrite=True, progress=progress)
+        for key in ("absence", "presence", "captions", "verifier_rejected"):
+            summary[key] = summary.get(key, 0) + (result.get(key) or 0)
+        parts.append(part)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(p.read_text() for p in parts))
+    os.replace(tmp, out)
+    for part in parts:
+        part.unlink()
+    return summary
+
+
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
     """The demo's fine-tuning: the trainer's defaults (best measured on the world), validated by MCQ."""
     from .config import TrainConfig
@@ -38,10 +81,8 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
 def run_demo(output: str | os.PathLike, *, seed: int = 0, n_images: int = 2000, pretrain_steps: int | None = None,
              max_steps: int | None = None, use_cache: bool = True, progress: bool = True) -> dict:
     """Run every step and return the results dict (also in ``output/results.json``)."""
-    from negation_plugins import load_clip, plugins
+    from negation_plugins import load_clip
     from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
-    from negation_plugins.data.generate import generate
-    from negation_plugins.data.io import read_coco_captions
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.pretrain import PretrainConfig, pretrain
 
@@ -63,12 +104,8 @@ def run_demo(output: str | os.PathLike, *, seed: int = 0, n_images: int = 2000, 
     pretrain_result = pretrain(world, output / "base_model", pretrain_config, use_cache=use_cache, progress=progress)
     lap("pretrain")
 
-    captions = read_coco_captions(world.captions, world.instances, world.images)
-    negator = plugins.get_one("negators", "template")()
-    verifier = plugins.get_one("verifiers", "annotations")(images=str(world.images))
     records = output / "records.jsonl"
-    data_summary = generate(captions, records, negator, verifier, ("absence", "presence"), captions.categories,
-                            seed=seed, overwrite=True, progress=progress)
+    data_summary = negation_records(world, records, seed=seed, progress=progress)
     lap("generate")
 
     base_spec = f"local-dir:{output / 'base_model'}"

@@ -1,0 +1,40 @@
+"""`negclip demo` end to end on a small world: every artifact lands in one folder and is usable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from negation_plugins.cli import cli
+
+
+@pytest.mark.e2e
+def test_demo_writes_results_plot_card_and_a_loadable_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEGATION_PLUGINS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--output", str(out), "--images", "240", "--pretrain-steps", "40",
+                                      "--max-steps", "12", "--no-progress"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "negation" in result.output and "affirmative R@1 retained" in result.output
+
+    results = json.loads((out / "results.json").read_text())
+    for side in ("before", "after"):
+        mcq = results[side]["mcq"]
+        assert mcq["n_items"] > 0 and all(0 <= mcq[t] <= 1 for t in ("affirmation", "negation", "hybrid"))
+        assert 0 <= results[side]["retrieval"]["image_to_text_r1"] <= 1
+    assert results["training"]["steps"] == 12
+    assert results["data"]["absence"] > 0 and results["data"]["presence"] > 0
+    with Image.open(out / "before_after.png") as plot:
+        assert plot.size[0] > 300
+    card = (out / "README.md").read_text()
+    assert card.startswith("---") and "negation" in card and "## Results" in card
+
+    from negation_plugins import load_clip
+
+    tuned = load_clip(f"local-dir:{out / 'model'}")
+    assert tuned.encode_text(["a star but no circle"]).shape[0] == 1
+    assert (out / "model" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "model" / "adapter" / "adapter_config.json").is_file()

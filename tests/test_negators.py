@@ -97,7 +97,7 @@ def test_fast_token_count_matches_open_clip(text):
     assert clip_token_count(text) == len(_clip_tokenizer().encode(text))  # open_clip's own full encode
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(st.text(alphabet=string.ascii_letters + string.digits + " ,.;'-()&<>é", max_size=30), max_size=4))
 def test_counting_by_parts_equals_counting_the_whole(parts):
     from negation_plugins.data.negators import fits_parts, fits_context

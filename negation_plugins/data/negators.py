@@ -158,8 +158,9 @@ def fits_parts(parts: Sequence[str], context_length: int = CONTEXT_LENGTH) -> bo
     recur across templates and epochs, so the training step rarely tokenizes anything."""
     if sum(map(len, parts)) <= context_length - 2:
         return True
+    parts = [p for p in parts if p]
     if all(_splits_cleanly(a, b) for a, b in itertools.pairwise(parts)):
-        return sum(_cached_token_count(p) for p in parts if p) + 2 <= context_length
+        return sum(_cached_token_count(p) for p in parts) + 2 <= context_length
     return fits_context("".join(parts), context_length)
 
 

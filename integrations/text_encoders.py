@@ -77,7 +77,11 @@ def describe_source(source) -> str:
 
 
 def load_source(source, device: str | torch.device = "cpu") -> ClipBundle | torch.nn.Module:
-    """A ClipBundle for a spec/path, the bundle itself, or a ready transformers text module as is."""
+    """A ClipBundle for a spec/path, the bundle itself, or a ready transformers text module as is.
+
+    A plain folder holding ``open_clip_config.json`` (what ``trainers.finetune --output`` writes) is read
+    as ``local-dir:``.
+    """
     if isinstance(source, (ClipBundle, torch.nn.Module)):
         return source
     if isinstance(source, Path):
@@ -88,6 +92,8 @@ def load_source(source, device: str | torch.device = "cpu") -> ClipBundle | torc
             "('local-dir:/path', 'hf-hub:org/repo', a .pth path, a transformers folder), a ClipBundle, "
             "or a transformers CLIPTextModel"
         )
+    if Path(source).is_dir() and (Path(source) / "open_clip_config.json").is_file():
+        source = f"local-dir:{source}"  # a trainer output folder (open_clip weights at the top level)
     return load_clip(source, device=device)
 
 

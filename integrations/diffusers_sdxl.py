@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from negation_plugins.hookspecs import hookimpl
 
-from .pipelines import TEXT_ENCODER_SLOTS, diffusers_pipeline, put_text_encoder, slot_of
+from .pipelines import TEXT_ENCODER_SLOTS, diffusers_pipeline, encoder_placement, put_text_encoder, slot_of, swap_text_encoder
 from .text_encoders import IncompatibleEncoderError, load_source, text_module_from_source
 
 HINT = "SDXL needs CLIP ViT-L/14 text (768 wide) in text_encoder and OpenCLIP bigG/14 text (1280 wide, projection 1280) in text_encoder_2"
@@ -46,27 +46,30 @@ class StableDiffusionXLIntegration:
                 raise ValueError(f"unknown SDXL slot {slot!r}; slots are {', '.join(TEXT_ENCODER_SLOTS)}")
             assignments = {slot: source}
         else:
-            assignments = {self._fitting_slot(pipe, source): source}
+            name, encoder = self._fitting_encoder(pipe, source)
+            dtype, device = encoder_placement(pipe, name)
+            swap_text_encoder(pipe, name, encoder.to(device=device, dtype=dtype))
+            return pipe
         for name, each in assignments.items():
             put_text_encoder(pipe, name, each, hint=HINT)
         return pipe
 
-    def _fitting_slot(self, pipe, source) -> str:
+    def _fitting_encoder(self, pipe, source):
+        """(slot, converted encoder) for the one slot the source fits; converted once per slot tried."""
         loaded = load_source(source)
         fits, refusals = [], []
         for name in TEXT_ENCODER_SLOTS:
             if getattr(pipe, name, None) is None:
                 continue
             try:
-                text_module_from_source(loaded, slot_of(pipe, name))
+                fits.append((name, text_module_from_source(loaded, slot_of(pipe, name))))
             except IncompatibleEncoderError as refusal:
                 refusals.append(str(refusal))
-            else:
-                fits.append(name)
         if len(fits) == 1:
             return fits[0]
         if fits:
-            raise ValueError(f"the source fits both {' and '.join(fits)}; say which with slot='text_encoder' or 'text_encoder_2'")
+            names = " and ".join(name for name, _ in fits)
+            raise ValueError(f"the source fits both {names}; say which with slot='text_encoder' or 'text_encoder_2'")
         raise IncompatibleEncoderError(" | ".join(refusals) + f". {HINT}")
 
 

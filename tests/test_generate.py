@@ -145,3 +145,21 @@ def test_caption_table_without_instances_and_negationclip_output(tmp_path):
     assert [(r.image, r.negated_caption) for r in back] == [
         (r.image, r.negated_caption) for r in records if r.kind == "absence"
     ]
+
+
+def test_option_errors_are_one_line_and_name_the_plugin(world_coco, tmp_path):
+    base = ["generate", "--no-progress", "--captions", str(world_coco.captions), "--images", str(world_coco.images),
+            "--out", str(tmp_path / "x.jsonl")]  # fmt: skip
+    cases = [
+        (["--negator", "nope"], "no negator named 'nope'; registered negators: template, llm"),
+        (["--verifier", "detector", "--verifier-option", "bogus=1"], "verifier 'detector' has no option(s) bogus"),
+        (["--verifier-option", "threshold=1"], "--verifier-option given but no verifier is used"),
+        (["--negator-option", "colour=red"], "negator 'template' got unknown option(s): colour"),
+        (["--negator-option", "x"], "expected KEY=VALUE, got 'x'"),
+        (["--kinds", "absence,maybe"], "kinds must be among absence, presence"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(cli, base + extra)
+        assert result.exit_code != 0 and message in result.output, (extra, result.output)
+        assert "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())

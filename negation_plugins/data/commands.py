@@ -24,6 +24,21 @@ def _options(pairs: tuple[str, ...], flag: str) -> dict:
     return options
 
 
+def _build(what: str, plugin_class, options: dict):
+    """Instantiate a plugin with its options; a wrong option name is a one-line error naming the plugin."""
+    import inspect
+
+    accepted = inspect.signature(plugin_class).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise click.UsageError(
+                f"{what} {plugin_class.name!r} has no option(s) {', '.join(unknown)}; "
+                f"its options: {', '.join(k for k in accepted if k != 'images')}"
+            )
+    return plugin_class(**options)
+
+
 @click.command("generate")
 @click.option(
     "--captions",
@@ -83,13 +98,16 @@ def generate_command(captions, instances, images, out, negator, negator_option, 
             vocab = caption_set.categories or list(COCO_CATEGORIES)
         kind_list = [k.strip() for k in kinds.split(",")] if kinds else (
             ["absence", "presence"] if instances else ["absence"])  # fmt: skip
-        negator_obj = plugins.get_one("negators", negator)(**_options(negator_option, "--negator-option"))
+        negator_options = _options(negator_option, "--negator-option")
+        verifier_options = _options(verifier_option, "--verifier-option")
+        negator_obj = _build("negator", plugins.get_one("negators", negator), negator_options)
         verifier_name = verifier if verifier is not None else ("annotations" if instances else "none")
         verifier_obj = None
         if verifier_name != "none":
-            verifier_obj = plugins.get_one("verifiers", verifier_name)(
-                images=images, **_options(verifier_option, "--verifier-option")
-            )
+            verifier_class = plugins.get_one("verifiers", verifier_name)
+            verifier_obj = _build("verifier", verifier_class, {"images": images, **verifier_options})
+        elif verifier_options:
+            raise click.UsageError("--verifier-option given but no verifier is used (pass --verifier NAME)")
         summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
                            overwrite=overwrite, progress=not no_progress)  # fmt: skip
     except (DataError, LlmError, FileExistsError, KeyError, ValueError, TypeError) as e:

@@ -135,3 +135,9 @@ def test_negationclip_json_round_trip(tmp_path):
     }))  # fmt: skip
     (record,) = read_negation_records(tmp_path / "theirs.json")
     assert (record.image_id, record.negated_caption, record.kind) == (5, "a horse with no rider", "absence")
+
+
+def test_jsonl_records_under_a_json_name(tmp_path):
+    path = tmp_path / "records.json"
+    write_negation_records(RECORDS, path)
+    assert read_negation_records(path) == RECORDS

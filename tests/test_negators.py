@@ -104,3 +104,11 @@ def test_counting_by_parts_equals_counting_the_whole(parts):
 
     for context_length in (5, 12, 32):
         assert fits_parts(parts, context_length) == fits_context("".join(parts), context_length)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=300), objects, st.integers(0, 2**32))
+def test_never_crashes_on_arbitrary_text(caption, obj, seed):
+    rng = random.Random(seed)
+    for text in (hybrid(caption, obj, rng), full(caption, rng), presence(caption, obj, ["dog", obj], rng)):
+        assert text is None or (isinstance(text, str) and fits_context(text))

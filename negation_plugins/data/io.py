@@ -316,11 +316,20 @@ def read_negation_records(path: str | os.PathLike) -> list[NegationRecord]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: negation records file not found")
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-    if head.startswith("{") and path.suffix.lower() == ".json":
+    if path.suffix.lower() == ".json" and not _first_line_is_record(path):
         return read_negationclip_json(path)
     return [record_from_dict(row, where) for where, row in _jsonl_rows(path)]
+
+
+def _first_line_is_record(path: Path) -> bool:
+    """JSONL saved under a .json name: its first line alone is a record."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and "negated_caption" in row
 
 
 def read_negationclip_json(path: str | os.PathLike) -> list[NegationRecord]:

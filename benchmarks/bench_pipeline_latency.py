@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import integrations  # noqa: E402
-import negation_plugins  # noqa: E402
-from tests.test_integrations_helpers import tiny_clip, tiny_sd_pipeline  # noqa: E402
+import integrations
+import negation_plugins
+from tests.test_integrations_helpers import tiny_clip, tiny_sd_pipeline
 
 
 def timed(fn) -> float:

@@ -7,7 +7,7 @@ Each toolkit is an integration plugin reached through ``negation_plugins.apply(t
 from .pipelines import STOCK_ATTRIBUTE
 from .text_encoders import IncompatibleEncoderError
 
-__all__ = ["IncompatibleEncoderError", "STOCK_ATTRIBUTE", "restore"]
+__all__ = ["STOCK_ATTRIBUTE", "IncompatibleEncoderError", "restore"]
 
 
 def restore(target, slots: tuple[str, ...] | None = None):

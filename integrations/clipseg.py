@@ -15,7 +15,7 @@ differ (it is rebuilt from the source's config)::
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

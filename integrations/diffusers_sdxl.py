@@ -17,8 +17,19 @@ from collections.abc import Mapping
 
 from negation_plugins.hookspecs import hookimpl
 
-from .pipelines import TEXT_ENCODER_SLOTS, diffusers_pipeline, encoder_placement, put_text_encoder, slot_of, swap_text_encoder
-from .text_encoders import IncompatibleEncoderError, load_source, text_module_from_source
+from .pipelines import (
+    TEXT_ENCODER_SLOTS,
+    diffusers_pipeline,
+    encoder_placement,
+    put_text_encoder,
+    slot_of,
+    swap_text_encoder,
+)
+from .text_encoders import (
+    IncompatibleEncoderError,
+    load_source,
+    text_module_from_source,
+)
 
 HINT = "SDXL needs CLIP ViT-L/14 text (768 wide) in text_encoder and OpenCLIP bigG/14 text (1280 wide, projection 1280) in text_encoder_2"
 

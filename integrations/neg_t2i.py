@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import click
 import torch
@@ -209,7 +210,7 @@ def write_outputs(out_dir, report, results, images_per_prompt) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for variant, per_prompt in results.items():
         grid = make_image_grid([img for images in per_prompt for img in images], rows=len(per_prompt), cols=images_per_prompt)
-        _atomic(out_dir / f"grid_{variant}.png", lambda path: grid.save(path, format="PNG"))
+        _atomic(out_dir / f"grid_{variant}.png", lambda path, grid=grid: grid.save(path, format="PNG"))
     report["grids"] = {variant: f"grid_{variant}.png" for variant in results}
     _atomic(out_dir / "report.json", lambda path: Path(path).write_text(json.dumps(report, indent=2)))
 

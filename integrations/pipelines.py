@@ -18,7 +18,7 @@ STOCK_ATTRIBUTE = "stock_text_encoders"
 TEXT_ENCODER_SLOTS = ("text_encoder", "text_encoder_2")
 
 # swapped encoder module -> the stock module it replaced
-_stock_by_swapped: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_stock_by_swapped: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
 
 
 def swap_text_encoder(pipe, slot: str, encoder: torch.nn.Module) -> None:

@@ -46,7 +46,7 @@ class Slot:
     hint: str = ""
 
     @classmethod
-    def like(cls, target: str, encoder, tokenizer=None, hint: str = "") -> "Slot":
+    def like(cls, target: str, encoder, tokenizer=None, hint: str = "") -> Slot:
         """The slot currently held by a transformers ``encoder`` (its sizes are what the consumer expects)."""
         config = encoder.config
         with_projection = _is_with_projection(encoder)

@@ -25,8 +25,8 @@ def tiny_clip(text_width: int = 64, embed_dim: int = 32, layers: int = 1, seed: 
     torch.manual_seed(seed)
     model = open_clip.model.CLIP(
         embed_dim=embed_dim,
-        vision_cfg=dict(layers=1, width=32, head_width=16, patch_size=16, image_size=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=text_width, heads=2, layers=layers),
+        vision_cfg={"layers": 1, "width": 32, "head_width": 16, "patch_size": 16, "image_size": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": text_width, "heads": 2, "layers": layers},
         quick_gelu=True,
     ).eval()
     return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-32"), preprocess=None, spec=f"tiny-{text_width}-{seed}")
@@ -73,7 +73,11 @@ def tiny_sd_pipeline(cross_attention_dim: int = 64, seed: int = 0):
 
 def tiny_sdxl_pipeline(width_1: int = 32, width_2: int = 48, projection_dim: int = 24, seed: int = 0):
     """A real StableDiffusionXLPipeline from configs: text_encoder width_1, text_encoder_2 width_2 (+ projection)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)

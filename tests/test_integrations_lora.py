@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from integrations.lora import AdapterError, load_peft_adapter, write_diffusers_lora
-from tests.test_integrations_helpers import PROMPTS, open_clip_token_states, tiny_clip, tiny_sd_pipeline, tokenizer
+from tests.test_integrations_helpers import (
+    PROMPTS,
+    open_clip_token_states,
+    tiny_clip,
+    tiny_sd_pipeline,
+    tokenizer,
+)
 
 TRANSFORMERS_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 OPEN_CLIP_TARGETS = r"^transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"
@@ -70,8 +76,9 @@ def test_peft_adapter_from_transformers_tower_into_pipeline(tmp_path):
 
 
 def test_peft_adapter_trained_on_open_clip_tower_goes_into_pipeline_exactly(tmp_path):
-    import negation_plugins
     from peft import LoraConfig, get_peft_model
+
+    import negation_plugins
 
     base = tiny_clip(64, layers=2)
     trained = copy.deepcopy(base)

@@ -14,8 +14,8 @@ def test_negationclip_pth_at_vit_l14_text_into_sd1_pipeline_in_one_call(tmp_path
     # ViT-L/14 text tower (768 wide, 12 layers, 12 heads, 77 tokens) with a tiny vision tower: random weights
     model = open_clip.model.CLIP(
         embed_dim=768,
-        vision_cfg=dict(layers=1, width=64, head_width=64, patch_size=16, image_size=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=768, heads=12, layers=12),
+        vision_cfg={"layers": 1, "width": 64, "head_width": 64, "patch_size": 16, "image_size": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12},
         quick_gelu=True,
     ).eval()
     path = tmp_path / "negationclip_ViT-L14.pth"
@@ -40,8 +40,8 @@ def test_vit_b32_width_into_sd1_width_fails_clearly(tmp_path):
     torch.manual_seed(0)
     model = open_clip.model.CLIP(
         embed_dim=64,
-        vision_cfg=dict(layers=1, width=64, head_width=64, patch_size=16, image_size=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=1),
+        vision_cfg={"layers": 1, "width": 64, "head_width": 64, "patch_size": 16, "image_size": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1},
         quick_gelu=True,
     )
     path = tmp_path / "negationclip_ViT-B32.pth"

@@ -69,7 +69,7 @@ def test_prompts_without_cues_are_unchanged(prompt):
 @settings(max_examples=200, deadline=None)
 @given(word_prompts)
 def test_rest_keeps_no_negated_phrase_after_its_cue(prompt):
-    rest, negated = split_negations(prompt)
+    rest, _negated = split_negations(prompt)
     rest_words = rest.lower().split()
     for cue in ("without", "no", "not"):
         for i, word in enumerate(rest_words[:-1]):

@@ -8,7 +8,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from integrations.neg_t2i import ClipPresenceJudge, NegatedPrompt, OwlVitJudge, evaluate, read_prompts
+from integrations.neg_t2i import (
+    ClipPresenceJudge,
+    NegatedPrompt,
+    OwlVitJudge,
+    evaluate,
+    read_prompts,
+)
 from tests.test_integrations_helpers import tiny_clip, tiny_sd_pipeline
 
 
@@ -53,12 +59,17 @@ def test_evaluate_stock_vs_negation_writes_report_and_grids(tmp_path):
 
 
 def test_owlvit_judge_scores_presence():
-    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
+    from transformers import (
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessor,
+        OwlViTProcessor,
+    )
 
     torch.manual_seed(0)
     config = OwlViTConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16),
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
         projection_dim=32,
     )
     processor = OwlViTProcessor(

@@ -154,7 +154,10 @@ def test_option_errors_are_one_line_and_name_the_plugin(world_coco, tmp_path):
         (["--negator", "nope"], "no negator named 'nope'; registered negators: template, llm"),
         (["--verifier", "detector", "--verifier-option", "bogus=1"], "verifier 'detector' has no option(s) bogus"),
         (["--verifier-option", "threshold=1"], "--verifier-option given but no verifier is used"),
-        (["--negator-option", "colour=red"], "negator 'template' got unknown option(s): colour"),
+        (
+            ["--negator-option", "colour=red"],
+            "negator 'template' has no option(s) colour; its options: mode, context_length",
+        ),
         (["--negator-option", "x"], "expected KEY=VALUE, got 'x'"),
         (["--kinds", "absence,maybe"], "kinds must be among absence, presence"),
     ]

@@ -3,6 +3,7 @@
 import random
 import string
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -100,7 +101,7 @@ def test_fast_token_count_matches_open_clip(text):
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.text(alphabet=string.ascii_letters + string.digits + " ,.;'-()&<>é", max_size=30), max_size=4))
 def test_counting_by_parts_equals_counting_the_whole(parts):
-    from negation_plugins.data.negators import fits_parts, fits_context
+    from negation_plugins.data.negators import fits_context, fits_parts
 
     for context_length in (5, 12, 32):
         assert fits_parts(parts, context_length) == fits_context("".join(parts), context_length)
@@ -112,3 +113,17 @@ def test_never_crashes_on_arbitrary_text(caption, obj, seed):
     rng = random.Random(seed)
     for text in (hybrid(caption, obj, rng), full(caption, rng), presence(caption, obj, ["dog", obj], rng)):
         assert text is None or (isinstance(text, str) and fits_context(text))
+
+
+def test_contextual_template_prefers_objects_that_co_occur():
+    negator = plugins.get_one("negators", "template")(mode="contextual")
+    scenes = [("dog", "couch"), ("dog", "couch", "tv"), ("dog", "couch"), ("cat", "bed"), ("dog", "frisbee")]
+    items = [CaptionItem(f"{i}.png", "a scene.", objects=tuple(sorted(s))) for i, s in enumerate(scenes)]
+    vocabulary = ["dog", "couch", "tv", "cat", "bed", "frisbee", "kite", "car"]
+    negator.prepare(items, vocabulary)
+    query = CaptionItem("q.png", "a dog in a park.", objects=("dog",))
+    for seed in range(5):
+        (candidates,) = negator.propose([query], vocabulary, random.Random(seed))
+        assert candidates[0] in {"couch", "tv", "frisbee"} and "dog" not in candidates and len(candidates) == 3
+    with pytest.raises(ValueError, match="mode must be random or contextual"):
+        plugins.get_one("negators", "template")(mode="clever")

@@ -109,7 +109,8 @@ def generate_command(captions, instances, images, out, negator, negator_option, 
         elif verifier_options:
             raise click.UsageError("--verifier-option given but no verifier is used (pass --verifier NAME)")
         summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
-                           overwrite=overwrite, progress=not no_progress)  # fmt: skip
+                           overwrite=overwrite, progress=not no_progress,
+            options={"negator": negator_options, "verifier": verifier_options})  # fmt: skip
     except (DataError, LlmError, FileExistsError, KeyError, ValueError, TypeError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
     click.echo(

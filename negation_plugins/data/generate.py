@@ -120,8 +120,12 @@ def generate(
     chunk_size: int = 256,
     overwrite: bool = False,
     progress: bool = True,
+    options: dict | None = None,
 ) -> dict:
-    """Write negation records for every caption to ``out``; resumes a killed run. Returns the summary."""
+    """Write negation records for every caption to ``out``; resumes a killed run. Returns the summary.
+
+    ``options`` (the negator's/verifier's settings) join the fingerprint that a resumed run must match.
+    """
     out = Path(out)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -130,6 +134,7 @@ def generate(
         raise ValueError("an object vocabulary is needed to pick objects to negate")
     if verifier is not None:
         verifier.set_vocabulary(vocabulary)
+    negator.prepare(caption_set.items, vocabulary)
     partial, progress_file = _progress_paths(out)
     settings = {
         "negator": negator.name,
@@ -138,6 +143,7 @@ def generate(
         "seed": seed,
         "chunk_size": chunk_size,
         "vocabulary": list(vocabulary),
+        "options": options or {},
     }
     fingerprint = _fingerprint(caption_set, settings)
     state = {"fingerprint": fingerprint, "chunks_done": 0, "bytes": 0, "stats": {}, "seconds": 0.0}

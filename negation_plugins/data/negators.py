@@ -276,6 +276,9 @@ class Negator:
         self.context_length = context_length
         self.stats: Counter = Counter()
 
+    def prepare(self, items: Sequence[CaptionItem], vocabulary: Sequence[str]) -> None:
+        """Called once with the whole data set before generation (e.g. to gather statistics)."""
+
     def propose(self, items: Sequence[CaptionItem], vocabulary: Sequence[str], rng: random.Random) -> list[list[str]]:
         return [absence_candidates(item, vocabulary, rng) for item in items]
 
@@ -293,6 +296,46 @@ class Negator:
 class TemplateNegator(Negator):
     name = "template"
     description = f"Rule-based negation: {len(HYBRID_TEMPLATES)} cue forms, articles/plurals, fits 77 tokens"
+
+    def __init__(self, mode: str = "random", context_length: int = CONTEXT_LENGTH):
+        """``mode="contextual"`` prefers absent objects that often co-occur with the image's objects in the data
+        set (plausible, hence harder, absences, like NegationCLIP's contextual LLM prompt); ``"random"`` does not."""
+        super().__init__(context_length=context_length)
+        if mode not in ("random", "contextual"):
+            raise ValueError(f"negator 'template': mode must be random or contextual, got {mode!r}")
+        self.mode = mode
+        self.cooccurrence: dict[str, Counter] = {}
+
+    def prepare(self, items, vocabulary):
+        if self.mode != "contextual":
+            return
+        self.cooccurrence = {}
+        seen: set[str] = set()
+        for item in items:
+            objects = tuple(presence_candidates(item, vocabulary))
+            if item.image in seen or not objects:
+                continue
+            seen.add(item.image)
+            for a in objects:
+                counts = self.cooccurrence.setdefault(a, Counter())
+                counts.update(b for b in objects if b != a)
+
+    def propose(self, items, vocabulary, rng):
+        if self.mode != "contextual":
+            return super().propose(items, vocabulary, rng)
+        out = []
+        for item in items:
+            scores = Counter()
+            for obj in presence_candidates(item, vocabulary):
+                scores.update(self.cooccurrence.get(obj, {}))
+            known = set(item.objects or ())
+            ranked = [o for o, _ in scores.most_common() if o not in known and not mentions(item.caption, o)]
+            plausible = ranked[:5]
+            rng.shuffle(plausible)
+            picked = plausible[:2]  # two of the most plausible absences, then a random one for variety
+            picked += [o for o in absence_candidates(item, vocabulary, rng, k=3) if o not in picked][: 3 - len(picked)]
+            out.append(picked)
+        return out
 
     def rewrite(self, items, objects, kind, rng):
         self.check_kind(kind)

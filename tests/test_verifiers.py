@@ -114,3 +114,46 @@ def test_clip_verifier_scores_against_the_vocabulary(tmp_path):
     small.threshold = sorted(probabilities)[2]
     assert small.absent(items, objects) == [p < small.threshold for p in probabilities]
     assert small.stats["rejected"] == 3
+
+
+def test_vqa_verifier_generative_tiny_llava_with_chat_template(tmp_path):
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    from negation_plugins.tokenizer import clip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = (
+        "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=32, patch_size=16, projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+    )  # fmt: skip
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "llava")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=16, chat_template=template,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(
+        tmp_path / "llava")  # fmt: skip
+    images, items = _items(tmp_path, 3)
+    verifier = plugins.get_one("verifiers", "vqa")(images=images, model=str(tmp_path / "llava"), batch_size=2,
+                                                   max_new_tokens=3)  # fmt: skip
+    assert not verifier.classifier
+    assert "<image>" in verifier._prompt("Is there a dog in this image?")
+    answers = verifier.answers(items, ["dog", "cat", "umbrella"])
+    assert len(answers) == 3 and all(isinstance(a, str) and a for a in answers)
+    assert verifier.absent(items, ["dog", "cat", "umbrella"]) == ["yes" not in a.lower() for a in answers]

@@ -246,14 +246,14 @@ def _join(items: list[str]) -> str:
 def absence_candidates(item: CaptionItem, vocabulary: Sequence[str], rng: random.Random, k: int = 3) -> list[str]:
     """Up to ``k`` random vocabulary objects neither annotated in the image nor mentioned in its caption."""
     known = set(item.objects or ())
-    pool = [o for o in vocabulary if o not in known]
-    rng.shuffle(pool)
-    picked = []
-    for obj in pool:
-        if not mentions(item.caption, obj):
-            picked.append(obj)
-            if len(picked) == k:
-                break
+    picked: list[str] = []
+    # A small random sample nearly always suffices; shuffle the whole vocabulary only when it does not.
+    for pool in (rng.sample(vocabulary, min(len(vocabulary), 2 * k)), rng.sample(vocabulary, len(vocabulary))):
+        for obj in pool:
+            if obj not in known and obj not in picked and not mentions(item.caption, obj):
+                picked.append(obj)
+                if len(picked) == k:
+                    return picked
     return picked
 
 

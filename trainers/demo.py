@@ -25,47 +25,18 @@ logger = logging.getLogger(__name__)
 MCQ_TYPES = ("affirmation", "negation", "hybrid")
 
 
-GENERIC_CAPTIONS = ("a picture.", "an image.", "a photo.", "this image.", "a drawing.", "a scene.")
-
-
 def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> dict:
-    """Template negator + annotation verifier, absence and presence kinds, on two caption sets:
-
-    - the world's own captions ("a red cross and a star" -> "... but no circle" / "a star, without a cross");
-    - one generic caption per image ("a picture." -> "A picture without any circle." / "... crosses are absent"),
-      so that bare negations ("no X" with nothing affirmed) appear as true AND as false captions, balanced.
-      Without them every negation the model sees rides on an affirmative list, and bare-negation questions
-      ("This image does not feature a X") stay below chance.
-    """
-    import random
-
+    """Template negator + annotation verifier on the world's training captions, absence and presence kinds:
+    "a red cross and a star" -> "... but no circle" (true) / "a star, without a cross" (false)."""
     from negation_plugins import plugins
     from negation_plugins.data.generate import generate
-    from negation_plugins.data.io import CaptionItem, CaptionSet, read_coco_captions
+    from negation_plugins.data.io import read_coco_captions
 
     captions = read_coco_captions(world.captions, world.instances, world.images)
-    rng = random.Random(f"{seed}-generic")
-    first_per_image = {item.image: item for item in reversed(captions.items)}
-    generic = CaptionSet([CaptionItem(image=i.image, caption=rng.choice(GENERIC_CAPTIONS), image_id=i.image_id,
-                                      objects=i.objects) for i in first_per_image.values()],
-                         captions.categories, 0, "generic captions")
-    summary: dict = {}
-    parts = []
-    for number, caption_set in enumerate((captions, generic)):
-        part = out.with_name(f"{out.stem}.part{number}.jsonl")
-        negator = plugins.get_one("negators", "template")()
-        verifier = plugins.get_one("verifiers", "annotations")(images=str(world.images))
-        result = generate(caption_set, part, negator, verifier, ("absence", "presence"), captions.categories,
-                          seed=seed + number, overwrite=True, progress=progress)
-        for key in ("absence", "presence", "captions", "verifier_rejected"):
-            summary[key] = summary.get(key, 0) + (result.get(key) or 0)
-        parts.append(part)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(p.read_text() for p in parts))
-    os.replace(tmp, out)
-    for part in parts:
-        part.unlink()
-    return summary
+    negator = plugins.get_one("negators", "template")()
+    verifier = plugins.get_one("verifiers", "annotations")(images=str(world.images))
+    return generate(captions, out, negator, verifier, ("absence", "presence"), captions.categories, seed=seed,
+                    overwrite=True, progress=progress)
 
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
@@ -73,7 +44,8 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
     from .config import TrainConfig
 
     settings = dict(model=model, train=str(records), images=str(world.images), output=str(output), seed=seed,
-                    eval_mcq=str(world.mcq_train_csv), select_by="mcq", progress=progress, log_with="tensorboard")
+                    eval_mcq=str(world.mcq_train_csv), select_by="mcq", epochs=3, eval_every=100,
+                    progress=progress, log_with="tensorboard")
     settings.update(overrides)
     return TrainConfig(**settings)
 

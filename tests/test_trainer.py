@@ -248,6 +248,15 @@ def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, rec
     assert torch.allclose(model.encode_text(tokens), tuned.model.encode_text(tokens))
 
 
+@pytest.mark.parametrize("objectives", [["conclip"], ["tng"], ["clip:0.99", "negbench-mcq:0.01"]])
+def test_every_batch_kind_builds_for_train_and_validation(objectives, tiny_spec, records, world_coco, tmp_path):
+    """Distractor images, on-the-fly TNG texts and MCQ options are drawn from the right split's pool."""
+    spec_args = [a for o in objectives for a in ("--objective", o)]
+    summary = train(parse_config(base_args(tiny_spec, records, world_coco, tmp_path / "o", *spec_args,
+                                           "--val-fraction", "0.3")))
+    assert summary["steps"] == 2 and summary["results_after"]["validation"]["loss"] > 0
+
+
 def test_bf16_with_gradient_accumulation_trains_full_tower(tiny_spec, records, world_coco, tmp_path):
     """Mixed precision + 2 micro-batches per optimizer step: one logged step per optimizer step, finite losses,
     and the weights move."""

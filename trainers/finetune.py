@@ -267,12 +267,15 @@ def train(config: TrainConfig) -> dict:
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.micro_batches_per_epoch() / accum))
     state = {"model": model, "objective": objective, "bundle": bundle}
 
-    def make(chunk, rng, otf_seed, pool=train_set, text_encoder=encoder):
-        return make_batch(text_encoder, bundle.tokenizer, image_features, chunk, requires, rng, pool, absent_index,
+    val_absent_index = absent_object_index(val_set)
+
+    def make(chunk, rng, otf_seed, pool=train_set, index=absent_index, text_encoder=encoder):
+        return make_batch(text_encoder, bundle.tokenizer, image_features, chunk, requires, rng, pool, index,
                           otf_seed, device)
 
     def make_eval(chunk, rng, otf_seed):
-        return make(chunk, rng, otf_seed, pool=val_set, text_encoder=accelerator.unwrap_model(encoder))
+        return make(chunk, rng, otf_seed, pool=val_set, index=val_absent_index,
+                    text_encoder=accelerator.unwrap_model(encoder))
 
     # ---- resume -----------------------------------------------------------------------------------------------
     step, best, best_state, bad_evals, history = 0, None, None, 0, []

@@ -3,7 +3,7 @@
     python benchmarks/bench_trainer_throughput.py --steps 60 --threads 2
 
 The bare loop is the least a training step can do: one fixed, pre-tokenized batch, precomputed image features,
-encode_text -> objective -> backward -> AdamW step. The trainer does everything it really does (draw the batch,
+encode_text -> objective -> backward -> clip grad norm -> AdamW step (the same math as the trainer's step). The trainer does everything it really does (draw the batch,
 tokenize, accelerate's accumulate/autocast/clip, logit-scale clamp, metrics line) with the same model, objectives,
 tuning and batch size. Goal: trainer >= 0.95x the bare loop. Each figure is the best of --repeats runs (the machine
 is shared, so the best run is the one least disturbed).
@@ -90,6 +90,7 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
             batch[key] = features[i * len(chunk) : (i + 1) * len(chunk)]
         loss, _ = objective(batch)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the trainer's default --grad-clip
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return steps / (time.perf_counter() - start)

@@ -18,16 +18,17 @@ from pathlib import Path
 import torch
 
 ROWS = (
-    # (label, objectives, tuning)
-    ("infonce (NegationCLIP)", ["infonce"], "lora"),
-    ("tng (TNG-CLIP, on-the-fly)", ["tng"], "lora"),
-    ("omni (Omni-NegCLIP)", ["omni"], "lora"),
-    ("conclip (CoN-CLIP)", ["conclip", "clip:0.5"], "lora"),
-    ("clip:0.99 + negbench-mcq:0.01", ["clip:0.99", "negbench-mcq:0.01"], "lora"),
-    ("omni + clip:0.5 (default)", ["omni", "clip:0.5"], "lora"),
-    ("omni + tng:0.5 + clip:0.5", ["omni", "tng:0.5", "clip:0.5"], "lora"),
-    ("omni + clip:0.5, full", ["omni", "clip:0.5"], "full"),
-    ("omni + clip:0.5, front:0-0", ["omni", "clip:0.5"], "front:0-0"),
+    # (label, objectives, tuning, learning rate)
+    ("infonce (NegationCLIP)", ["infonce"], "lora", 1e-3),
+    ("tng (TNG-CLIP, on-the-fly)", ["tng"], "lora", 1e-3),
+    ("omni (Omni-NegCLIP)", ["omni"], "lora", 1e-3),
+    ("conclip (CoN-CLIP)", ["conclip", "clip:0.5"], "lora", 1e-3),
+    ("clip:0.99 + negbench-mcq:0.01", ["clip:0.99", "negbench-mcq:0.01"], "lora", 1e-3),
+    ("omni + clip:0.5, LoRA", ["omni", "clip:0.5"], "lora", 1e-3),
+    ("omni + tng:0.5 + clip:0.5", ["omni", "tng:0.5", "clip:0.5"], "lora", 1e-3),
+    ("omni + clip:0.5, full (default)", ["omni", "clip:0.5"], "full", 1e-3),
+    ("omni + clip:0.5, front:0-0", ["omni", "clip:0.5"], "front:0-0", 1e-3),
+    ("omni + clip:0.5, LoRA lr 3e-3 (demo)", ["omni", "clip:0.5"], "lora", 3e-3),
 )
 
 
@@ -87,18 +88,18 @@ def main() -> int:
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     _print_row("base model (no fine-tuning)", base_scores, base_scores, None)
     results = {"base": base_scores, "rows": {}}
-    for number, (label, objectives, tuning) in rows:
+    for number, (label, objectives, tuning, lr) in rows:
         out = workdir / f"run-{number}"
         config = TrainConfig(model=base, train=str(records), images=str(world.images), output=str(out),
-                             objective=objectives, tuning=tuning, max_steps=args.steps, seed=args.seed,
+                             objective=objectives, tuning=tuning, lr=lr, max_steps=args.steps, seed=args.seed,
                              eval_every=args.steps, val_fraction=0.05, progress=False, log_with="none",
                              export_transformers=False)
         started = time.perf_counter()
         summary = train(config)
         seconds = time.perf_counter() - started
         scores = evaluate(f"local-dir:{out}", world)
-        _print_row(label if tuning == "lora" else label, scores, base_scores, summary["train_seconds"] / args.steps)
-        results["rows"][label] = {"scores": scores, "tuning": tuning, "objectives": objectives,
+        _print_row(label, scores, base_scores, summary["train_seconds"] / args.steps)
+        results["rows"][label] = {"scores": scores, "tuning": tuning, "objectives": objectives, "lr": lr,
                                   "wall_seconds": round(seconds, 1)}
         sys.stdout.flush()
     (workdir / "compare_objectives.json").write_text(json.dumps(results, indent=1))

@@ -50,7 +50,7 @@ def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
     assert config.lr == 0.5 and config.batch_size == 3
     assert config.objective == ["omni", "clip:0.5"] and config.tuning == "front:0-1"
     assert config.cache_image_features is False
-    assert parse_config([]).objective == TrainConfig().objective
+    assert parse_config([]).objective == TrainConfig().objective and parse_config([]).tuning == "full"
 
 
 def test_yaml_with_unknown_setting_is_refused(tmp_path):
@@ -174,7 +174,7 @@ def test_unknown_objective_fails_before_training(tiny_spec, records, world_coco,
 
 def test_lora_targets_matching_nothing_fail_before_training(tiny_spec, records, world_coco, tmp_path):
     out = tmp_path / "o"
-    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--lora-targets", "q_proj"),
+    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--tuning", "lora", "--lora-targets", "q_proj"),
                            "matches no module", out)
 
 
@@ -216,7 +216,7 @@ def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, rec
     from negation_plugins.convert import open_clip_to_transformers
 
     out = tmp_path / "run"
-    args = base_args(tiny_spec, records, world_coco, out, "--lr", "0.05", "--lora-rank", "4",
+    args = base_args(tiny_spec, records, world_coco, out, "--tuning", "lora", "--lr", "0.05", "--lora-rank", "4",
                      "--eval-mcq", str(world_coco.mcq_csv))
     args[args.index("--no-export-transformers")] = "--export-transformers"
     summary = train(parse_config(args))

@@ -16,7 +16,7 @@ def test_short_lora_finetune_raises_negation_mcq_accuracy(world_coco, world_mode
     summary = negation_records(world_coco, records, seed=0, progress=False)
     assert summary["absence"] > 0 and summary["presence"] > 0
     config = TrainConfig(model=world_model, train=str(records), images=str(world_coco.images),
-                         output=str(tmp_path / "out"), max_steps=80, batch_size=32, eval_every=80,
+                         output=str(tmp_path / "out"), tuning="lora", lr=1e-3, max_steps=80, batch_size=32, eval_every=80,
                          eval_mcq=str(world_coco.mcq_csv), val_fraction=0.1, progress=False, log_with="none",
                          export_transformers=False)
     result = train(config)

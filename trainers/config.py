@@ -37,7 +37,7 @@ class TrainConfig:
     instances: str | None = None
     negation: str = "records"
     objective: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
-    tuning: str = "lora"
+    tuning: str = "full"
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_targets: str = DEFAULT_LORA_TARGETS

@@ -96,6 +96,21 @@ class ImageFeatures:
         return self._embed(paths)
 
 
+class TokenCache:
+    """Tokenize each distinct text once: the same captions come back every epoch, and BPE in Python costs
+    about as much as a tiny text tower's forward pass."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        new = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if new:
+            self.rows.update(zip(new, self.tokenizer(new)))
+        return torch.stack([self.rows[t] for t in texts])
+
+
 def make_batch(encoder, tokenizer, image_features: ImageFeatures, examples: list[Example], requires: tuple[str, ...],
                rng, pool: list[Example], absent_index, otf_seed: int | None, device) -> dict:
     """Embed everything the objectives need; all texts go through ONE encoder forward."""
@@ -268,9 +283,10 @@ def train(config: TrainConfig) -> dict:
     state = {"model": model, "objective": objective, "bundle": bundle}
 
     val_absent_index = absent_object_index(val_set)
+    tokens = TokenCache(bundle.tokenizer)
 
     def make(chunk, rng, otf_seed, pool=train_set, index=absent_index, text_encoder=encoder):
-        return make_batch(text_encoder, bundle.tokenizer, image_features, chunk, requires, rng, pool, index,
+        return make_batch(text_encoder, tokens, image_features, chunk, requires, rng, pool, index,
                           otf_seed, device)
 
     def make_eval(chunk, rng, otf_seed):

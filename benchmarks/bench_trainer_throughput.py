@@ -65,8 +65,8 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     from negation_plugins import load_clip
     from negation_plugins.losses import parse_objectives
     from trainers.batches import build_texts, load_examples, usable_examples
-    from trainers.finetune import ImageFeatures, build_optimizer
     from trainers.config import TrainConfig
+    from trainers.finetune import ImageFeatures, build_optimizer
     from trainers.tuning import apply_tuning, open_clip_model
 
     objective = parse_objectives(objectives)

@@ -145,7 +145,7 @@ def test_records_of_one_caption_are_grouped_and_split_by_image():
 
 def test_batch_plan_is_deterministic_sharded_and_covers_each_epoch():
     plan = batches.BatchPlan(10, 2, world_size=2, seed=3)
-    first_epoch = [i for g in range(0, 3) for r in (0, 1) for i in plan.indices(g, r)][:10]
+    first_epoch = [i for g in range(3) for r in (0, 1) for i in plan.indices(g, r)][:10]
     assert sorted(first_epoch) == list(range(10))
     assert plan.indices(1, 0) != plan.indices(1, 1)
     assert batches.BatchPlan(10, 2, 2, 3).indices(7, 1) == plan.indices(7, 1)

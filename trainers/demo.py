@@ -44,10 +44,9 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
     checkpoint kept by MCQ accuracy on the TRAINING scenes' questions (held-out scenes are only for the report)."""
     from .config import TrainConfig
 
-    settings = dict(model=model, train=str(records), images=str(world.images), output=str(output), seed=seed,
-                    eval_mcq=str(world.mcq_train_csv), select_by="mcq", epochs=3, eval_every=100,
-                    tuning="lora", lr=3e-3,
-                    progress=progress, log_with="tensorboard")
+    settings = {"model": model, "train": str(records), "images": str(world.images), "output": str(output),
+                "seed": seed, "eval_mcq": str(world.mcq_train_csv), "select_by": "mcq", "epochs": 3,
+                "eval_every": 100, "tuning": "lora", "lr": 3e-3, "progress": progress, "log_with": "tensorboard"}
     settings.update(overrides)
     return TrainConfig(**settings)
 

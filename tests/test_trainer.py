@@ -274,3 +274,16 @@ def test_bf16_with_gradient_accumulation_trains_full_tower(tiny_spec, records, w
     assert not torch.equal(before["transformer.resblocks.0.attn.in_proj_weight"],
                            after["transformer.resblocks.0.attn.in_proj_weight"])
     assert torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+
+
+def test_coco_captions_train_on_the_fly_and_are_refused_without_it(tiny_spec, world_coco, tmp_path):
+    """COCO captions + instances with --negation on-the-fly train TNG-CLIP's triplets; the same file in records
+    mode fails before training and says what to do."""
+    common = ["--model", tiny_spec, "--train", str(world_coco.captions), "--images", str(world_coco.images),
+              "--batch-size", "8", "--max-steps", "2", "--no-progress", "--log-with", "none",
+              "--no-export-transformers", "--objective", "tng"]
+    summary = train(parse_config([*common, "--output", str(tmp_path / "otf"), "--negation", "on-the-fly",
+                                  "--instances", str(world_coco.instances)]))
+    assert summary["steps"] == 2 and summary["results_after"]["validation"]["loss"] > 0
+    with pytest.raises(ValueError, match="without negated captions.*on-the-fly"):
+        train(parse_config([*common, "--output", str(tmp_path / "rec")]))

@@ -37,16 +37,16 @@ RESULT_NAME = "pretrain_result.json"
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 800
+    steps: int = 600
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
     seed: int = 0
     embed_dim: int = 64
     vision_width: int = 64
     vision_layers: int = 2
-    patch_size: int = 8
+    patch_size: int = 16  # one patch per grid cell: a linear patch embedding already sees a whole object
     text_width: int = 64
     text_layers: int = 2
     context_length: int = 32

@@ -1,0 +1,57 @@
+"""README figures for the world's base model: wall time, val retrieval R@1 and MCQ accuracy per type.
+
+    .venv/bin/python benchmarks/bench_world_pretrain.py [--n-images 2000] [--steps 800] [--threads 2]
+
+Always trains from scratch (no cache) so the wall time is real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import negation_plugins as npl
+from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
+from negation_plugins.world import WorldConfig, make_world
+from negation_plugins.world.pretrain import PretrainConfig, pretrain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n-images", type=int, default=WorldConfig.n_images)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=PretrainConfig.steps)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="keep the world and model here (default: a temp dir)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    root = Path(args.out or tempfile.mkdtemp(prefix="bench-world-"))
+    start = time.perf_counter()
+    world = make_world(root / "world", WorldConfig(n_images=args.n_images, seed=args.seed))
+    world_seconds = time.perf_counter() - start
+    result = pretrain(world, root / "model", PretrainConfig(steps=args.steps, seed=args.seed), use_cache=False)
+    clip = npl.load_clip(f"local-dir:{root / 'model'}")
+    mcq = run_mcq(clip, world.mcq_csv, world.images)
+    retrieval = run_retrieval(clip, world.val_captions, world.images, captions_per_image=1)
+    figures = {
+        "threads": args.threads,
+        "n_train_scenes": result["n_train_scenes"],
+        "n_val_scenes": result["n_val_scenes"],
+        "steps": args.steps,
+        "world_make_seconds": round(world_seconds, 1),
+        "pretrain_seconds": result["wall_seconds"],
+        "val_r1_image_to_text": retrieval["image_to_text_r1"],
+        "val_r1_text_to_image": retrieval["text_to_image_r1"],
+        "mcq_val": {k: mcq[k] for k in ("accuracy", "affirmation", "negation", "hybrid", "n_items")},
+    }
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -106,7 +106,7 @@ def usable_examples(examples: list[Example], requires: tuple[str, ...], source: 
         raise ValueError(
             f"--train {source}: none of the {len(examples)} examples has the {' and '.join(wanted)}-negated captions "
             f"the objectives need (they require {list(requires)}); generate records with those kinds "
-            "(`negclip generate --kind absence --kind presence`) or choose other objectives"
+            "(`negclip generate --kinds absence,presence`) or choose other objectives"
         )
     return keep, len(examples) - len(keep)
 

@@ -101,6 +101,7 @@ class TokenCache:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.context_length = int(getattr(tokenizer, "context_length", 77))
         self.rows: dict[str, torch.Tensor] = {}
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
@@ -119,7 +120,7 @@ def make_batch(encoder, tokenizer, image_features: ImageFeatures, examples: list
         from negation_plugins.data.onthefly import OnTheFlyNegation
 
         objects = [e.present_objects for e in examples] if any(e.present_objects for e in examples) else None
-        generated = OnTheFlyNegation(seed=otf_seed)(texts["caption"], image_embeds=batch["image"], objects=objects)
+        generated = OnTheFlyNegation(seed=otf_seed, context_length=tokenizer.context_length)(texts["caption"], image_embeds=batch["image"], objects=objects)
         texts["hybrid"], texts["full"] = generated["hybrid"], generated["full"]
     if "distractor_image" in requires:
         batch["distractor_image"] = image_features(distractor_images(examples, rng, absent_index, pool)).to(device)

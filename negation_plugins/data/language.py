@@ -206,7 +206,7 @@ DETERMINERS = frozenset(
     ]
 )
 # Words that end a noun phrase on the left: when scanning modifiers we stop at these (and do not remove them).
-_BOUNDARY = frozenset(
+PHRASE_BOUNDARIES = frozenset(
     [
         "and",
         "or",
@@ -278,7 +278,7 @@ def remove_mentions(caption: str, noun: str) -> str | None:
             if w in DETERMINERS:
                 left = i
                 break
-            if w in _BOUNDARY or k == 3:
+            if w in PHRASE_BOUNDARIES or k == 3:
                 break
         before = words[left - 1].lower() if left > 0 else None
         after = words[end].lower() if end < len(words) and not trailing_comma else None

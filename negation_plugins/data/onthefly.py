@@ -18,64 +18,15 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from .language import DETERMINERS, mentions, singularize
+from .language import DETERMINERS, PHRASE_BOUNDARIES, mentions, singularize
 from .negators import CONTEXT_LENGTH, full, hybrid
 from .vocabulary import COCO_CATEGORIES
 
 _TOKEN = re.compile(r"[a-z]+|[,.;:!?]")
-_NOT_NOUNS = frozenset(
-    [
-        "and",
-        "or",
-        "with",
-        "of",
-        "on",
-        "in",
-        "at",
-        "by",
-        "for",
-        "to",
-        "from",
-        "near",
-        "next",
-        "behind",
-        "under",
-        "over",
-        "above",
-        "below",
-        "beside",
-        "between",
-        "into",
-        "onto",
-        "while",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "has",
-        "have",
-        "it",
-        "its",
-        "there",
-        "here",
-        "this",
-        "that",
-        "photo",
-        "picture",
-        "image",
-        "drawing",
-        "view",
-        "background",
-        "top",
-        "side",
-        "front",
-        "back",
-        "left",
-        "right",
-        "middle",
-        "some",
-    ]
+# Words that are never a hard object: phrase boundaries (except the verbs among them) plus scene words.
+_NOT_NOUNS = (PHRASE_BOUNDARIES - {"carrying", "eating", "holding", "riding", "wearing"}) | frozenset(
+    ["back", "background", "be", "drawing", "front", "here", "image", "it", "its", "left", "middle", "photo",
+     "picture", "right", "side", "some", "that", "there", "this", "top", "view"]
 )
 
 NEAREST_RANKED = 4

@@ -16,8 +16,6 @@ Writes ``report.json`` (per prompt scores + summary) and one image grid per vari
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Protocol
 import click
 import torch
 
+from negation_plugins.atomic import atomic_write, atomic_write_text
 from negation_plugins.hookspecs import hookimpl
 
 from . import prompting
@@ -210,20 +209,9 @@ def write_outputs(out_dir, report, results, images_per_prompt) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for variant, per_prompt in results.items():
         grid = make_image_grid([img for images in per_prompt for img in images], rows=len(per_prompt), cols=images_per_prompt)
-        _atomic(out_dir / f"grid_{variant}.png", lambda path, grid=grid: grid.save(path, format="PNG"))
+        atomic_write(out_dir / f"grid_{variant}.png", lambda path, grid=grid: grid.save(path, format="PNG"))
     report["grids"] = {variant: f"grid_{variant}.png" for variant in results}
-    _atomic(out_dir / "report.json", lambda path: Path(path).write_text(json.dumps(report, indent=2)))
-
-
-def _atomic(destination: Path, write) -> None:
-    handle, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
 
 
 @hookimpl

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_write_text
 
 CARD_FILE = "README.md"
 DEFAULT_TAGS = ("clip", "negation", "negation-plugins", "open_clip")
@@ -190,7 +190,7 @@ def write_model_card(
     )
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = out_dir / CARD_FILE
-    _atomic_write(path, str(card))
+    atomic_write_text(path, str(card))
     return path
 
 
@@ -233,7 +233,7 @@ def update_model_index(
     else:
         text = card.text.rstrip("\n") + "\n\n## Results\n\n" + section + "\n"
     updated = ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")
-    _atomic_write(card_path, str(updated))
+    atomic_write_text(card_path, str(updated))
     return card_path
 
 
@@ -245,16 +245,3 @@ def _stored_results(text: str) -> tuple[dict, dict]:
         return {}, {}
     data = json.loads(match.group(1))
     return data.get("before", {}), data.get("after", {})
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    descriptor, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

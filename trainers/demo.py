@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from negation_plugins.atomic import atomic_write, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 MCQ_TYPES = ("affirmation", "negation", "hybrid")
@@ -144,10 +146,8 @@ def plot_before_after(before: dict, after: dict, path: Path) -> Path:
     axes.set_title("Negation MCQ on the synthetic world, before / after fine-tuning")
     axes.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
+    atomic_write(path, figure.savefig)
     plt.close(figure)
-    os.replace(tmp, path)
     return path
 
 
@@ -173,6 +173,4 @@ def _write_card(output: Path, config, before: dict, after: dict, summary: dict) 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))

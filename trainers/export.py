@@ -21,6 +21,8 @@ from pathlib import Path
 
 from torch import nn
 
+from negation_plugins.atomic import atomic_write_text
+
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_DIR = "adapter"
 RESULTS_FILE = "results.json"
@@ -87,6 +89,4 @@ def _replace_dir(target: Path, write) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..model_card import flatten_results
 
 SPREAD = ("std", "min", "max", "p05", "p25", "p75", "p95", "frac_above_0.95")
-
-
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def model_label(spec: str) -> str:
@@ -60,11 +46,11 @@ def write_json(path, report: dict) -> Path:
     def write(tmp):
         Path(tmp).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
 
-    return _atomic(Path(path), write)
+    return atomic_write(path, write)
 
 
 def write_markdown(path, results: dict) -> Path:
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(markdown_table(results), encoding="utf-8"))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(markdown_table(results), encoding="utf-8"))
 
 
 def write_plot(path, results: dict) -> Path:
@@ -95,6 +81,6 @@ def write_plot(path, results: dict) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
 
     try:
-        return _atomic(Path(path), write)
+        return atomic_write(path, write)
     finally:
         plt.close(fig)

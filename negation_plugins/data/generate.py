@@ -20,13 +20,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_text
 from .io import (
     KINDS,
     CaptionItem,
     CaptionSet,
     DataError,
     NegationRecord,
-    atomic_write_text,
     read_negation_records,
     write_negationclip_json,
 )

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..atomic import atomic_write_text
 
 KINDS = ("absence", "presence")
 RECORD_FIELDS = ("image", "image_id", "caption", "negated_caption", "objects", "kind", "negator", "verifier")
@@ -358,22 +359,6 @@ def read_negationclip_json(path: str | os.PathLike) -> list[NegationRecord]:
     if not records:
         raise DataError(f"{path}: no annotation carries 'updated_caption' (not a NegationCLIP output file)")
     return records
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_negation_records(records: Iterable[NegationRecord], path: str | os.PathLike) -> int:

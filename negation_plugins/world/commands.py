@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import click
 
+from ..atomic import atomic_write_text
 from ..hookspecs import hookimpl
 
 
@@ -67,10 +67,7 @@ def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_
     clip = load_clip(f"local-dir:{Path(out).resolve()}")
     result["mcq_val"] = run_mcq(clip, world.mcq_csv, world.images)
     result["model"] = f"local-dir:{Path(out).resolve()}"
-    path = Path(out) / "result.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(out) / "result.json", json.dumps(result, indent=2))
     click.echo(json.dumps(result, indent=2))
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_bytes
 from .captions import affirmative_captions, mcq_items
 from .scenes import CATEGORIES, Scene, bbox, generate_scenes, render
 
@@ -84,13 +85,13 @@ def make_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), prog
         path = out / "images" / _file_name(scene)
         buffer = io.BytesIO()
         render(scene, config.image_size).save(buffer, format="PNG")
-        _write_atomic(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())
 
     for split, split_scenes in splits.items():
         captions = {s.id: affirmative_captions(s, text_rng) for s in split_scenes}
         _write_json(out / f"captions_{split}.json", _coco_captions(split_scenes, captions, config.image_size))
         _write_json(out / f"instances_{split}.json", _coco_instances(split_scenes, config.image_size))
-        _write_atomic(out / f"mcq_{split}.csv", _mcq_csv(split_scenes, text_rng).encode())
+        atomic_write_bytes(out / f"mcq_{split}.csv", _mcq_csv(split_scenes, text_rng).encode())
 
     manifest = {
         "config": asdict(config),
@@ -165,10 +166,4 @@ def _mcq_csv(scenes: list[Scene], rng: random.Random) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    _write_atomic(path, json.dumps(data, indent=1).encode())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())

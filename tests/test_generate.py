@@ -156,7 +156,7 @@ def test_option_errors_are_one_line_and_name_the_plugin(world_coco, tmp_path):
         (["--verifier-option", "threshold=1"], "--verifier-option given but no verifier is used"),
         (
             ["--negator-option", "colour=red"],
-            "negator 'template' has no option(s) colour; its options: mode, context_length",
+            "negator 'template' has no option(s) colour; its options: mode, negation_only_share, partial_share, context_length",
         ),
         (["--negator-option", "x"], "expected KEY=VALUE, got 'x'"),
         (["--kinds", "absence,maybe"], "kinds must be among absence, presence"),

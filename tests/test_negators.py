@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from negation_plugins import plugins
 from negation_plugins.data.io import CaptionItem
-from negation_plugins.data.language import count_negations, mention_pattern, pluralize, with_article
+from negation_plugins.data.language import count_negations, mention_pattern, mentions, pluralize, with_article
 from negation_plugins.data.negators import HYBRID_TEMPLATES, fits_context, full, hybrid, presence
 from negation_plugins.data.vocabulary import COCO_CATEGORIES
 
@@ -127,3 +127,22 @@ def test_contextual_template_prefers_objects_that_co_occur():
         assert candidates[0] in {"couch", "tv", "frisbee"} and "dog" not in candidates and len(candidates) == 3
     with pytest.raises(ValueError, match="mode must be random or contextual"):
         plugins.get_one("negators", "template")(mode="clever")
+
+
+def test_negation_only_and_partial_forms_balance_true_and_false_captions():
+    """Bare negations appear in both kinds, and absence rewrites sometimes list fewer objects, so neither the cue
+    alone nor the length of the affirmed list tells a true caption from a false one."""
+    negator = plugins.get_one("negators", "template")()
+    item = CaptionItem("a.png", "a red circle, a blue star and a square.", objects=("circle", "star", "square"))
+    rng = random.Random(0)
+    absence = negator.rewrite([item] * 400, ["cross"] * 400, "absence", rng)
+    presence_out = negator.rewrite([item] * 400, ["star"] * 400, "presence", rng)
+    bare = [t for t in absence if not any(mentions(t, o) for o in item.objects)]
+    assert 60 < len(bare) < 140 and all(mentions(t, "cross") for t in bare)  # ~25 % negation only
+    assert 40 < sum(not any(mentions(t, o) for o in ("circle", "square")) for t in presence_out) < 140
+    listing_two = [t for t in absence if t not in bare and sum(mentions(t, o) for o in item.objects) == 2]
+    listing_three = [t for t in absence if t not in bare and sum(mentions(t, o) for o in item.objects) == 3]
+    assert len(listing_two) > 80 and len(listing_three) > 80  # about half of the hybrids leave one object out
+    assert all(count_negations(t) == 1 for t in absence)
+    with pytest.raises(ValueError, match="negation_only_share must be in"):
+        plugins.get_one("negators", "template")(negation_only_share=1.5)

@@ -212,6 +212,27 @@ def full(caption: str, rng: random.Random, context_length: int = CONTEXT_LENGTH)
     return None
 
 
+def negation_only(caption: str, obj: str, rng: random.Random) -> str:
+    """Just the negation, nothing affirmed ("there is no dog in this image"): true when ``obj`` is absent, false
+    when it is there. Mixed into both kinds so bare negation cues are as common in true captions as in false ones
+    (otherwise a model learns "a bare negation is false")."""
+    _, end = strip_caption(caption)
+    return _finish(rng.choice(ONLY_NEGATION_TEMPLATES).format(**_fields(obj)), end or ".")
+
+
+def leave_one_out(caption: str, objects: Sequence[str], rng: random.Random) -> str:
+    """The caption without one of its mentioned ``objects`` (still true: a caption need not list everything); the
+    caption itself when fewer than two are mentioned or the mention cannot be removed grammatically."""
+    body, end = strip_caption(caption)
+    mentioned = [o for o in dict.fromkeys(objects) if mentions(body, o)]
+    if len(mentioned) < 2:
+        return caption
+    remainder = remove_mentions(body, rng.choice(mentioned))
+    if not remainder or count_negations(remainder) != count_negations(body):
+        return caption
+    return remainder + end
+
+
 def presence(
     caption: str,
     obj: str,
@@ -297,13 +318,24 @@ class TemplateNegator(Negator):
     name = "template"
     description = f"Rule-based negation: {len(HYBRID_TEMPLATES)} cue forms, articles/plurals, fits 77 tokens"
 
-    def __init__(self, mode: str = "random", context_length: int = CONTEXT_LENGTH):
+    def __init__(self, mode: str = "random", negation_only_share: float = 0.25, partial_share: float = 0.5,
+                 context_length: int = CONTEXT_LENGTH):
         """``mode="contextual"`` prefers absent objects that often co-occur with the image's objects in the data
-        set (plausible, hence harder, absences, like NegationCLIP's contextual LLM prompt); ``"random"`` does not."""
+        set (plausible, hence harder, absences, like NegationCLIP's contextual LLM prompt); ``"random"`` does not.
+        ``negation_only_share``: share of rewrites that keep only the negation ("there is no dog in this image"),
+        for both kinds, as in NegBench's negation-type captions. ``partial_share``: share of absence rewrites that
+        also leave out one of the image's other objects: a presence rewrite always drops the negated object's
+        mention, so without this a model tells true from false by how many objects are listed."""
         super().__init__(context_length=context_length)
         if mode not in ("random", "contextual"):
             raise ValueError(f"negator 'template': mode must be random or contextual, got {mode!r}")
+        if not 0.0 <= negation_only_share <= 1.0:
+            raise ValueError(f"negator 'template': negation_only_share must be in [0, 1], got {negation_only_share!r}")
+        if not 0.0 <= partial_share <= 1.0:
+            raise ValueError(f"negator 'template': partial_share must be in [0, 1], got {partial_share!r}")
         self.mode = mode
+        self.negation_only_share = negation_only_share
+        self.partial_share = partial_share
         self.cooccurrence: dict[str, Counter] = {}
 
     def prepare(self, items, vocabulary):
@@ -339,12 +371,21 @@ class TemplateNegator(Negator):
 
     def rewrite(self, items, objects, kind, rng):
         self.check_kind(kind)
+        return [self._rewrite_one(item, obj, kind, rng) for item, obj in zip(items, objects)]
+
+    def _rewrite_one(self, item: CaptionItem, obj: str, kind: str, rng: random.Random) -> str | None:
+        if kind == "absence" and mentions(item.caption, obj):
+            return None  # the caption says it is there
+        if self.negation_only_share and rng.random() < self.negation_only_share:
+            text = negation_only(item.caption, obj, rng)
+            if fits_context(text, self.context_length):
+                return text
         if kind == "absence":
-            return [hybrid(item.caption, obj, rng, self.context_length) for item, obj in zip(items, objects)]
-        return [
-            presence(item.caption, obj, item.objects or (), rng, self.context_length)
-            for item, obj in zip(items, objects)
-        ]
+            caption = item.caption
+            if self.partial_share and rng.random() < self.partial_share:
+                caption = leave_one_out(caption, item.objects or (), rng)
+            return hybrid(caption, obj, rng, self.context_length)
+        return presence(item.caption, obj, item.objects or (), rng, self.context_length)
 
 
 @hookimpl

@@ -116,12 +116,16 @@ def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
     items.append(_shuffle_item(correct, distractors, "negative", rng))
 
     if len(present) > 1:
+        # NegBench's shape: the correct caption affirms part of the scene and negates an absent object; the
+        # presence-based false caption affirms the same part and negates the object that IS there, so a
+        # bag-of-words reader (all mentioned objects present) prefers it.
         template = rng.choice(MCQ_HYBRID)
-        correct = _hybrid(template, present, absent[0])
+        affirmed = present[1:]
+        correct = _hybrid(template, affirmed, absent[0])
         distractors = [
-            _hybrid(template, present[1:], present[0]),  # presence-based false: "... but no X" with X there
-            _hybrid(template, [absent[0]], present[0]),  # present and absent swapped
-            _hybrid(template, [absent[1]] + present[2:], present[1]),
+            _hybrid(template, affirmed, present[0]),  # presence-based false: "... but no X" with X there
+            _hybrid(template, [absent[0]], present[1]),  # present and absent swapped
+            _hybrid(template, [absent[1]] + present[2:], present[0]),
         ]
         items.append(_shuffle_item(correct, distractors, "hybrid", rng))
     return items

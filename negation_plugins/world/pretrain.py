@@ -37,7 +37,7 @@ RESULT_NAME = "pretrain_result.json"
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 600
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.1

@@ -106,10 +106,12 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=600)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from trainers.config import DEFAULT_OBJECTIVES
+
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     world, spec, records = setup(workdir, args.images, 0)
-    objectives = ["omni", "clip:0.5"]
+    objectives = list(DEFAULT_OBJECTIVES)
     print(f"model: world-size CLIP (text width 64, 2 layers), batch {args.batch_size}, objectives "
           f"{'+'.join(objectives)}, {args.steps} steps, {args.threads} threads, best of {args.repeats}")
     for tuning in ("lora", "full"):

@@ -1,6 +1,6 @@
 """README figures for the world's base model: wall time, val retrieval R@1 and MCQ accuracy per type.
 
-    .venv/bin/python benchmarks/bench_world_pretrain.py [--n-images 2000] [--steps 800] [--threads 2]
+    .venv/bin/python benchmarks/bench_world_pretrain.py [--n-images 2000] [--steps 3000] [--threads 2]
 
 Always trains from scratch (no cache) so the wall time is real.
 """

@@ -1,28 +1,33 @@
-"""End to end on the world fixture: real records from the template negator, a short LoRA fine-tune of the
-pretrained world model, and held-out MCQ accuracy on negated questions going up."""
+"""End to end on the world fixture: real records from the template negator, a LoRA fine-tune of the pretrained
+world model with the default objectives, held-out MCQ accuracy on negated questions going up and affirmative
+retrieval kept."""
 
 from __future__ import annotations
 
 import pytest
 
+from negation_plugins import load_clip
+from negation_plugins.benchmarks.mcq import run_retrieval
 from trainers.config import TrainConfig
 from trainers.demo import negation_records
 from trainers.finetune import train
 
 
 @pytest.mark.e2e
-def test_short_lora_finetune_raises_negation_mcq_accuracy(world_coco, world_model, tmp_path):
+def test_lora_finetune_teaches_negation_and_keeps_retrieval(world_coco, world_model, tmp_path):
     records = tmp_path / "records.jsonl"
     summary = negation_records(world_coco, records, seed=0, progress=False)
     assert summary["absence"] > 0 and summary["presence"] > 0
-    config = TrainConfig(model=world_model, train=str(records), images=str(world_coco.images),
-                         output=str(tmp_path / "out"), tuning="lora", lr=1e-3, max_steps=80, batch_size=32, eval_every=80,
-                         eval_mcq=str(world_coco.mcq_csv), val_fraction=0.1, progress=False, log_with="none",
-                         export_transformers=False)
+    out = tmp_path / "out"
+    config = TrainConfig(model=world_model, train=str(records), images=str(world_coco.images), output=str(out),
+                         tuning="lora", lr=1e-2, max_steps=600, eval_every=600, eval_mcq=str(world_coco.mcq_csv),
+                         val_fraction=0.05, progress=False, log_with="none", export_transformers=False)
     result = train(config)
     before, after = result["results_before"]["mcq"], result["results_after"]["mcq"]
-    negated_before = before["negation"] + before["hybrid"]
-    negated_after = after["negation"] + after["hybrid"]
+    assert after["negation"] > before["negation"] + 0.15, (before, after)
     assert after["hybrid"] > before["hybrid"] + 0.1, (before, after)
-    assert negated_after > negated_before + 0.1, (before, after)
-    assert after["affirmation"] >= before["affirmation"] - 0.1, (before, after)
+    retrieval_before = run_retrieval(load_clip(world_model), world_coco.val_captions, world_coco.images, progress=False)
+    retrieval_after = run_retrieval(load_clip(f"local-dir:{out}"), world_coco.val_captions, world_coco.images,
+                                    progress=False)
+    assert retrieval_after["image_to_text_r1"] >= 0.85 * retrieval_before["image_to_text_r1"], (retrieval_before,
+                                                                                                 retrieval_after)

@@ -7,7 +7,7 @@ import pytest
 from negation_plugins.world import WorldConfig, make_world
 
 # Small enough to build in seconds, big enough that val scenes are new combinations of known shapes.
-FIXTURE_WORLD = WorldConfig(n_images=400, seed=0, image_size=32, val_fraction=0.2)
+FIXTURE_WORLD = WorldConfig(n_images=800, seed=0, image_size=32, val_fraction=0.2)
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +17,10 @@ def world_coco(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("world"), FIXTURE_WORLD, progress=False)
 
 
-# A smaller budget than the README model (see benchmarks/bench_world_pretrain.py): enough to learn the shapes, and
-# like any model pretrained on affirmative captions it reads "no X" as "X".
-FIXTURE_PRETRAIN = dict(steps=200, batch_size=128)
+# A smaller budget than the README model (see benchmarks/bench_world_pretrain.py), yet strong enough (affirmation
+# ~0.78 on held-out MCQ) that fine-tuning it teaches negation; like any model pretrained on affirmative captions it
+# reads "no X" as "X".
+FIXTURE_PRETRAIN = dict(steps=600, batch_size=128)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_OBJECTIVES = ("omni", "clip:0.5")
+DEFAULT_OBJECTIVES = ("negbench-mcq", "clip:0.5")
 DEFAULT_LORA_TARGETS = "attn,mlp"
 TUNING_PATTERN = re.compile(r"^(full|lora|front:(\d+)-(\d+))$")
 NEGATION_MODES = ("records", "on-the-fly")
@@ -44,7 +44,7 @@ class TrainConfig:
     max_steps: int | None = None
     epochs: float = 5.0
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
     grad_clip: float = 1.0

@@ -42,13 +42,14 @@ def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> 
 
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
-    """The demo's fine-tuning: the trainer's default objectives, LoRA at its best measured learning rate, the
-    checkpoint kept by MCQ accuracy on the TRAINING scenes' questions (held-out scenes are only for the report)."""
+    """The demo's fine-tuning: the trainer's default objectives, LoRA at its best measured learning rate and length
+    (benchmarks/compare_objectives.py), the checkpoint kept by MCQ accuracy on the TRAINING scenes' questions
+    (held-out scenes are only for the report)."""
     from .config import TrainConfig
 
     settings = {"model": model, "train": str(records), "images": str(world.images), "output": str(output),
-                "seed": seed, "eval_mcq": str(world.mcq_train_csv), "select_by": "mcq", "epochs": 3,
-                "eval_every": 100, "tuning": "lora", "lr": 3e-3, "progress": progress, "log_with": "tensorboard"}
+                "seed": seed, "eval_mcq": str(world.mcq_train_csv), "select_by": "mcq", "epochs": 8,
+                "eval_every": 250, "tuning": "lora", "lr": 1e-2, "progress": progress, "log_with": "tensorboard"}
     settings.update(overrides)
     return TrainConfig(**settings)
 

@@ -14,7 +14,12 @@ import time
 import torch
 
 from negation_plugins.data.io import CaptionItem
-from negation_plugins.data.negators import TemplateNegator, absence_candidates, hybrid, presence
+from negation_plugins.data.negators import (
+    TemplateNegator,
+    absence_candidates,
+    hybrid,
+    presence,
+)
 from negation_plugins.data.vocabulary import COCO_CATEGORIES
 
 COCO_STYLE = [

@@ -75,7 +75,8 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     chunk = examples[:batch_size]
     model, _ = apply_tuning(bundle.model, tuning)
     images = ImageFeatures(model, bundle.preprocess, Path(world.images), [e.image for e in chunk], True, False)
-    texts, _ = build_texts(chunk, objective.requires, random.Random(0), examples)
+    texts, answers = build_texts(chunk, objective.requires, random.Random(0), examples)
+    answer = torch.tensor(answers) if answers else None
     keys = list(texts)
     tokens = bundle.tokenizer([t for k in keys for t in texts[k]])
     image = images([e.image for e in chunk])
@@ -86,8 +87,13 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     for _ in range(steps):
         features = clip.encode_text(tokens, normalize=True)
         batch = {"image": image, "logit_scale": clip.logit_scale.exp()}
-        for i, key in enumerate(keys):
-            batch[key] = features[i * len(chunk) : (i + 1) * len(chunk)]
+        start_row = 0
+        for key in keys:
+            batch[key] = features[start_row : start_row + len(texts[key])]
+            start_row += len(texts[key])
+        if "mcq" in batch:  # the trainer's make_batch shapes MCQ options the same way
+            batch["mcq"] = batch["mcq"].reshape(len(chunk), -1, features.shape[-1])
+            batch["mcq_answer"] = answer
         loss, _ = objective(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the trainer's default --grad-clip

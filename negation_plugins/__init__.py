@@ -6,7 +6,7 @@ from .plugins import get, get_one, pm, registered
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "ClipBundle", "load_clip", "hookimpl", "get", "get_one", "pm", "registered", "apply"]
+__all__ = ["Backend", "ClipBundle", "apply", "get", "get_one", "hookimpl", "load_clip", "pm", "registered"]
 
 
 def apply(target, source, **options):

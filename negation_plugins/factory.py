@@ -6,8 +6,9 @@ benchmarks and integrations deal with one module layout; other formats are conve
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -10,7 +10,10 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import negation_plugins as npl
-from negation_plugins.backends.openai_state_dict import StateDictError, infer_openai_config
+from negation_plugins.backends.openai_state_dict import (
+    StateDictError,
+    infer_openai_config,
+)
 from negation_plugins.cli import cli
 from negation_plugins.tokenizer import clip_tokenizer
 

@@ -9,8 +9,20 @@ from hypothesis import strategies as st
 
 from negation_plugins import plugins
 from negation_plugins.data.io import CaptionItem
-from negation_plugins.data.language import count_negations, mention_pattern, mentions, pluralize, with_article
-from negation_plugins.data.negators import HYBRID_TEMPLATES, fits_context, full, hybrid, presence
+from negation_plugins.data.language import (
+    count_negations,
+    mention_pattern,
+    mentions,
+    pluralize,
+    with_article,
+)
+from negation_plugins.data.negators import (
+    HYBRID_TEMPLATES,
+    fits_context,
+    full,
+    hybrid,
+    presence,
+)
 from negation_plugins.data.vocabulary import COCO_CATEGORIES
 
 WORDS = ["a", "the", "man", "red", "dog", "riding", "on", "and", "with", "couch", "two", "cats", "in", "field",

@@ -31,7 +31,12 @@ def test_annotations_verifier_uses_ground_truth_and_counts(world_coco):
 
 
 def test_detector_verifier_with_tiny_owlvit(tmp_path):
-    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
+    from transformers import (
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessor,
+        OwlViTProcessor,
+    )
 
     from negation_plugins.tokenizer import clip_tokenizer
 
@@ -59,7 +64,13 @@ def test_detector_verifier_with_tiny_owlvit(tmp_path):
 
 
 def _tiny_vilt(tmp_path, answer_bias):
-    from transformers import BertTokenizerFast, ViltConfig, ViltForQuestionAnswering, ViltImageProcessor, ViltProcessor
+    from transformers import (
+        BertTokenizerFast,
+        ViltConfig,
+        ViltForQuestionAnswering,
+        ViltImageProcessor,
+        ViltProcessor,
+    )
 
     torch.manual_seed(0)
     vocab = tmp_path / "vocab.txt"

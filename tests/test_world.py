@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -13,7 +14,13 @@ from PIL import Image
 import negation_plugins as npl
 from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq, run_retrieval
 from negation_plugins.cli import cli
-from negation_plugins.world import CATEGORIES, WorldConfig, WorldFiles, generate_scenes, make_world
+from negation_plugins.world import (
+    CATEGORIES,
+    WorldConfig,
+    WorldFiles,
+    generate_scenes,
+    make_world,
+)
 from negation_plugins.world.captions import NEGATION_WORDS
 
 NEGATION_CUE = re.compile(r"\b(no|not|without|nothing)\b", re.IGNORECASE)
@@ -134,7 +141,7 @@ def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_c
     with torch.no_grad():
         assert torch.allclose(model.encode_image(image), clip.model.encode_image(image), atol=1e-6)
     assert tokenizer(["a red circle"]).shape[1] == clip.context_length
-    assert json.loads(open(f"{folder}/open_clip_config.json").read())["model_cfg"]["text_cfg"]["vocab_size"] == 49408
+    assert json.loads(Path(folder, "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]["vocab_size"] == 49408
 
     mcq = run_mcq(clip, world_coco.mcq_csv, world_coco.images, progress=False)
     # Measured (fixture budget): affirmation ~0.4-0.5, negation ~0.15 - below the 0.25 of guessing, because the

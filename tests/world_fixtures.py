@@ -20,7 +20,7 @@ def world_coco(tmp_path_factory):
 # A smaller budget than the README model (see benchmarks/bench_world_pretrain.py), yet strong enough (affirmation
 # ~0.78 on held-out MCQ) that fine-tuning it teaches negation; like any model pretrained on affirmative captions it
 # reads "no X" as "X".
-FIXTURE_PRETRAIN = dict(steps=600, batch_size=128)
+FIXTURE_PRETRAIN = {"steps": 600, "batch_size": 128}
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from .language import count_negations, mention_pattern, mentions, strip_caption
-from .negators import CONTEXT_LENGTH, Negator, absence_candidates, fits_context, hybrid, presence
+from .negators import (
+    CONTEXT_LENGTH,
+    Negator,
+    absence_candidates,
+    fits_context,
+    hybrid,
+    presence,
+)
 
 SYSTEM = "You edit image captions. Answer with exactly what is asked and nothing else."
 OBJECT_PROMPTS = {

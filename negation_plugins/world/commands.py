@@ -61,7 +61,7 @@ def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}.items() if v is not None}
     world = WorldFiles.at(world_dir)
     result = pretrain(world, out, PretrainConfig(**overrides), cache_dir=cache_dir, use_cache=not no_cache)
     clip = load_clip(f"local-dir:{Path(out).resolve()}")

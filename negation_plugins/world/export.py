@@ -44,7 +44,7 @@ class WorldFiles:
     mcq_train_csv: Path
 
     @classmethod
-    def at(cls, root: str | os.PathLike) -> "WorldFiles":
+    def at(cls, root: str | os.PathLike) -> WorldFiles:
         root = Path(root)
         if not (root / "world.json").is_file():
             raise FileNotFoundError(f"{root}: not a world folder (no world.json); create one with `negclip world make`")

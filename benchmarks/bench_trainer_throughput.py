@@ -66,7 +66,7 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     from negation_plugins.losses import parse_objectives
     from trainers.batches import build_texts, load_examples, usable_examples
     from trainers.config import TrainConfig
-    from trainers.finetune import ImageFeatures, build_optimizer
+    from trainers.finetune import ImageFeatures, build_optimizer, split_text_features
     from trainers.tuning import apply_tuning, open_clip_model
 
     objective = parse_objectives(objectives)
@@ -76,9 +76,7 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     model, _ = apply_tuning(bundle.model, tuning)
     images = ImageFeatures(model, bundle.preprocess, Path(world.images), [e.image for e in chunk], True, False)
     texts, answers = build_texts(chunk, objective.requires, random.Random(0), examples)
-    answer = torch.tensor(answers) if answers else None
-    keys = list(texts)
-    tokens = bundle.tokenizer([t for k in keys for t in texts[k]])
+    tokens = bundle.tokenizer([t for key in texts for t in texts[key]])
     image = images([e.image for e in chunk])
     optimizer = build_optimizer(model, TrainConfig())
     clip = open_clip_model(model)
@@ -87,13 +85,7 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     for _ in range(steps):
         features = clip.encode_text(tokens, normalize=True)
         batch = {"image": image, "logit_scale": clip.logit_scale.exp()}
-        start_row = 0
-        for key in keys:
-            batch[key] = features[start_row : start_row + len(texts[key])]
-            start_row += len(texts[key])
-        if "mcq" in batch:  # the trainer's make_batch shapes MCQ options the same way
-            batch["mcq"] = batch["mcq"].reshape(len(chunk), -1, features.shape[-1])
-            batch["mcq_answer"] = answer
+        batch.update(split_text_features(features, texts, answers, len(chunk)))
         loss, _ = objective(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the trainer's default --grad-clip

@@ -124,20 +124,22 @@ def make_batch(encoder, tokenizer, image_features: ImageFeatures, examples: list
         texts["hybrid"], texts["full"] = generated["hybrid"], generated["full"]
     if "distractor_image" in requires:
         batch["distractor_image"] = image_features(distractor_images(examples, rng, absent_index, pool)).to(device)
-    keys = list(texts)
-    flat = [t for key in keys for t in texts[key]]
-    features, logit_scale = encoder(tokenizer(flat).to(device))
-    features = features.float()
-    start = 0
-    for key in keys:
-        count = len(texts[key])
-        batch[key] = features[start : start + count]
-        start += count
-    if "mcq" in batch:
-        batch["mcq"] = batch["mcq"].reshape(len(examples), -1, features.shape[-1])
-        batch["mcq_answer"] = torch.tensor(answers, device=device)
+    features, logit_scale = encoder(tokenizer([t for key in texts for t in texts[key]]).to(device))
+    batch.update(split_text_features(features.float(), texts, answers, len(examples)))
     batch["logit_scale"] = logit_scale.float()
     return batch
+
+
+def split_text_features(features: torch.Tensor, texts: dict[str, list[str]], answers, n_examples: int) -> dict:
+    """Undo the one-forward flattening: rows per text key, MCQ options as (examples, options, dim) with answers."""
+    parts, start = {}, 0
+    for key, key_texts in texts.items():
+        parts[key] = features[start : start + len(key_texts)]
+        start += len(key_texts)
+    if "mcq" in parts:
+        parts["mcq"] = parts["mcq"].reshape(n_examples, -1, features.shape[-1])
+        parts["mcq_answer"] = torch.tensor(answers, device=features.device)
+    return parts
 
 
 def check_model_and_tokenizer(bundle, examples: list[Example]) -> None:

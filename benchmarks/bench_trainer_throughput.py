@@ -1,6 +1,7 @@
 """Trainer throughput vs a bare PyTorch loop on the same model and batch size; cached vs uncached image features.
 
     python benchmarks/bench_trainer_throughput.py --steps 60 --threads 2
+    python benchmarks/bench_trainer_throughput.py --profile full --steps 150   # where the trainer's extra time goes
 
 The bare loop is the least a training step can do: one fixed, pre-tokenized batch, precomputed image features,
 encode_text -> objective -> backward -> clip grad norm -> AdamW step (the same math as the trainer's step). The trainer does everything it really does (draw the batch,
@@ -94,6 +95,24 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     return steps / (time.perf_counter() - start)
 
 
+def profile_trainer(spec, records, world, workdir, args, objectives) -> int:
+    """Where a trainer step's time goes beyond the bare loop's work (tokenizing, batch drawing, bookkeeping)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    rate = trainer_steps_per_second(spec, records, world, workdir, args.steps, args.batch_size, args.profile,
+                                    objectives, True)
+    profiler.disable()
+    print(f"[{args.profile}] trainer under cProfile: {rate:.2f} steps/s over {args.steps} steps")
+    stats = pstats.Stats(profiler)
+    tokenize = sum(v[3] for k, v in stats.stats.items() if k[0].endswith("open_clip/tokenizer.py") and k[2] == "__call__")
+    print(f"tokenizing (open_clip tokenizer __call__, cumulative): {1000 * tokenize / args.steps:.2f} ms per step")
+    stats.sort_stats("tottime").print_stats(15)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/negclip-bench-trainer")
@@ -102,6 +121,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--profile", choices=("lora", "full"), default=None,
+                        help="instead: one trainer run of --steps under cProfile, top functions by own time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from trainers.config import DEFAULT_OBJECTIVES
@@ -110,6 +131,8 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     world, spec, records = setup(workdir, args.images, 0)
     objectives = list(DEFAULT_OBJECTIVES)
+    if args.profile:
+        return profile_trainer(spec, records, world, workdir, args, objectives)
     print(f"model: world-size CLIP (text width 64, 2 layers), batch {args.batch_size}, objectives "
           f"{'+'.join(objectives)}, {args.steps} steps, {args.threads} threads, best of {args.repeats}")
     for tuning in ("lora", "full"):

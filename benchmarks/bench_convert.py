@@ -27,10 +27,16 @@ SIZES = {  # name: (width, heads, layers, embed_dim), the text towers of OpenAI'
 def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    print(f"{'size':<15} {'hidden':>9} {'pooled':>9} {'projected':>9} {'round trip':>10} {'oc->hf s':>8} {'hf->oc s':>8}")
+    print(
+        f"{'size':<15} {'hidden':>9} {'pooled':>9} {'projected':>9} {'round trip':>10} {'oc->hf s':>8} {'hf->oc s':>8}"
+    )
     for name, (width, heads, layers, embed_dim) in SIZES.items():
-        cfg = {"embed_dim": embed_dim, "quick_gelu": True, "vision_cfg": None,
-               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": heads, "layers": layers}}
+        cfg = {
+            "embed_dim": embed_dim,
+            "quick_gelu": True,
+            "vision_cfg": None,
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": heads, "layers": layers},
+        }
         model = build_open_clip(cfg).eval()
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -45,8 +51,10 @@ def main():
         to_oc = time.perf_counter() - start
         a, b = model.state_dict(), back.state_dict()
         exact = all(torch.equal(a[k], b[k]) for k in a if k != "logit_scale")
-        print(f"{name:<15} {diffs['last_hidden_state']:>9.2e} {diffs['pooled']:>9.2e} {diffs['projected']:>9.2e} "
-              f"{exact!s:>10} {to_hf:>8.2f} {to_oc:>8.2f}")
+        print(
+            f"{name:<15} {diffs['last_hidden_state']:>9.2e} {diffs['pooled']:>9.2e} {diffs['projected']:>9.2e} "
+            f"{exact!s:>10} {to_hf:>8.2f} {to_oc:>8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,19 @@ def random_clip(arch: str) -> ClipBundle:
     import open_clip
 
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
-    return ClipBundle(model=model.eval(), tokenizer=open_clip.get_tokenizer(arch), preprocess=preprocess, spec=f"random:{arch}")
+    return ClipBundle(
+        model=model.eval(), tokenizer=open_clip.get_tokenizer(arch), preprocess=preprocess, spec=f"random:{arch}"
+    )
 
 
 def captions(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    forms = ("a photo of a {} and a {}.", "a {} next to a {}, but no {}.", "there is no {} near the {}.", "a {} without a {}.")
+    forms = (
+        "a photo of a {} and a {}.",
+        "a {} next to a {}, but no {}.",
+        "there is no {} near the {}.",
+        "a {} without a {}.",
+    )
     out = set()
     while len(out) < n:
         form = rng.choice(forms)
@@ -87,10 +94,14 @@ def main():
         seconds = timed(lambda: encoder.texts(texts))
         print(f"captions/s, warm in-memory cache: {args.captions / seconds:.1f}")
         seconds_save = timed(cache.save)
-        reloaded = Encoder(clip, cache=TextEmbeddingCache(Path(tmp) / "cache"), batch_size=args.batch_size, progress=False)
+        reloaded = Encoder(
+            clip, cache=TextEmbeddingCache(Path(tmp) / "cache"), batch_size=args.batch_size, progress=False
+        )
         seconds = timed(lambda: reloaded.texts(texts))
-        print(f"captions/s, warm on-disk cache (fingerprint + load file + look up, as in a new run): "
-              f"{args.captions / seconds:.1f} (save took {seconds_save:.3f} s)")
+        print(
+            f"captions/s, warm on-disk cache (fingerprint + load file + look up, as in a new run): "
+            f"{args.captions / seconds:.1f} (save took {seconds_save:.3f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,14 @@ def main() -> None:
     prompt = "a street without cars, at night"
 
     def generate():
-        pipe(prompt, num_inference_steps=args.steps, height=args.size, width=args.size, output_type="np",
-             generator=torch.Generator().manual_seed(0))
+        pipe(
+            prompt,
+            num_inference_steps=args.steps,
+            height=args.size,
+            width=args.size,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        )
 
     def encode():
         pipe.encode_prompt(prompt, "cpu", 1, True)
@@ -63,12 +69,16 @@ def main() -> None:
                 times[name].append(timed(fn))
         results[label] = {name: statistics.median(values) for name, values in times.items()}
 
-    print(f"tiny SD pipeline, {args.steps} steps, {args.size}x{args.size}, {args.threads} thread(s), "
-          f"median of {args.repeats} interleaved runs")
+    print(
+        f"tiny SD pipeline, {args.steps} steps, {args.size}x{args.size}, {args.threads} thread(s), "
+        f"median of {args.repeats} interleaved runs"
+    )
     for label, medians in results.items():
         ratio = medians["swapped"] / medians["stock"]
-        print(f"{label:<14} stock {medians['stock'] * 1000:8.2f} ms   swapped {medians['swapped'] * 1000:8.2f} ms   "
-              f"ratio swapped/stock {ratio:.2f} (goal 1.00)")
+        print(
+            f"{label:<14} stock {medians['stock'] * 1000:8.2f} ms   swapped {medians['swapped'] * 1000:8.2f} ms   "
+            f"ratio swapped/stock {ratio:.2f} (goal 1.00)"
+        )
     pipe.text_encoder = swapped
     integrations.restore(pipe)
     assert pipe.text_encoder is stock

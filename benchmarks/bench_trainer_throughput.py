@@ -29,8 +29,11 @@ def setup(workdir: Path, n_images: int, seed: int):
     from negation_plugins.world.pretrain import PretrainConfig, save_open_clip_folder
 
     world_dir = workdir / "world"
-    world = WorldFiles.at(world_dir) if (world_dir / "world.json").is_file() else make_world(
-        world_dir, WorldConfig(n_images=n_images, seed=seed), progress=False)
+    world = (
+        WorldFiles.at(world_dir)
+        if (world_dir / "world.json").is_file()
+        else make_world(world_dir, WorldConfig(n_images=n_images, seed=seed), progress=False)
+    )
     model_dir = workdir / "model"
     if not (model_dir / "open_clip_config.json").is_file():
         import open_clip
@@ -41,9 +44,17 @@ def setup(workdir: Path, n_images: int, seed: int):
     records = workdir / "records.jsonl"
     if not records.is_file():
         captions = read_coco_captions(world.captions, world.instances, world.images)
-        generate(captions, records, plugins.get_one("negators", "template")(),
-                 plugins.get_one("verifiers", "annotations")(images=str(world.images)), ("absence", "presence"),
-                 captions.categories, seed=seed, overwrite=True, progress=False)
+        generate(
+            captions,
+            records,
+            plugins.get_one("negators", "template")(),
+            plugins.get_one("verifiers", "annotations")(images=str(world.images)),
+            ("absence", "presence"),
+            captions.categories,
+            seed=seed,
+            overwrite=True,
+            progress=False,
+        )
     return world, f"local-dir:{model_dir}", records
 
 
@@ -51,10 +62,23 @@ def trainer_steps_per_second(spec, records, world, workdir, steps, batch_size, t
     from trainers.config import TrainConfig
     from trainers.finetune import train
 
-    config = TrainConfig(model=spec, train=str(records), images=str(world.images), output=str(workdir / "run"),
-                         objective=objectives, tuning=tuning, max_steps=steps, batch_size=batch_size,
-                         val_fraction=0.0, eval_every=10**9, progress=False, log_with="none",
-                         cache_image_features=cache, export_transformers=False, warmup_steps=1)
+    config = TrainConfig(
+        model=spec,
+        train=str(records),
+        images=str(world.images),
+        output=str(workdir / "run"),
+        objective=objectives,
+        tuning=tuning,
+        max_steps=steps,
+        batch_size=batch_size,
+        val_fraction=0.0,
+        eval_every=10**9,
+        progress=False,
+        log_with="none",
+        cache_image_features=cache,
+        export_transformers=False,
+        warmup_steps=1,
+    )
     summary = train(config)
     return summary["steps"] / summary["train_seconds"]
 
@@ -102,12 +126,15 @@ def profile_trainer(spec, records, world, workdir, args, objectives) -> int:
 
     profiler = cProfile.Profile()
     profiler.enable()
-    rate = trainer_steps_per_second(spec, records, world, workdir, args.steps, args.batch_size, args.profile,
-                                    objectives, True)
+    rate = trainer_steps_per_second(
+        spec, records, world, workdir, args.steps, args.batch_size, args.profile, objectives, True
+    )
     profiler.disable()
     print(f"[{args.profile}] trainer under cProfile: {rate:.2f} steps/s over {args.steps} steps")
     stats = pstats.Stats(profiler)
-    tokenize = sum(v[3] for k, v in stats.stats.items() if k[0].endswith("open_clip/tokenizer.py") and k[2] == "__call__")
+    tokenize = sum(
+        v[3] for k, v in stats.stats.items() if k[0].endswith("open_clip/tokenizer.py") and k[2] == "__call__"
+    )
     print(f"tokenizing (open_clip tokenizer __call__, cumulative): {1000 * tokenize / args.steps:.2f} ms per step")
     stats.sort_stats("tottime").print_stats(15)
     return 0
@@ -121,8 +148,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--images", type=int, default=600)
-    parser.add_argument("--profile", choices=("lora", "full"), default=None,
-                        help="instead: one trainer run of --steps under cProfile, top functions by own time")
+    parser.add_argument(
+        "--profile",
+        choices=("lora", "full"),
+        default=None,
+        help="instead: one trainer run of --steps under cProfile, top functions by own time",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from trainers.config import DEFAULT_OBJECTIVES
@@ -133,19 +164,33 @@ def main() -> int:
     objectives = list(DEFAULT_OBJECTIVES)
     if args.profile:
         return profile_trainer(spec, records, world, workdir, args, objectives)
-    print(f"model: world-size CLIP (text width 64, 2 layers), batch {args.batch_size}, objectives "
-          f"{'+'.join(objectives)}, {args.steps} steps, {args.threads} threads, best of {args.repeats}")
+    print(
+        f"model: world-size CLIP (text width 64, 2 layers), batch {args.batch_size}, objectives "
+        f"{'+'.join(objectives)}, {args.steps} steps, {args.threads} threads, best of {args.repeats}"
+    )
     for tuning in ("lora", "full"):
-        bare = max(bare_steps_per_second(spec, records, world, args.steps, args.batch_size, tuning, objectives)
-                   for _ in range(args.repeats))
-        cached = max(trainer_steps_per_second(spec, records, world, workdir, args.steps, args.batch_size, tuning,
-                                              objectives, True) for _ in range(args.repeats))
-        uncached = max(trainer_steps_per_second(spec, records, world, workdir, args.steps, args.batch_size, tuning,
-                                                objectives, False) for _ in range(args.repeats))
+        bare = max(
+            bare_steps_per_second(spec, records, world, args.steps, args.batch_size, tuning, objectives)
+            for _ in range(args.repeats)
+        )
+        cached = max(
+            trainer_steps_per_second(
+                spec, records, world, workdir, args.steps, args.batch_size, tuning, objectives, True
+            )
+            for _ in range(args.repeats)
+        )
+        uncached = max(
+            trainer_steps_per_second(
+                spec, records, world, workdir, args.steps, args.batch_size, tuning, objectives, False
+            )
+            for _ in range(args.repeats)
+        )
         print(f"[{tuning}] bare PyTorch loop:             {bare:7.2f} steps/s")
         print(f"[{tuning}] trainer, cached image features: {cached:7.2f} steps/s  ({cached / bare:.2f}x bare)")
-        print(f"[{tuning}] trainer, images from disk:      {uncached:7.2f} steps/s  "
-              f"(caching gains {cached / uncached:.2f}x)")
+        print(
+            f"[{tuning}] trainer, images from disk:      {uncached:7.2f} steps/s  "
+            f"(caching gains {cached / uncached:.2f}x)"
+        )
         sys.stdout.flush()
     return 0
 

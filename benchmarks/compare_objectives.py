@@ -45,15 +45,26 @@ def prepare(workdir: Path, seed: int):
     from negation_plugins.world.pretrain import PretrainConfig, pretrain
 
     world_dir = workdir / "world"
-    world = WorldFiles.at(world_dir) if (world_dir / "world.json").is_file() else make_world(
-        world_dir, WorldConfig(seed=seed), progress=False)
+    world = (
+        WorldFiles.at(world_dir)
+        if (world_dir / "world.json").is_file()
+        else make_world(world_dir, WorldConfig(seed=seed), progress=False)
+    )
     pretrain(world, workdir / "base_model", PretrainConfig(seed=seed), progress=False)
     records = workdir / "records.jsonl"
     if not records.is_file():
         captions = read_coco_captions(world.captions, world.instances, world.images)
-        generate(captions, records, plugins.get_one("negators", "template")(),
-                 plugins.get_one("verifiers", "annotations")(images=str(world.images)), ("absence", "presence"),
-                 captions.categories, seed=seed, overwrite=True, progress=False)
+        generate(
+            captions,
+            records,
+            plugins.get_one("negators", "template")(),
+            plugins.get_one("verifiers", "annotations")(images=str(world.images)),
+            ("absence", "presence"),
+            captions.categories,
+            seed=seed,
+            overwrite=True,
+            progress=False,
+        )
     return world, f"local-dir:{workdir / 'base_model'}", records
 
 
@@ -62,8 +73,10 @@ def evaluate(spec: str, world) -> dict:
     from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
 
     clip = load_clip(spec)
-    return {"mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
-            "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False)}
+    return {
+        "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
+        "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False),
+    }
 
 
 def main() -> int:
@@ -93,17 +106,34 @@ def main() -> int:
     results = {"base": base_scores, "rows": {}}
     for number, (label, objectives, tuning, lr) in rows:
         out = workdir / f"run-{number}"
-        config = TrainConfig(model=base, train=str(records), images=str(world.images), output=str(out),
-                             objective=objectives, tuning=tuning, lr=lr, max_steps=args.steps, seed=args.seed,
-                             eval_every=args.steps, val_fraction=0.05, progress=False, log_with="none",
-                             export_transformers=False)
+        config = TrainConfig(
+            model=base,
+            train=str(records),
+            images=str(world.images),
+            output=str(out),
+            objective=objectives,
+            tuning=tuning,
+            lr=lr,
+            max_steps=args.steps,
+            seed=args.seed,
+            eval_every=args.steps,
+            val_fraction=0.05,
+            progress=False,
+            log_with="none",
+            export_transformers=False,
+        )
         started = time.perf_counter()
         summary = train(config)
         seconds = time.perf_counter() - started
         scores = evaluate(f"local-dir:{out}", world)
         _print_row(label, lr, scores, base_scores, summary["train_seconds"] / args.steps)
-        results["rows"][label] = {"scores": scores, "tuning": tuning, "objectives": objectives, "lr": lr,
-                                  "wall_seconds": round(seconds, 1)}
+        results["rows"][label] = {
+            "scores": scores,
+            "tuning": tuning,
+            "objectives": objectives,
+            "lr": lr,
+            "wall_seconds": round(seconds, 1),
+        }
         sys.stdout.flush()
     (workdir / "compare_objectives.json").write_text(json.dumps(results, indent=1))
     return 0
@@ -114,8 +144,10 @@ def _print_row(label, lr, scores, base, seconds_per_step):
     ratio = scores["retrieval"]["image_to_text_r1"] / max(base["retrieval"]["image_to_text_r1"], 1e-9)
     step = "-" if seconds_per_step is None else f"{seconds_per_step:.3f}"
     rate = "-" if lr is None else f"{lr:.0e}"
-    print(f"| {label:<40} | {rate:<6} | {mcq['accuracy']:.3f}   | {mcq['affirmation']:.3f}   | {mcq['negation']:.3f}    "
-          f"| {mcq['hybrid']:.3f}  | {ratio:.3f}      | {step:>6} |")
+    print(
+        f"| {label:<40} | {rate:<6} | {mcq['accuracy']:.3f}   | {mcq['affirmation']:.3f}   | {mcq['negation']:.3f}    "
+        f"| {mcq['hybrid']:.3f}  | {ratio:.3f}      | {step:>6} |"
+    )
 
 
 if __name__ == "__main__":

@@ -76,14 +76,25 @@ def swap_text_tower(model, source, *, tokenizer=None) -> None:
         **{
             key: getattr(text_config, key)
             for key in (
-                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "max_position_embeddings", "hidden_act", "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id",
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "max_position_embeddings",
+                "hidden_act",
+                "layer_norm_eps",
+                "pad_token_id",
+                "bos_token_id",
+                "eos_token_id",
             )
         }
     )
     seg_config._attn_implementation = clip.config.text_config._attn_implementation
     text_model = CLIPSegTextModel(seg_config)
-    text_state = {k.removeprefix("text_model."): v for k, v in converted.state_dict().items() if k.startswith("text_model.")}
+    text_state = {
+        k.removeprefix("text_model."): v for k, v in converted.state_dict().items() if k.startswith("text_model.")
+    }
     missing, unexpected = text_model.load_state_dict(text_state, strict=False)
     if missing or unexpected:
         raise IncompatibleEncoderError(

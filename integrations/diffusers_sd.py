@@ -49,7 +49,10 @@ class StableDiffusionIntegration:
             return False
         from transformers import CLIPTextModel
 
-        return isinstance(getattr(target, "text_encoder", None), CLIPTextModel) and getattr(target, "tokenizer", None) is not None
+        return (
+            isinstance(getattr(target, "text_encoder", None), CLIPTextModel)
+            and getattr(target, "tokenizer", None) is not None
+        )
 
     def apply(self, pipe, source, **options):
         """Swap ``pipe.text_encoder`` for ``source``'s text tower (converted, checked); return ``pipe``."""
@@ -75,9 +78,13 @@ def negation_text_encoder(
     from transformers import PretrainedConfig
 
     if like is None:
-        slot = Slot(target="text_encoder", tokenizer=tokenizer, context_length=getattr(tokenizer, "model_max_length", None))
+        slot = Slot(
+            target="text_encoder", tokenizer=tokenizer, context_length=getattr(tokenizer, "model_max_length", None)
+        )
     elif diffusers_pipeline(like):
-        slot = Slot.like(f"{type(like).__name__}.text_encoder", like.text_encoder, tokenizer or like.tokenizer, _width_hint(like))
+        slot = Slot.like(
+            f"{type(like).__name__}.text_encoder", like.text_encoder, tokenizer or like.tokenizer, _width_hint(like)
+        )
         dtype, device = dtype or like.text_encoder.dtype, device or like.text_encoder.device
     elif isinstance(like, PretrainedConfig):
         slot = Slot(

@@ -40,7 +40,9 @@ _OPEN_CLIP_MODULES = (
 )
 _MHA_OUT_PROJ = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.base_layer\.out_proj$")
 _FUSED_QKV = re.compile(r"^transformer\.resblocks\.(\d+)\.attn$")
-_TRANSFORMERS_MODULE = re.compile(r"^(?:text_model\.)?(encoder\.layers\.\d+\.(?:self_attn\.[qkv]_proj|self_attn\.out_proj|mlp\.fc[12]))$")
+_TRANSFORMERS_MODULE = re.compile(
+    r"^(?:text_model\.)?(encoder\.layers\.\d+\.(?:self_attn\.[qkv]_proj|self_attn\.out_proj|mlp\.fc[12]))$"
+)
 _UNSUPPORTED_OPTIONS = ("use_dora", "use_rslora")
 
 
@@ -62,12 +64,16 @@ def read_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Te
     except json.JSONDecodeError as error:
         raise AdapterError(f"{config_path}: invalid JSON ({error})") from error
     if config.get("peft_type") != "LORA":
-        raise AdapterError(f"{config_path}: peft_type is {config.get('peft_type')!r}; only LORA adapters go into pipelines")
+        raise AdapterError(
+            f"{config_path}: peft_type is {config.get('peft_type')!r}; only LORA adapters go into pipelines"
+        )
     for option in _UNSUPPORTED_OPTIONS:
         if config.get(option):
             raise AdapterError(f"{config_path}: {option}=true adapters cannot be expressed as a diffusers LoRA file")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise AdapterError(f"{config_path}: per-module rank_pattern/alpha_pattern are not supported; use one rank and alpha")
+        raise AdapterError(
+            f"{config_path}: per-module rank_pattern/alpha_pattern are not supported; use one rank and alpha"
+        )
     return config, load_file(str(weights_path))
 
 
@@ -87,7 +93,9 @@ def diffusers_lora_state_dict(adapter_dir: str | Path, module_prefix: str = "") 
     state: dict[str, torch.Tensor] = {}
     for module, pair in sorted(modules.items()):
         if set(pair) != {"lora_A", "lora_B"}:
-            raise AdapterError(f"{adapter_dir}: module {module!r} has {sorted(pair)} but a LoRA needs lora_A and lora_B")
+            raise AdapterError(
+                f"{adapter_dir}: module {module!r} has {sorted(pair)} but a LoRA needs lora_A and lora_B"
+            )
         for target, lora_a, lora_b in _transformers_loras(module, pair["lora_A"], pair["lora_B"], adapter_dir):
             state[f"{module_prefix}{target}.lora_A.weight"] = lora_a.clone()  # q, k, v share A: separate copies
             state[f"{module_prefix}{target}.lora_B.weight"] = lora_b.contiguous()
@@ -114,7 +122,13 @@ def _transformers_loras(module: str, lora_a: torch.Tensor, lora_b: torch.Tensor,
         ]
     if _MHA_OUT_PROJ.match(module):
         # what the trained open_clip model computed, whatever peft's MultiheadAttention does with out_proj
-        return [(_MHA_OUT_PROJ.sub(r"encoder.layers.\1.self_attn.out_proj", module), lora_a, lora_b * peft_mha_out_proj_factor())]
+        return [
+            (
+                _MHA_OUT_PROJ.sub(r"encoder.layers.\1.self_attn.out_proj", module),
+                lora_a,
+                lora_b * peft_mha_out_proj_factor(),
+            )
+        ]
     for pattern, replacement in _OPEN_CLIP_MODULES:
         if pattern.match(module):
             return [(pattern.sub(replacement, module), lora_a, lora_b)]

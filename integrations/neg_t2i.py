@@ -125,7 +125,9 @@ def read_prompts(path: str | Path) -> list[NegatedPrompt]:
             prompt = line.strip()
             objects = prompting.split_negations(prompt)[1]
         if not objects or not all(isinstance(o, str) and o for o in objects):
-            raise ValueError(f"{where}: no negated object in {prompt!r} (write 'without X' / 'no X', or give 'objects')")
+            raise ValueError(
+                f"{where}: no negated object in {prompt!r} (write 'without X' / 'no X', or give 'objects')"
+            )
         prompts.append(NegatedPrompt(prompt, list(objects)))
     if not prompts:
         raise ValueError(f"{path}: no prompts")
@@ -141,7 +143,11 @@ def generate(pipe, prompts: Sequence[NegatedPrompt], *, steps, size, seed, image
         kwargs = prompting.route_negations(item.prompt).pipeline_kwargs() if route else {"prompt": item.prompt}
         generators = [torch.Generator("cpu").manual_seed(seed + 1000 * index + k) for k in range(images_per_prompt)]
         out = pipe(
-            **kwargs, num_inference_steps=steps, height=size, width=size, generator=generators,
+            **kwargs,
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            generator=generators,
             num_images_per_prompt=images_per_prompt,
         )
         images.append(out.images)
@@ -167,10 +173,14 @@ def evaluate(
 
     size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     results: dict[str, list] = {}
-    results["stock"] = generate(pipe, prompts, steps=steps, size=size, seed=seed, images_per_prompt=images_per_prompt, route=route_negations)
+    results["stock"] = generate(
+        pipe, prompts, steps=steps, size=size, seed=seed, images_per_prompt=images_per_prompt, route=route_negations
+    )
     negation_plugins.apply(pipe, source)
     try:
-        results["negation"] = generate(pipe, prompts, steps=steps, size=size, seed=seed, images_per_prompt=images_per_prompt, route=route_negations)
+        results["negation"] = generate(
+            pipe, prompts, steps=steps, size=size, seed=seed, images_per_prompt=images_per_prompt, route=route_negations
+        )
     finally:
         restore(pipe)
 
@@ -187,13 +197,21 @@ def evaluate(
                 rows.append({"prompt": item.prompt, "objects": item.objects})
             rows[index][variant] = {"presence": scores, "absent": absent}
         total = len(prompts) * images_per_prompt
-        summary[variant] = {"negation_success_rate": successes / total, "mean_presence": sum(presences) / len(presences)}
+        summary[variant] = {
+            "negation_success_rate": successes / total,
+            "mean_presence": sum(presences) / len(presences),
+        }
     report = {
         "summary": summary,
         "prompts": rows,
         "settings": {
-            "source": str(getattr(source, "spec", source)), "judge": judge.name, "threshold": judge.threshold,
-            "steps": steps, "size": size, "seed": seed, "images_per_prompt": images_per_prompt,
+            "source": str(getattr(source, "spec", source)),
+            "judge": judge.name,
+            "threshold": judge.threshold,
+            "steps": steps,
+            "size": size,
+            "seed": seed,
+            "images_per_prompt": images_per_prompt,
             "route_negations": route_negations,
         },
     }
@@ -208,7 +226,9 @@ def write_outputs(out_dir, report, results, images_per_prompt) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for variant, per_prompt in results.items():
-        grid = make_image_grid([img for images in per_prompt for img in images], rows=len(per_prompt), cols=images_per_prompt)
+        grid = make_image_grid(
+            [img for images in per_prompt for img in images], rows=len(per_prompt), cols=images_per_prompt
+        )
         atomic_write(out_dir / f"grid_{variant}.png", lambda path, grid=grid: grid.save(path, format="PNG"))
     report["grids"] = {variant: f"grid_{variant}.png" for variant in results}
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
@@ -218,18 +238,41 @@ def write_outputs(out_dir, report, results, images_per_prompt) -> None:
 def register_commands(cli):
     @cli.command(name="t2i-eval")
     @click.argument("pipeline")
-    @click.option("--encoder", required=True, help="Negation-aware encoder: any load_clip spec (.pth, local-dir:, hf-hub:, folder).")
-    @click.option("--prompts", "prompts_path", required=True, type=click.Path(exists=True, dir_okay=False),
-                  help="Text (one prompt per line) or JSONL ({'prompt', 'objects'}).")
+    @click.option(
+        "--encoder",
+        required=True,
+        help="Negation-aware encoder: any load_clip spec (.pth, local-dir:, hf-hub:, folder).",
+    )
+    @click.option(
+        "--prompts",
+        "prompts_path",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Text (one prompt per line) or JSONL ({'prompt', 'objects'}).",
+    )
     @click.option("--judge", "judge_spec", required=True, help="clip:<load_clip spec> or owlvit:<folder or hub id>.")
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.json and grids.")
+    @click.option(
+        "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.json and grids."
+    )
     @click.option("--steps", default=25, show_default=True)
     @click.option("--size", type=int, default=None, help="Image side in pixels (default: the pipeline's).")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--images-per-prompt", default=1, show_default=True)
     @click.option("--route-negations", is_flag=True, help="Also move 'without X' into the negative prompt.")
     @click.option("--device", default="cpu", show_default=True)
-    def t2i_eval(pipeline, encoder, prompts_path, judge_spec, out_dir, steps, size, seed, images_per_prompt, route_negations, device):
+    def t2i_eval(
+        pipeline,
+        encoder,
+        prompts_path,
+        judge_spec,
+        out_dir,
+        steps,
+        size,
+        seed,
+        images_per_prompt,
+        route_negations,
+        device,
+    ):
         """Neg-T2I: generate for negating prompts with stock vs negation-aware encoder; judge the negated objects."""
         from diffusers import DiffusionPipeline
 
@@ -238,9 +281,19 @@ def register_commands(cli):
         pipe = DiffusionPipeline.from_pretrained(pipeline).to(device)
         pipe.set_progress_bar_config(disable=True)
         report = evaluate(
-            pipe, prompts, encoder, judge, steps=steps, size=size, seed=seed, images_per_prompt=images_per_prompt,
-            route_negations=route_negations, out_dir=out_dir,
+            pipe,
+            prompts,
+            encoder,
+            judge,
+            steps=steps,
+            size=size,
+            seed=seed,
+            images_per_prompt=images_per_prompt,
+            route_negations=route_negations,
+            out_dir=out_dir,
         )
         for variant, figures in report["summary"].items():
-            click.echo(f"{variant:<9} negation success {figures['negation_success_rate']:.3f}  mean presence {figures['mean_presence']:.3f}")
+            click.echo(
+                f"{variant:<9} negation success {figures['negation_success_rate']:.3f}  mean presence {figures['mean_presence']:.3f}"
+            )
         click.echo(f"wrote {Path(out_dir) / 'report.json'}")

@@ -31,15 +31,63 @@ CUES = ("without", "no", "not", "never", "nor", "minus", "sans", "except", "lack
 TWO_WORD_CUES = (("with", "no"), ("free", "of"), ("devoid", "of"))
 NOT_DETERMINERS = {"a", "an", "any", "the", "one"}
 STOP_WORDS = {
-    "and", "but", "or", "while", "whereas", "though", "although", "because", "so", "yet", "then",
-    "that", "which", "who", "whose", "where", "when", "as",
-    "in", "on", "at", "near", "by", "under", "over", "above", "below", "behind", "beside", "next", "inside",
-    "outside", "with", "from", "into", "onto", "of", "for", "to", "during", "against", "along", "around",
-    "between", "through", "across", "is", "are", "was", "were", "be",
+    "and",
+    "but",
+    "or",
+    "while",
+    "whereas",
+    "though",
+    "although",
+    "because",
+    "so",
+    "yet",
+    "then",
+    "that",
+    "which",
+    "who",
+    "whose",
+    "where",
+    "when",
+    "as",
+    "in",
+    "on",
+    "at",
+    "near",
+    "by",
+    "under",
+    "over",
+    "above",
+    "below",
+    "behind",
+    "beside",
+    "next",
+    "inside",
+    "outside",
+    "with",
+    "from",
+    "into",
+    "onto",
+    "of",
+    "for",
+    "to",
+    "during",
+    "against",
+    "along",
+    "around",
+    "between",
+    "through",
+    "across",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
 }
 DETERMINERS = {"a", "an", "the", "some", "one", "two", "three", "several", "many", "his", "her", "their", "its", "my"}
 _CLAUSE_PUNCTUATION = ",;:"
-_DANGLING_CONNECTIVES = re.compile(r"^(?:(?:and|or|but)(?=[\s,;:]|$)[\s,;:]*)+|(?:[\s,;:]+(?:and|or|but))+$", re.IGNORECASE)
+_DANGLING_CONNECTIVES = re.compile(
+    r"^(?:(?:and|or|but)(?=[\s,;:]|$)[\s,;:]*)+|(?:[\s,;:]+(?:and|or|but))+$", re.IGNORECASE
+)
 _TOKEN = re.compile(r"[A-Za-z0-9'\-]+|[^\sA-Za-z0-9'\-]")
 
 

@@ -174,4 +174,3 @@ def _check_bundle_tokenizer(bundle: ClipBundle, slot: Slot, name: str) -> None:
                 f"cannot put {name} into {slot.target}: its tokenizer gives ids {ours[:12]}... for {probe!r} "
                 f"but {slot.target}'s tokenizer gives {theirs[:12]}...; the encoder would read different tokens"
             )
-

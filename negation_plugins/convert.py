@@ -82,7 +82,9 @@ def _blocks_spec(transformer: nn.Module, where: str) -> dict:
     for i, block in enumerate(blocks):
         name = f"{where} layer {i}"
         if type(block) is not ResidualAttentionBlock:
-            raise ConversionError(f"{name}: {type(block).__name__} (custom attention) has no transformers CLIP equivalent")
+            raise ConversionError(
+                f"{name}: {type(block).__name__} (custom attention) has no transformers CLIP equivalent"
+            )
         if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
             raise ConversionError(f"{name}: layer scale has no transformers CLIP equivalent")
         attn = block.attn
@@ -148,18 +150,24 @@ def open_clip_vision_spec(model) -> dict:
     visual = getattr(model, "visual", None)
     where = "vision tower"
     if visual is None:
-        raise ConversionError("the model has no vision tower (text-only); convert with kind='text' or 'text_with_projection'")
+        raise ConversionError(
+            "the model has no vision tower (text-only); convert with kind='text' or 'text_with_projection'"
+        )
     if not isinstance(visual, VisionTransformer):
         raise ConversionError(f"{where}: {type(visual).__name__} is not a ViT; transformers CLIPModel needs a ViT")
     if visual.attn_pool is not None or visual.pool_type != "tok":
-        raise ConversionError(f"{where}: pooling {visual.pool_type!r} / attention pooling is unsupported (needs class token)")
+        raise ConversionError(
+            f"{where}: pooling {visual.pool_type!r} / attention pooling is unsupported (needs class token)"
+        )
     if visual.final_ln_after_pool or isinstance(visual.ln_pre, nn.Identity) or visual.proj is None:
         raise ConversionError(f"{where}: needs ln_pre, ln_post before pooling and a projection like OpenAI CLIP")
     if visual.conv1.bias is not None:
         raise ConversionError(f"{where}: patch embedding with bias is unsupported")
     (height, width_px), (patch_h, patch_w) = visual.image_size, visual.patch_size
     if height != width_px or patch_h != patch_w:
-        raise ConversionError(f"{where}: non-square images/patches {visual.image_size}/{visual.patch_size} are unsupported")
+        raise ConversionError(
+            f"{where}: non-square images/patches {visual.image_size}/{visual.patch_size} are unsupported"
+        )
     spec = _blocks_spec(visual.transformer, where)
     spec.update(
         image_size=height,
@@ -266,7 +274,9 @@ def transformers_configs(model, kind: str):
         return CLIPTextConfig(**text_cfg, architectures=["CLIPTextModelWithProjection"])
     vision = open_clip_vision_spec(model)
     if vision["projection_dim"] != text["projection_dim"]:
-        raise ConversionError(f"text and vision projections differ ({text['projection_dim']} vs {vision['projection_dim']})")
+        raise ConversionError(
+            f"text and vision projections differ ({text['projection_dim']} vs {vision['projection_dim']})"
+        )
     if getattr(model, "logit_bias", None) is not None:
         raise ConversionError("the model has a logit bias (SigLIP-style); transformers CLIPModel has none")
     vision_cfg = CLIPVisionConfig(
@@ -374,7 +384,9 @@ def _open_clip_tower_cfg(cfg, where: str) -> tuple[dict, str]:
     if act == "gelu_pytorch_tanh":
         tower["act_kwargs"] = {"approximate": "tanh"}
     elif act not in ("gelu", "quick_gelu"):
-        raise ConversionError(f"{where}: activation {act!r} has no open_clip equivalent (quick_gelu, gelu, gelu_pytorch_tanh)")
+        raise ConversionError(
+            f"{where}: activation {act!r} has no open_clip equivalent (quick_gelu, gelu, gelu_pytorch_tanh)"
+        )
     return tower, act
 
 
@@ -385,7 +397,11 @@ def open_clip_config(hf_model) -> dict:
     """
     kind, text_cfg, vision_cfg = _hf_parts(hf_model)
     text, text_act = _open_clip_tower_cfg(text_cfg, "text config")
-    text.update(context_length=text_cfg.max_position_embeddings, vocab_size=text_cfg.vocab_size, heads=text_cfg.num_attention_heads)
+    text.update(
+        context_length=text_cfg.max_position_embeddings,
+        vocab_size=text_cfg.vocab_size,
+        heads=text_cfg.num_attention_heads,
+    )
     eos = text_cfg.eos_token_id
     if eos == 2 or (eos == OPENAI_EOS_ID and text_cfg.vocab_size == STANDARD_VOCAB_SIZE):
         text["pool_type"] = "argmax"  # legacy id 2 means argmax; 49407 is the highest CLIP id, so argmax finds it
@@ -402,8 +418,11 @@ def open_clip_config(hf_model) -> dict:
     vision = None
     if vision_cfg is not None:
         vision, vision_act = _open_clip_tower_cfg(vision_cfg, "vision config")
-        vision.update(image_size=vision_cfg.image_size, patch_size=vision_cfg.patch_size,
-                      head_width=vision_cfg.hidden_size // vision_cfg.num_attention_heads)
+        vision.update(
+            image_size=vision_cfg.image_size,
+            patch_size=vision_cfg.patch_size,
+            head_width=vision_cfg.hidden_size // vision_cfg.num_attention_heads,
+        )
         acts.add(vision_act)
     if "quick_gelu" in acts and len(acts) > 1:
         raise ConversionError(f"text and vision towers use different activations {sorted(acts)}; open_clip shares one")
@@ -418,7 +437,12 @@ def build_open_clip(model_cfg: dict):
     text_only = vision_cfg is None
     if text_only:  # open_clip always builds a vision tower: build the smallest one, then drop it
         vision_cfg = {"layers": 1, "width": 8, "head_width": 8, "patch_size": 8, "image_size": 8}
-    model = CLIP(model_cfg["embed_dim"], vision_cfg=vision_cfg, text_cfg=model_cfg["text_cfg"], quick_gelu=model_cfg["quick_gelu"])
+    model = CLIP(
+        model_cfg["embed_dim"],
+        vision_cfg=vision_cfg,
+        text_cfg=model_cfg["text_cfg"],
+        quick_gelu=model_cfg["quick_gelu"],
+    )
     if text_only:
         model.visual = None
     return model
@@ -514,7 +538,9 @@ def assert_same_outputs(open_clip_model, hf_model, atol: float = 1e-4, seed: int
         }
         if kind != "text":
             if ours["projected"] is None:
-                raise ConversionMismatchError("the open_clip model has no text projection but the transformers model has one")
+                raise ConversionMismatchError(
+                    "the open_clip model has no text projection but the transformers model has one"
+                )
             diffs["projected"] = _max_diff(ours["projected"], hf_model.text_projection(theirs.pooler_output))
         if kind == "full" and isinstance(hf_model, CLIPModel):
             size = vision_cfg.image_size
@@ -578,15 +604,25 @@ def model_config_of(bundle) -> dict:
             out["norm_kwargs"] = {"eps": spec["layer_norm_eps"]}
         return out
 
-    text_cfg = tower(text) | {"heads": text["heads"], "context_length": text["context_length"], "vocab_size": text["vocab_size"]}
+    text_cfg = tower(text) | {
+        "heads": text["heads"],
+        "context_length": text["context_length"],
+        "vocab_size": text["vocab_size"],
+    }
     text_cfg["pool_type"] = "argmax" if text["eos_token_id"] in (2, OPENAI_EOS_ID) else "eos"
     if text_cfg["pool_type"] == "eos":
         text_cfg["eos_id"] = text["eos_token_id"]
     vision_cfg = tower(vision) | {
-        "head_width": vision["width"] // vision["heads"], "image_size": vision["image_size"], "patch_size": vision["patch_size"]
+        "head_width": vision["width"] // vision["heads"],
+        "image_size": vision["image_size"],
+        "patch_size": vision["patch_size"],
     }
-    return {"embed_dim": text["projection_dim"], "quick_gelu": text["hidden_act"] == "quick_gelu",
-            "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    return {
+        "embed_dim": text["projection_dim"],
+        "quick_gelu": text["hidden_act"] == "quick_gelu",
+        "vision_cfg": vision_cfg,
+        "text_cfg": text_cfg,
+    }
 
 
 def preprocess_cfg_of(model) -> dict:
@@ -629,7 +665,11 @@ def save_transformers(bundle, out_dir: str | Path, kind: str = "full", overwrite
     from .tokenizer import clip_tokenizer
 
     hf_model = open_clip_to_transformers(bundle.model, kind)
-    context_length = hf_model.config.max_position_embeddings if kind != "full" else hf_model.config.text_config.max_position_embeddings
+    context_length = (
+        hf_model.config.max_position_embeddings
+        if kind != "full"
+        else hf_model.config.text_config.max_position_embeddings
+    )
     tokenizer = clip_tokenizer(context_length)
     image_processor = _image_processor(bundle) if kind == "full" else None
 
@@ -650,6 +690,9 @@ def _image_processor(bundle):
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
     resample = {"bicubic": 3, "bilinear": 2}.get(cfg.get("interpolation", "bicubic"), 3)
     return CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-        image_mean=list(cfg["mean"]), image_std=list(cfg["std"]), resample=resample,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(cfg["mean"]),
+        image_std=list(cfg["std"]),
+        resample=resample,
     )

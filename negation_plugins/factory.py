@@ -59,7 +59,9 @@ class ClipBundle:
         return torch.cat(chunks) if chunks else torch.empty(0)
 
     @torch.no_grad()
-    def encode_image(self, images: Sequence[Any] | torch.Tensor, normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
+    def encode_image(
+        self, images: Sequence[Any] | torch.Tensor, normalize: bool = True, batch_size: int = 256
+    ) -> torch.Tensor:
         """Embed PIL images (preprocessed here) or an already preprocessed batch tensor."""
         if not self.has_vision:
             raise ValueError(f"{self.spec!r} is a text-only model: it has no vision tower to encode images")

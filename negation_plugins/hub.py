@@ -32,23 +32,15 @@ class PushError(click.ClickException):
 
 def adapter_patterns() -> list[str]:
     """Glob patterns (huggingface_hub uses fnmatch, where ``*`` also crosses ``/``) for adapter files at any depth."""
-    return [CARD_FILE] + [
-        pattern for name in ADAPTER_FILES for pattern in (name, f"*/{name}")
-    ]
+    return [CARD_FILE] + [pattern for name in ADAPTER_FILES for pattern in (name, f"*/{name}")]
 
 
 def files_to_push(folder: Path, adapter_only: bool) -> list[str]:
     """Relative paths that a push would upload, so an empty selection fails before any network call."""
-    paths = sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
-    )
-    paths = [
-        p for p in paths if not p.startswith(".git/") and not p.startswith(".cache/")
-    ]
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    paths = [p for p in paths if not p.startswith(".git/") and not p.startswith(".cache/")]
     if adapter_only:
-        paths = [
-            p for p in paths if p == CARD_FILE or p.rsplit("/", 1)[-1] in ADAPTER_FILES
-        ]
+        paths = [p for p in paths if p == CARD_FILE or p.rsplit("/", 1)[-1] in ADAPTER_FILES]
     return paths
 
 
@@ -74,11 +66,7 @@ def push(
         raise PushError(f"cannot push {folder}: not a directory")
     selected = files_to_push(folder, adapter_only)
     if not selected:
-        what = (
-            f"adapter files ({', '.join(ADAPTER_FILES)}) or {CARD_FILE}"
-            if adapter_only
-            else "files"
-        )
+        what = f"adapter files ({', '.join(ADAPTER_FILES)}) or {CARD_FILE}" if adapter_only else "files"
         raise PushError(f"nothing to push: {folder} holds no {what}")
     if constants.is_offline_mode():
         raise PushError("cannot push: HF_HUB_OFFLINE is set; unset it to reach the Hub")
@@ -97,12 +85,8 @@ def push(
             repo_type="model",
         )
     except (HfHubHTTPError, OfflineModeIsEnabled, ValueError) as error:
-        raise PushError(
-            f"push of {folder} to {repo_id} failed: {_without(token, str(error))}"
-        ) from None
-    logger.info(
-        "pushed %d file(s) from %s to %s", len(selected), folder, commit.commit_url
-    )
+        raise PushError(f"push of {folder} to {repo_id} failed: {_without(token, str(error))}") from None
+    logger.info("pushed %d file(s) from %s to %s", len(selected), folder, commit.commit_url)
     return commit.commit_url
 
 
@@ -114,9 +98,7 @@ def _without(token: str | None, text: str) -> str:
 @hookimpl
 def register_commands(cli):
     @cli.command(name="push")
-    @click.argument(
-        "folder", type=click.Path(exists=True, file_okay=False, path_type=Path)
-    )
+    @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.argument("repo_id")
     @click.option(
         "--adapter-only",
@@ -135,9 +117,7 @@ def register_commands(cli):
         help="Hub token (default: the HF_TOKEN variable or your saved login).",
     )
     @click.option("--message", "commit_message", default=None, help="Commit message.")
-    def push_command(
-        folder, repo_id, adapter_only, private, endpoint, token, commit_message
-    ):
+    def push_command(folder, repo_id, adapter_only, private, endpoint, token, commit_message):
         """Push a trained FOLDER (open_clip + transformers + adapters + card) to the Hub as REPO_ID."""
         url = push(
             folder,

@@ -36,9 +36,7 @@ def flatten_results(results: dict | None) -> dict[str, dict[str, float]]:
     flat = {}
     for benchmark, metrics in results.items():
         if not isinstance(metrics, dict):
-            raise TypeError(
-                f"results for benchmark {benchmark!r} must be a dict of metrics, got {metrics!r}"
-            )
+            raise TypeError(f"results for benchmark {benchmark!r} must be a dict of metrics, got {metrics!r}")
         values = {}
         _flatten_into(values, "", metrics)
         if values:
@@ -79,9 +77,7 @@ def results_table(before: dict, after: dict) -> str:
             old = before.get(benchmark, {}).get(metric)
             new = after.get(benchmark, {}).get(metric)
             change = f"{new - old:+.4f}" if old is not None and new is not None else ""
-            rows.append(
-                f"| {benchmark} | {metric} | {_cell(old)} | {_cell(new)} | {change} |"
-            )
+            rows.append(f"| {benchmark} | {metric} | {_cell(old)} | {_cell(new)} | {change} |")
     return "\n".join(rows)
 
 
@@ -93,11 +89,7 @@ def _results_section(before: dict, after: dict) -> str:
     data = json.dumps({"before": before, "after": after}, sort_keys=True).replace(
         "--", "-\\u002d"
     )  # no "--" inside a comment
-    table = (
-        results_table(before, after)
-        if before or after
-        else "_No evaluation results yet._"
-    )
+    table = results_table(before, after) if before or after else "_No evaluation results yet._"
     return f"{RESULTS_START}\n<!-- results-data: {data} -->\n\n{table}\n{RESULTS_END}"
 
 
@@ -194,9 +186,7 @@ def write_model_card(
     return path
 
 
-def update_model_index(
-    card_path, results: dict, results_before: dict | None = None
-) -> Path:
+def update_model_index(card_path, results: dict, results_before: dict | None = None) -> Path:
     """Merge ``results`` (benchmark -> metrics, after training) into an existing card's model-index and table.
 
     Same (benchmark, metric) pairs are replaced, new ones appended; ``results_before`` updates the before column.
@@ -221,8 +211,7 @@ def update_model_index(
     kept = [
         r
         for r in (card.data.eval_results or [])
-        if after.get(r.dataset_type, {}).get(r.metric_type)
-        is None  # results added by other tools stay
+        if after.get(r.dataset_type, {}).get(r.metric_type) is None  # results added by other tools stay
     ]
     card.data.eval_results = kept + _eval_results(model_name, after) or None
 

@@ -59,9 +59,7 @@ class HubState:
 class HubHandler(BaseHTTPRequestHandler):
     state: HubState  # set on the subclass made by ``serve``
 
-    def log_message(
-        self, *args
-    ):  # keep test output clean; requests are recorded in state.requests
+    def log_message(self, *args):  # keep test output clean; requests are recorded in state.requests
         pass
 
     def do_GET(self):
@@ -87,9 +85,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 }
             )
         if self.headers.get("Authorization") != f"Bearer {self.state.token}":
-            return self._json(
-                401, {"error": "Invalid credentials in Authorization header"}
-            )
+            return self._json(401, {"error": "Invalid credentials in Authorization header"})
         for route_method, pattern, handler in ROUTES:
             match = pattern.match(path)
             if route_method == method and match:
@@ -113,9 +109,7 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _repo(self, repo):
         if repo not in self.state.repos:
-            self._json(
-                404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-            )
+            self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
             return None
         return self.state.repos[repo]
 
@@ -126,9 +120,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if payload.get("type", "model") != "model":
             return self._json(400, {"error": "this test server only hosts models"})
         if repo_id in self.state.repos:
-            return self._json(
-                409, {"error": "You already created this model repo", "url": url}
-            )
+            return self._json(409, {"error": "You already created this model repo", "url": url})
         self.state.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
         self._json(200, {"url": url, "name": repo_id})
 
@@ -139,9 +131,7 @@ class HubHandler(BaseHTTPRequestHandler):
             if match:
                 yaml.safe_load(match.group(1))
         except yaml.YAMLError as error:
-            return self._json(
-                400, {"errors": [{"message": str(error)}], "warnings": []}
-            )
+            return self._json(400, {"errors": [{"message": str(error)}], "warnings": []})
         self._json(200, {"errors": [], "warnings": []})
 
     def preupload(self, body, repo, rev, head=False):
@@ -157,9 +147,7 @@ class HubHandler(BaseHTTPRequestHandler):
                         "path": f["path"],
                         "uploadMode": "regular",
                         "shouldIgnore": False,
-                        "oid": _git_blob_oid(stored.files[f["path"]])
-                        if f["path"] in stored.files
-                        else None,
+                        "oid": _git_blob_oid(stored.files[f["path"]]) if f["path"] in stored.files else None,
                     }
                     for f in files
                 ],
@@ -171,30 +159,22 @@ class HubHandler(BaseHTTPRequestHandler):
         stored = self._repo(repo)
         if stored is None:
             return
-        lines = [
-            json.loads(line) for line in body.decode().splitlines() if line.strip()
-        ]
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         if not lines or lines[0]["key"] != "header":
-            return self._json(
-                400, {"error": "commit payload must start with a header line"}
-            )
+            return self._json(400, {"error": "commit payload must start with a header line"})
         changes = {}
         for line in lines[1:]:
             value = line["value"]
             if line["key"] == "file":
                 if value.get("encoding") != "base64":
-                    return self._json(
-                        400, {"error": f"unsupported encoding for {value['path']}"}
-                    )
+                    return self._json(400, {"error": f"unsupported encoding for {value['path']}"})
                 changes[value["path"]] = base64.b64decode(value["content"])
             elif line["key"] == "deletedFile":
                 changes[value["path"]] = None
             else:
                 return self._json(
                     400,
-                    {
-                        "error": f"this test server accepts only regular uploads, got {line['key']}"
-                    },
+                    {"error": f"this test server accepts only regular uploads, got {line['key']}"},
                 )
         for path, content in changes.items():
             if content is None:
@@ -233,9 +213,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if stored is None:
             return
         if path not in stored.files:
-            return self._json(
-                404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
-            )
+            return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
         data = stored.files[path]
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -260,9 +238,7 @@ class HubServer:
         handler = type("BoundHubHandler", (HubHandler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self):
         self.thread.start()

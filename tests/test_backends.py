@@ -18,9 +18,21 @@ from negation_plugins.cli import cli
 from negation_plugins.tokenizer import clip_tokenizer
 
 
-def openai_state_dict(*, embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2,
-                      context_length=77, vocab_size=49408, text_width=64, text_layers=2, vision=True, seed=0,
-                      make=None):
+def openai_state_dict(
+    *,
+    embed_dim=32,
+    image_size=32,
+    patch_size=8,
+    vision_width=64,
+    vision_layers=2,
+    context_length=77,
+    vocab_size=49408,
+    text_width=64,
+    text_layers=2,
+    vision=True,
+    seed=0,
+    make=None,
+):
     """Random weights in the exact key layout of OpenAI's clip/model.py (``CLIP.state_dict()``), as published
     by NegationCLIP. Written from OpenAI's module definitions, not from open_clip."""
     g = torch.Generator().manual_seed(seed)
@@ -31,12 +43,18 @@ def openai_state_dict(*, embed_dim=32, image_size=32, patch_size=8, vision_width
         for i in range(layers):
             p = f"{prefix}transformer.resblocks.{i}."
             out |= {
-                p + "attn.in_proj_weight": make(3 * width, width), p + "attn.in_proj_bias": make(3 * width),
-                p + "attn.out_proj.weight": make(width, width), p + "attn.out_proj.bias": make(width),
-                p + "ln_1.weight": 1 + make(width), p + "ln_1.bias": make(width),
-                p + "mlp.c_fc.weight": make(4 * width, width), p + "mlp.c_fc.bias": make(4 * width),
-                p + "mlp.c_proj.weight": make(width, 4 * width), p + "mlp.c_proj.bias": make(width),
-                p + "ln_2.weight": 1 + make(width), p + "ln_2.bias": make(width),
+                p + "attn.in_proj_weight": make(3 * width, width),
+                p + "attn.in_proj_bias": make(3 * width),
+                p + "attn.out_proj.weight": make(width, width),
+                p + "attn.out_proj.bias": make(width),
+                p + "ln_1.weight": 1 + make(width),
+                p + "ln_1.bias": make(width),
+                p + "mlp.c_fc.weight": make(4 * width, width),
+                p + "mlp.c_fc.bias": make(4 * width),
+                p + "mlp.c_proj.weight": make(width, 4 * width),
+                p + "mlp.c_proj.bias": make(width),
+                p + "ln_2.weight": 1 + make(width),
+                p + "ln_2.bias": make(width),
             }
         return out
 
@@ -48,7 +66,8 @@ def openai_state_dict(*, embed_dim=32, image_size=32, patch_size=8, vision_width
             "visual.positional_embedding": make(grid * grid + 1, vision_width),
             "visual.proj": make(vision_width, embed_dim),
             "visual.conv1.weight": make(vision_width, 3, patch_size, patch_size),
-            "visual.ln_pre.weight": 1 + make(vision_width), "visual.ln_pre.bias": make(vision_width),
+            "visual.ln_pre.weight": 1 + make(vision_width),
+            "visual.ln_pre.bias": make(vision_width),
         }
         state |= blocks("visual.", vision_width, vision_layers)
         state |= {"visual.ln_post.weight": 1 + make(vision_width), "visual.ln_post.bias": make(vision_width)}
@@ -81,7 +100,14 @@ def test_negationclip_style_file_loads_exactly(negationclip_file):
     assert bundle.info["backend"] == "openai"
     cfg = bundle.info["model_cfg"]
     assert cfg["embed_dim"] == 32 and cfg["quick_gelu"] is True
-    assert cfg["vision_cfg"] | {} == {"layers": 2, "width": 64, "head_width": 64, "patch_size": 8, "image_size": 32, "mlp_ratio": 4.0}
+    assert cfg["vision_cfg"] | {} == {
+        "layers": 2,
+        "width": 64,
+        "head_width": 64,
+        "patch_size": 8,
+        "image_size": 32,
+        "mlp_ratio": 4.0,
+    }
     assert (cfg["text_cfg"]["width"], cfg["text_cfg"]["heads"], cfg["text_cfg"]["layers"]) == (64, 1, 2)
     assert set(bundle.model.state_dict()) == set(state)
     assert_holds(bundle.model, state)
@@ -114,7 +140,11 @@ def test_wrapped_and_safetensors_files_load(tmp_path, fmt):
 
 def test_half_precision_and_metadata_keys_of_original_openai_dicts(tmp_path):
     state = {k: v.half() for k, v in openai_state_dict(seed=2).items()}
-    state |= {"input_resolution": torch.tensor(32), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}
+    state |= {
+        "input_resolution": torch.tensor(32),
+        "context_length": torch.tensor(77),
+        "vocab_size": torch.tensor(49408),
+    }
     torch.save(state, tmp_path / "fp16.pth")
     bundle = npl.load_clip(f"openai:{tmp_path / 'fp16.pth'}")
     assert bundle.model.token_embedding.weight.dtype == torch.float32
@@ -166,8 +196,13 @@ def test_published_architectures_are_inferred_from_shapes(name):
     reference = open_clip.get_model_config(name)
     v, t = reference["vision_cfg"], reference["text_cfg"]
     state = openai_state_dict(
-        embed_dim=reference["embed_dim"], image_size=v["image_size"], patch_size=v["patch_size"],
-        vision_width=v["width"], vision_layers=v["layers"], text_width=t["width"], text_layers=t["layers"],
+        embed_dim=reference["embed_dim"],
+        image_size=v["image_size"],
+        patch_size=v["patch_size"],
+        vision_width=v["width"],
+        vision_layers=v["layers"],
+        text_width=t["width"],
+        text_layers=t["layers"],
         make=lambda *shape: torch.empty(*shape, device="meta"),
     )
     cfg = infer_openai_config(state, name)
@@ -183,8 +218,12 @@ def test_resnet_openai_state_dict_loads(tmp_path):
     from open_clip.model import CLIP
 
     torch.manual_seed(5)
-    reference = CLIP(32, vision_cfg={"layers": (1, 1, 1, 1), "width": 8, "image_size": 64},
-                     text_cfg={"context_length": 77, "width": 64, "heads": 1, "layers": 1}, quick_gelu=True).eval()
+    reference = CLIP(
+        32,
+        vision_cfg={"layers": (1, 1, 1, 1), "width": 8, "image_size": 64},
+        text_cfg={"context_length": 77, "width": 64, "heads": 1, "layers": 1},
+        quick_gelu=True,
+    ).eval()
     torch.save(reference.state_dict(), tmp_path / "rn.pt")
     bundle = npl.load_clip(str(tmp_path / "rn.pt"))
     assert_holds(bundle.model, reference.state_dict())
@@ -198,8 +237,11 @@ def _hf_text_folder(tmp_path, with_projection):
 
     torch.manual_seed(6)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    model = cls(CLIPTextConfig(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2,
-                               projection_dim=32)).eval()
+    model = cls(
+        CLIPTextConfig(
+            hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, projection_dim=32
+        )
+    ).eval()
     folder = tmp_path / cls.__name__
     model.save_pretrained(folder)
     return model, folder
@@ -239,7 +281,9 @@ def test_convert_command_round_trip(negationclip_file, tmp_path):
     hf_dir, oc_dir = tmp_path / "hf", tmp_path / "oc"
     result = runner.invoke(cli, ["convert", str(path), str(hf_dir), "--to", "transformers"])
     assert result.exit_code == 0, result.output
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {p.name for p in hf_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+        p.name for p in hf_dir.iterdir()
+    }
     assert len(CLIPTokenizer.from_pretrained(hf_dir)) == 49408
     assert json.loads((hf_dir / "config.json").read_text())["architectures"] == ["CLIPModel"]
     assert isinstance(CLIPModel.from_pretrained(hf_dir), CLIPModel)
@@ -269,5 +313,7 @@ def test_open_clip_folder_saves_back_out(negationclip_file, tmp_path):
     reloaded = npl.load_clip(f"local-dir:{first}")
     assert reloaded.info["model_cfg"]["text_cfg"]["heads"] == 1
     second = save_open_clip(reloaded, tmp_path / "second")
-    assert json.loads((first / "open_clip_config.json").read_text()) == json.loads((second / "open_clip_config.json").read_text())
+    assert json.loads((first / "open_clip_config.json").read_text()) == json.loads(
+        (second / "open_clip_config.json").read_text()
+    )
     assert_holds(npl.load_clip(f"local-dir:{second}").model, state)

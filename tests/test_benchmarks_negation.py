@@ -20,8 +20,16 @@ from tests.test_benchmarks_common import (
     write_images,
 )
 
-CAPTIONS = ["a red square", "no blue circle here", "a photo without a dog", "a cat on a mat", "an empty street",
-            "there is no tree", "a car and a bus", "nothing but sky"]
+CAPTIONS = [
+    "a red square",
+    "no blue circle here",
+    "a photo without a dog",
+    "a cat on a mat",
+    "an empty street",
+    "there is no tree",
+    "a car and a bus",
+    "nothing but sky",
+]
 
 
 def bench(name):
@@ -29,6 +37,7 @@ def bench(name):
 
 
 # --- NegBench retrieval -------------------------------------------------------------------------------------
+
 
 def write_retrieval_csv(path, rows):
     with open(path, "w", newline="") as handle:
@@ -64,9 +73,15 @@ def test_negbench_retrieval_matches_hand_recall(tmp_path):
 
 def test_negbench_retrieval_bad_rows_error_or_skip(tmp_path):
     write_images(tmp_path, ["a.jpg", "b.jpg"])
-    csv_path = write_retrieval_csv(tmp_path / "r.csv", [
-        ("a.jpg", ["a dog"]), ("b.jpg", "__import__('os').system('echo hacked')"), ("missing.jpg", ["a cat"]), ("b.jpg", ["no cat"]),
-    ])
+    csv_path = write_retrieval_csv(
+        tmp_path / "r.csv",
+        [
+            ("a.jpg", ["a dog"]),
+            ("b.jpg", "__import__('os').system('echo hacked')"),
+            ("missing.jpg", ["a cat"]),
+            ("b.jpg", ["no cat"]),
+        ],
+    )
     with pytest.raises(BenchmarkDataError, match=r"r.csv: row 3: 'captions' is not a Python list literal"):
         bench("negbench-retrieval").run(tiny_clip(), csv=csv_path, progress=False)
     got = bench("negbench-retrieval").run(tiny_clip(), csv=csv_path, skip_bad=True, progress=False)
@@ -79,13 +94,19 @@ def test_negbench_retrieval_bad_rows_error_or_skip(tmp_path):
 
 # --- CC-Neg -------------------------------------------------------------------------------------------------
 
+
 def write_ccneg(path, items):
     """The public layout: a torch file {"image_paths": [...], "annotations": [{"json": {...}, "sop_data": {...}}]}."""
-    torch.save({
-        "image_paths": [p for p, _, _ in items],
-        "annotations": [{"json": {"caption": t, "key": str(i)}, "sop_data": {"negative-prompt": n, "subject": "x"}}
-                        for i, (_, t, n) in enumerate(items)],
-    }, path)
+    torch.save(
+        {
+            "image_paths": [p for p, _, _ in items],
+            "annotations": [
+                {"json": {"caption": t, "key": str(i)}, "sop_data": {"negative-prompt": n, "subject": "x"}}
+                for i, (_, t, n) in enumerate(items)
+            ],
+        },
+        path,
+    )
     return path
 
 
@@ -97,7 +118,10 @@ def test_ccneg_scores_the_last_eval_size_items_like_by_hand(tmp_path):
     clip = tiny_clip()
     got = bench("ccneg").run(clip, file=path, images=tmp_path / "cc3m", eval_size=5, progress=False)
     images = hand_image_embeddings(clip, [tmp_path / "cc3m" / n for n in names[3:]])
-    correct = [dot(img, clip.encode_text([t])[0]) > dot(img, clip.encode_text([n])[0]) for img, (_, t, n) in zip(images, items[3:])]
+    correct = [
+        dot(img, clip.encode_text([t])[0]) > dot(img, clip.encode_text([n])[0])
+        for img, (_, t, n) in zip(images, items[3:])
+    ]
     assert got["n_items"] == 5 and got["eval_start"] == 3
     assert got["accuracy"] == pytest.approx(sum(correct) / 5)
     with pytest.raises(BenchmarkDataError, match="has 8 items, cannot take the last eval_size=40000"):
@@ -115,21 +139,40 @@ def test_ccneg_refuses_code_carrying_pickles_and_reports_bad_annotations(tmp_pat
         bench("ccneg").run(tiny_clip(), file=evil, eval_size=1, progress=False)
     write_images(tmp_path, ["a.jpg"])
     bad = tmp_path / "bad.pt"
-    torch.save({"image_paths": ["a.jpg", "a.jpg"], "annotations": [{"json": {}}, {"json": {"caption": "x"}, "sop_data": {"negative-prompt": "not x"}}]}, bad)
+    torch.save(
+        {
+            "image_paths": ["a.jpg", "a.jpg"],
+            "annotations": [{"json": {}}, {"json": {"caption": "x"}, "sop_data": {"negative-prompt": "not x"}}],
+        },
+        bad,
+    )
     with pytest.raises(BenchmarkDataError, match=r"bad.pt: row 0: annotation lacks"):
         bench("ccneg").run(tiny_clip(), file=bad, images=tmp_path, eval_size=2, progress=False)
-    assert bench("ccneg").run(tiny_clip(), file=bad, images=tmp_path, eval_size=2, skip_bad=True, progress=False)["n_skipped"] == 1
+    assert (
+        bench("ccneg").run(tiny_clip(), file=bad, images=tmp_path, eval_size=2, skip_bad=True, progress=False)[
+            "n_skipped"
+        ]
+        == 1
+    )
 
 
 # --- VALSE existence ----------------------------------------------------------------------------------------
+
 
 def test_valse_existence_filters_mturk_and_matches_hand_accuracy(tmp_path):
     names = [f"v7w_{i}.jpg" for i in range(6)]
     write_images(tmp_path / "visual7w", names, seed=5)
     data = {
         f"{i}": {
-            "dataset": "visual7w", "original_split": "test", "dataset_idx": f"v7w_{i}", "linguistic_phenomena": "existence",
-            "image_file": n, "caption": CAPTIONS[i], "foil": "no " + CAPTIONS[i], "classes": None, "classes_foil": None,
+            "dataset": "visual7w",
+            "original_split": "test",
+            "dataset_idx": f"v7w_{i}",
+            "linguistic_phenomena": "existence",
+            "image_file": n,
+            "caption": CAPTIONS[i],
+            "foil": "no " + CAPTIONS[i],
+            "classes": None,
+            "classes_foil": None,
             "mturk": {"foil": 3 - (i % 4), "caption": i % 4, "other": 0},
         }
         for i, n in enumerate(names)
@@ -140,24 +183,34 @@ def test_valse_existence_filters_mturk_and_matches_hand_accuracy(tmp_path):
     got = bench("valse-existence").run(clip, file=path, images=tmp_path / "visual7w", progress=False)
     kept = [i for i in range(6) if i % 4 >= 2]
     images = hand_image_embeddings(clip, [tmp_path / "visual7w" / names[i] for i in kept])
-    correct = [dot(img, clip.encode_text([CAPTIONS[i]])[0]) > dot(img, clip.encode_text(["no " + CAPTIONS[i]])[0]) for img, i in zip(images, kept)]
+    correct = [
+        dot(img, clip.encode_text([CAPTIONS[i]])[0]) > dot(img, clip.encode_text(["no " + CAPTIONS[i]])[0])
+        for img, i in zip(images, kept)
+    ]
     assert got["n_items"] == len(kept) == 2 and got["n_filtered_mturk"] == 4
     assert got["accuracy"] == pytest.approx(sum(correct) / len(kept))
 
     del data["1"]["mturk"]
     path.write_text(json.dumps(data))
-    with pytest.raises(BenchmarkDataError, match=r"existence.json: row 1: needs image_file, caption, foil and an integer mturk"):
+    with pytest.raises(
+        BenchmarkDataError, match=r"existence.json: row 1: needs image_file, caption, foil and an integer mturk"
+    ):
         bench("valse-existence").run(clip, file=path, images=tmp_path / "visual7w", progress=False)
 
 
 # --- NegRefCOCOg --------------------------------------------------------------------------------------------
 
+
 def write_negrefcocog(tmp_path, n_items=12, seed=7):
     names = [f"COCO_train2014_{i:012d}.jpg" for i in range(n_items)]
     write_images(tmp_path / "train2014", names, seed=seed, size=(64, 48))
     items = [
-        {"image": n, "phrase": f"the object that is not {CAPTIONS[i % 8]}", "ref_bbox": [2.5, 4.0, 20.0, 18.0],
-         "bbox_list": [[2.5, 4.0, 20.0, 18.0], [30, 10, 25, 30], [10, 25, 16, 16]]}
+        {
+            "image": n,
+            "phrase": f"the object that is not {CAPTIONS[i % 8]}",
+            "ref_bbox": [2.5, 4.0, 20.0, 18.0],
+            "bbox_list": [[2.5, 4.0, 20.0, 18.0], [30, 10, 25, 30], [10, 25, 16, 16]],
+        }
         for i, n in enumerate(names)
     ]
     path = tmp_path / "NegRefCOCOg.json"
@@ -189,7 +242,10 @@ def test_negrefcocog_shuffles_so_ties_do_not_favour_the_reference(tmp_path):
     blind.model = _copy_with_blind_vision(clip.model)
     crops = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
     assert torch.equal(*blind.encode_image(crops).unbind())
-    results = [bench("negrefcocog").run(blind, file=path, images=tmp_path / "train2014", seed=s, progress=False)["accuracy"] for s in (0, 0, 1)]
+    results = [
+        bench("negrefcocog").run(blind, file=path, images=tmp_path / "train2014", seed=s, progress=False)["accuracy"]
+        for s in (0, 0, 1)
+    ]
     assert results[0] == results[1]  # seeded: reproducible
     assert 0.1 < results[0] < 0.6 and 0.1 < results[2] < 0.6  # chance is 1/3; unshuffled argmax would give 1.0
 

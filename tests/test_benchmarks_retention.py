@@ -66,11 +66,14 @@ def write_coco(tmp_path, n=5, broken=False):
     write_images(tmp_path / "val2014", names, seed=11)
     captions = ["a dog on grass", "a cat", "two boats", "a kite in the sky", "pizza on a plate", "a red car"]
     data = {
-        "info": {}, "licenses": [],
+        "info": {},
+        "licenses": [],
         "images": [{"id": 100 + i, "file_name": n, "height": 30, "width": 40} for i, n in enumerate(names)]
         + [{"id": 999, "file_name": "uncaptioned.jpg"}],
-        "annotations": [{"id": k, "image_id": 100 + i, "caption": captions[(i + j) % 6]}
-                        for k, (i, j) in enumerate((i, j) for i in range(n) for j in range(2))],
+        "annotations": [
+            {"id": k, "image_id": 100 + i, "caption": captions[(i + j) % 6]}
+            for k, (i, j) in enumerate((i, j) for i in range(n) for j in range(2))
+        ],
     }
     if broken:
         data["images"].append({"id": 500, "file_name": "gone.jpg"})
@@ -108,7 +111,9 @@ def test_coco_retrieval_missing_image_names_the_entry(tmp_path):
     path, _ = write_coco(tmp_path, broken=True)
     with pytest.raises(BenchmarkDataError, match=r"captions_val2014.json: row images\[6\]: image 'gone.jpg' not found"):
         bench("coco-retrieval").run(tiny_clip(), captions=path, images=tmp_path / "val2014", progress=False)
-    got = bench("coco-retrieval").run(tiny_clip(), captions=path, images=tmp_path / "val2014", skip_bad=True, progress=False)
+    got = bench("coco-retrieval").run(
+        tiny_clip(), captions=path, images=tmp_path / "val2014", skip_bad=True, progress=False
+    )
     assert got["n_skipped"] == 1 and got["n_images"] == 5
 
 
@@ -129,8 +134,12 @@ def test_negation_probe_distribution_matches_hand(tmp_path):
     assert sum(dist["histogram"]["counts"]) == 100
 
     records = tmp_path / "negations.jsonl"
-    records.write_text("\n".join(json.dumps({"caption": a, "negated_caption": n, "objects": [], "kind": "absence"}) for a, n in pairs[:3])
-                       + "\n{\"caption\": \"lonely\"}\n")
+    records.write_text(
+        "\n".join(
+            json.dumps({"caption": a, "negated_caption": n, "objects": [], "kind": "absence"}) for a, n in pairs[:3]
+        )
+        + '\n{"caption": "lonely"}\n'
+    )
     with pytest.raises(BenchmarkDataError, match=r"negations.jsonl: row 4: needs a JSON object"):
         bench("negation-probe").run(clip, pairs=records, progress=False)
     assert bench("negation-probe").run(clip, pairs=records, skip_bad=True, progress=False)["n_pairs"] == 3
@@ -159,7 +168,7 @@ def test_same_scores_through_every_backend(tmp_path):
 
     clip = tiny_clip()
     path, data = write_coco(tmp_path)
-    specs = [f"local-dir:{save_open_clip(clip, tmp_path / 'oc')}", str(save_transformers(clip, tmp_path / 'hf'))]
+    specs = [f"local-dir:{save_open_clip(clip, tmp_path / 'oc')}", str(save_transformers(clip, tmp_path / "hf"))]
     for spec in specs:
         loaded = load_clip(spec)
         got = bench("coco-retrieval").run(loaded, captions=path, images=tmp_path / "val2014", progress=False)

@@ -28,7 +28,9 @@ def tiny_model_cfg(quick_gelu=True, heads=4, vocab_size=49408, vision=True, **te
     return {
         "embed_dim": 32,
         "quick_gelu": quick_gelu,
-        "vision_cfg": {"layers": 2, "width": 64, "head_width": 16, "patch_size": 8, "image_size": 32} if vision else None,
+        "vision_cfg": {"layers": 2, "width": 64, "head_width": 16, "patch_size": 8, "image_size": 32}
+        if vision
+        else None,
         "text_cfg": {"context_length": 77, "vocab_size": vocab_size, "width": 64, "heads": heads, "layers": 2} | text,
     }
 
@@ -82,7 +84,10 @@ def assert_state_equal(a, b, skip=()):
 def test_tiny_model_all_kinds_exact_and_round_trip(kind, quick_gelu):
     model = random_model(tiny_model_cfg(quick_gelu=quick_gelu))
     hf = open_clip_to_transformers(model, kind)
-    assert type(hf) is {"text": CLIPTextModel, "text_with_projection": CLIPTextModelWithProjection, "full": CLIPModel}[kind]
+    assert (
+        type(hf)
+        is {"text": CLIPTextModel, "text_with_projection": CLIPTextModelWithProjection, "full": CLIPModel}[kind]
+    )
     text_config = hf.config.text_config if kind == "full" else hf.config
     assert text_config.num_attention_heads == 4
     assert text_config.hidden_act == ("quick_gelu" if quick_gelu else "gelu")
@@ -108,7 +113,9 @@ def test_custom_vocab_eos_pooling_and_norm_eps():
     hf = open_clip_to_transformers(model, "text_with_projection")
     assert hf.config.eos_token_id == 2
     assert_text_matches(model, hf, probe_tokens(vocab_size=1000))
-    eos_model = random_model(tiny_model_cfg(vocab_size=1000, vision=False, pool_type="eos", eos_id=999, norm_kwargs={"eps": 1e-6}))
+    eos_model = random_model(
+        tiny_model_cfg(vocab_size=1000, vision=False, pool_type="eos", eos_id=999, norm_kwargs={"eps": 1e-6})
+    )
     hf = open_clip_to_transformers(eos_model, "text")
     assert hf.config.eos_token_id == 999 and hf.config.layer_norm_eps == 1e-6
     back = transformers_to_open_clip(hf)
@@ -137,7 +144,9 @@ def test_real_size_text_towers_agree(name, width, heads, layers, embed_dim):
 def test_transformers_first_direction_real_b32_text_size():
     """Start from a random transformers CLIPTextModel (SD 1.x text encoder shape) and go to open_clip."""
     torch.manual_seed(3)
-    hf = CLIPTextModel(CLIPTextConfig(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12)).eval()
+    hf = CLIPTextModel(
+        CLIPTextConfig(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12)
+    ).eval()
     model = transformers_to_open_clip(hf)
     assert model.visual is None and model.text_projection is None
     assert_text_matches(model, hf, probe_tokens())
@@ -147,9 +156,22 @@ def test_transformers_first_direction_real_b32_text_size():
 def test_transformers_clip_model_with_gelu_to_open_clip():
     torch.manual_seed(4)
     config = CLIPConfig(
-        text_config={"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2, "num_hidden_layers": 2, "hidden_act": "gelu"},
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 8, "num_hidden_layers": 1,
-                       "image_size": 32, "patch_size": 16, "hidden_act": "gelu"},
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+            "hidden_act": "gelu",
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 8,
+            "num_hidden_layers": 1,
+            "image_size": 32,
+            "patch_size": 16,
+            "hidden_act": "gelu",
+        },
         projection_dim=16,
     )
     hf = CLIPModel(config).eval()
@@ -178,8 +200,11 @@ def test_wrong_attention_heads_do_not_pass_silently():
 def test_unsupported_architectures_are_named():
     from open_clip.model import CLIP
 
-    resnet = CLIP(32, vision_cfg={"layers": (1, 1, 1, 1), "width": 8, "image_size": 64},
-                  text_cfg={"context_length": 77, "width": 64, "heads": 1, "layers": 1})
+    resnet = CLIP(
+        32,
+        vision_cfg={"layers": (1, 1, 1, 1), "width": 8, "image_size": 64},
+        text_cfg={"context_length": 77, "width": 64, "heads": 1, "layers": 1},
+    )
     with pytest.raises(ConversionError, match="ModifiedResNet is not a ViT"):
         open_clip_to_transformers(resnet, "full")
     assert isinstance(open_clip_to_transformers(resnet, "text_with_projection"), CLIPTextModelWithProjection)

@@ -15,8 +15,21 @@ from negation_plugins.cli import cli
 def test_demo_writes_results_plot_card_and_a_loadable_model(tmp_path, monkeypatch):
     monkeypatch.setenv("NEGATION_PLUGINS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    result = CliRunner().invoke(cli, ["demo", "--output", str(out), "--images", "240", "--pretrain-steps", "40",
-                                      "--max-steps", "12", "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "demo",
+            "--output",
+            str(out),
+            "--images",
+            "240",
+            "--pretrain-steps",
+            "40",
+            "--max-steps",
+            "12",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "negation" in result.output and "affirmative R@1 retained" in result.output
 

@@ -40,8 +40,15 @@ class TinyPlugin:
 @pytest.fixture
 def valse(tmp_path):
     write_images(tmp_path / "imgs", [f"{i}.jpg" for i in range(4)])
-    data = {str(i): {"image_file": f"{i}.jpg", "caption": f"a photo of {i} dogs", "foil": f"a photo with no dogs {i}",
-                     "mturk": {"foil": 0, "caption": 3, "other": 0}} for i in range(4)}
+    data = {
+        str(i): {
+            "image_file": f"{i}.jpg",
+            "caption": f"a photo of {i} dogs",
+            "foil": f"a photo with no dogs {i}",
+            "mturk": {"foil": 0, "caption": 3, "other": 0},
+        }
+        for i in range(4)
+    }
     (tmp_path / "existence.json").write_text(json.dumps(data))
     return tmp_path
 
@@ -51,8 +58,13 @@ def run(args):
 
 
 def test_parse_options_json_values_and_all_benchmarks():
-    got = parse_options(["ccneg.eval_size=10", "ccneg.file=/x/y.pt", "skip=true", "negrefcocog.seed=[1]"], ["ccneg", "negrefcocog"])
-    assert got == {"ccneg": {"eval_size": 10, "file": "/x/y.pt", "skip": True}, "negrefcocog": {"skip": True, "seed": [1]}}
+    got = parse_options(
+        ["ccneg.eval_size=10", "ccneg.file=/x/y.pt", "skip=true", "negrefcocog.seed=[1]"], ["ccneg", "negrefcocog"]
+    )
+    assert got == {
+        "ccneg": {"eval_size": 10, "file": "/x/y.pt", "skip": True},
+        "negrefcocog": {"skip": True, "seed": [1]},
+    }
     with pytest.raises(ValueError, match="not selected"):
         parse_options(["valse-existence.file=x"], ["ccneg"])
 
@@ -63,15 +75,31 @@ def test_two_models_side_by_side_with_reports_cache_and_model_card(valse, regist
 
     register_plugin(TinyPlugin(), "tiny-plugin")
     card = write_model_card(tmp_path / "card", base_model="tiny:0", results_after={"negation-probe": {"x": 0.5}})
-    args = ["tiny:0", "tiny:1", "--bench", "valse-existence,negation-probe", "-o", f"valse-existence.file={valse / 'existence.json'}",
-            "-o", f"valse-existence.images={valse / 'imgs'}", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
-            "--model-card", str(card)]
+    args = [
+        "tiny:0",
+        "tiny:1",
+        "--bench",
+        "valse-existence,negation-probe",
+        "-o",
+        f"valse-existence.file={valse / 'existence.json'}",
+        "-o",
+        f"valse-existence.images={valse / 'imgs'}",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--model-card",
+        str(card),
+    ]
     result = run(args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["models"] == ["tiny:0", "tiny:1"] and report["benchmarks"] == ["valse-existence", "negation-probe"]
     assert report["results"]["tiny:0"]["valse-existence"]["n_items"] == 4
-    assert report["results"]["tiny:0"]["negation-probe"]["cosine"]["mean"] != report["results"]["tiny:1"]["negation-probe"]["cosine"]["mean"]
+    assert (
+        report["results"]["tiny:0"]["negation-probe"]["cosine"]["mean"]
+        != report["results"]["tiny:1"]["negation-probe"]["cosine"]["mean"]
+    )
     probe_texts = len({t for pair in negator_pairs()[0] for t in pair})
     assert report["text_cache"] == {"hits": 0, "misses": 2 * (8 + probe_texts)}
     table = (tmp_path / "out" / "results.md").read_text()
@@ -79,9 +107,15 @@ def test_two_models_side_by_side_with_reports_cache_and_model_card(valse, regist
     assert (tmp_path / "out" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     meta = yaml.safe_load(card.read_text().split("---")[1])
-    metrics = {(r["dataset"]["type"], m["type"]): m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
-    assert metrics[("valse-existence", "accuracy")] == pytest.approx(report["results"]["tiny:1"]["valse-existence"]["accuracy"])
-    assert metrics[("negation-probe", "cosine.mean")] == pytest.approx(report["results"]["tiny:1"]["negation-probe"]["cosine"]["mean"])
+    metrics = {
+        (r["dataset"]["type"], m["type"]): m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]
+    }
+    assert metrics[("valse-existence", "accuracy")] == pytest.approx(
+        report["results"]["tiny:1"]["valse-existence"]["accuracy"]
+    )
+    assert metrics[("negation-probe", "cosine.mean")] == pytest.approx(
+        report["results"]["tiny:1"]["negation-probe"]["cosine"]["mean"]
+    )
 
     again = run(args[:-2] + ["--out", str(tmp_path / "out2"), "--no-plot"])  # a new cache object: read back from disk
     assert again.exit_code == 0, again.output
@@ -101,8 +135,17 @@ def test_clear_errors_for_bad_benchmarks_options_and_rows(valse, register_plugin
     assert result.exit_code == 2 and "no option(s) colour" in result.output
 
     (valse / "imgs" / "2.jpg").unlink()
-    bad = ["tiny:0", "--bench", "valse-existence", "-o", f"valse-existence.file={valse / 'existence.json'}",
-           "-o", f"valse-existence.images={valse / 'imgs'}", "--no-plot", *out]
+    bad = [
+        "tiny:0",
+        "--bench",
+        "valse-existence",
+        "-o",
+        f"valse-existence.file={valse / 'existence.json'}",
+        "-o",
+        f"valse-existence.images={valse / 'imgs'}",
+        "--no-plot",
+        *out,
+    ]
     result = run(bad)
     assert result.exit_code == 1 and "existence.json: row 2: image '2.jpg' not found" in result.output
     result = run(bad + ["--skip-bad"])
@@ -114,12 +157,30 @@ def test_clear_errors_for_bad_benchmarks_options_and_rows(valse, register_plugin
 @pytest.mark.e2e
 def test_world_model_on_mcq_retrieval_and_probe(world_coco, world_model, tmp_path):
     """The synthetic world end to end: the world's MCQ benchmark (another plugin) and this suite's in one run."""
-    result = run([world_model, "--bench", "mcq,coco-retrieval,negation-probe", "-o", f"mcq.csv={world_coco.mcq_csv}",
-                  "-o", f"mcq.images={world_coco.images}", "-o", f"coco-retrieval.captions={world_coco.val_captions}",
-                  "-o", f"coco-retrieval.images={world_coco.images}", "--out", str(tmp_path / "out"), "--no-plot"])
+    result = run(
+        [
+            world_model,
+            "--bench",
+            "mcq,coco-retrieval,negation-probe",
+            "-o",
+            f"mcq.csv={world_coco.mcq_csv}",
+            "-o",
+            f"mcq.images={world_coco.images}",
+            "-o",
+            f"coco-retrieval.captions={world_coco.val_captions}",
+            "-o",
+            f"coco-retrieval.images={world_coco.images}",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-plot",
+        ]
+    )
     assert result.exit_code == 0, result.output
     got = json.loads((tmp_path / "out" / "report.json").read_text())["results"][world_model]
     assert set(got) == {"mcq", "coco-retrieval", "negation-probe"}
-    assert got["coco-retrieval"]["n_images"] > 0 and 0 <= got["coco-retrieval"]["t2i_R@1"] <= got["coco-retrieval"]["t2i_R@10"] <= 1
+    assert (
+        got["coco-retrieval"]["n_images"] > 0
+        and 0 <= got["coco-retrieval"]["t2i_R@1"] <= got["coco-retrieval"]["t2i_R@10"] <= 1
+    )
     assert got["coco-retrieval"]["t2i_R@10"] > 10 / got["coco-retrieval"]["n_images"]  # pretrained: better than chance
     assert "| mcq |" in (tmp_path / "out" / "results.md").read_text()

@@ -19,12 +19,8 @@ TOKEN = "hf_TESTtoken0123456789abcdefSECRET"
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    monkeypatch.setattr(
-        constants, "HF_HUB_OFFLINE", False
-    )  # conftest sets offline; this server is loopback
-    monkeypatch.setenv(
-        "HF_HOME", str(tmp_path / "hf_home")
-    )  # no saved login of the machine is used
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest sets offline; this server is loopback
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no saved login of the machine is used
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with HubServer(TOKEN) as server:
         yield server
@@ -58,17 +54,11 @@ def trained(tmp_path):
 
 
 def local_files(root):
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def assert_token_absent(hub, caplog, *texts):
-    for path, data in (
-        (p, d) for repo in hub.state.repos.values() for p, d in repo.files.items()
-    ):
+    for path, data in ((p, d) for repo in hub.state.repos.values() for p, d in repo.files.items()):
         assert TOKEN.encode() not in data, path
     for record in caplog.records:
         assert TOKEN not in record.getMessage()
@@ -78,9 +68,7 @@ def assert_token_absent(hub, caplog, *texts):
 
 def test_push_uploads_every_file_byte_for_byte(hub, trained, caplog, capsys):
     caplog.set_level(logging.DEBUG)
-    url = push(
-        trained, "tester/neg-clip", private=True, token=TOKEN, endpoint=hub.endpoint
-    )
+    url = push(trained, "tester/neg-clip", private=True, token=TOKEN, endpoint=hub.endpoint)
     repo = hub.state.repos["tester/neg-clip"]
     assert repo.files == local_files(trained)
     assert repo.private is True
@@ -88,11 +76,7 @@ def test_push_uploads_every_file_byte_for_byte(hub, trained, caplog, capsys):
     assert repo.commits[0]["summary"].startswith("Upload negation-aware CLIP model")
     # Every request carried the token in the Authorization header only, never in a URL.
     assert all(TOKEN not in r["path"] for r in hub.state.requests)
-    assert {
-        r["path"].split("?")[0].rsplit("/", 1)[0]
-        for r in hub.state.requests
-        if r["method"] == "POST"
-    } >= {
+    assert {r["path"].split("?")[0].rsplit("/", 1)[0] for r in hub.state.requests if r["method"] == "POST"} >= {
         "/api/repos",
         "/api/models/tester/neg-clip/preupload",
         "/api/models/tester/neg-clip/commit",
@@ -105,10 +89,7 @@ def test_push_uploads_every_file_byte_for_byte(hub, trained, caplog, capsys):
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     with urllib.request.urlopen(request) as response:
-        assert (
-            response.read()
-            == (trained / "lora" / "adapter_model.safetensors").read_bytes()
-        )
+        assert response.read() == (trained / "lora" / "adapter_model.safetensors").read_bytes()
     out = capsys.readouterr()
     assert_token_absent(hub, caplog, out.out, out.err)
 
@@ -134,9 +115,7 @@ def test_adapter_only_and_repush_to_existing_repo(hub, trained, caplog):
     assert repo.private is False
 
     # Second push: the repo exists (409 answered, exist_ok) and only the changed file is sent.
-    write_model_card(
-        trained, base_model="org/base", results_after={"mcq": {"accuracy": 0.9}}
-    )
+    write_model_card(trained, base_model="org/base", results_after={"mcq": {"accuracy": 0.9}})
     push(
         trained,
         "tester/neg-lora",
@@ -165,9 +144,7 @@ def test_cli_push_reads_token_from_environment(hub, trained, monkeypatch, caplog
         ],
     )
     assert result.exit_code == 0, result.output
-    assert (
-        f"pushed {trained} to {hub.endpoint}/tester/cli-model/commit/" in result.output
-    )
+    assert f"pushed {trained} to {hub.endpoint}/tester/cli-model/commit/" in result.output
     assert hub.state.repos["tester/cli-model"].private is True
     assert "lora/adapter_config.json" in hub.state.repos["tester/cli-model"].files
     assert_token_absent(hub, caplog, result.output)
@@ -176,9 +153,7 @@ def test_cli_push_reads_token_from_environment(hub, trained, monkeypatch, caplog
 def test_wrong_token_fails_clearly_without_echoing_it(hub, trained, caplog):
     caplog.set_level(logging.DEBUG)
     wrong = "hf_WRONGtokenWRONGtokenWRONG"
-    with pytest.raises(
-        PushError, match="push of .* to tester/x failed: .*401"
-    ) as error:
+    with pytest.raises(PushError, match="push of .* to tester/x failed: .*401") as error:
         push(trained, "tester/x", token=wrong, endpoint=hub.endpoint)
     assert wrong not in str(error.value)
     assert hub.state.repos == {}

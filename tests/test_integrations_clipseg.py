@@ -16,9 +16,24 @@ def tiny_clipseg(projection_dim=32, text_width=48):
 
     torch.manual_seed(0)
     config = CLIPSegConfig(
-        text_config={"hidden_size": text_width, "intermediate_size": 4 * text_width, "num_hidden_layers": 1, "num_attention_heads": 2},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
-        projection_dim=projection_dim, extract_layers=(0, 1), reduce_dim=16, decoder_num_attention_heads=2,
+        text_config={
+            "hidden_size": text_width,
+            "intermediate_size": 4 * text_width,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+        },
+        projection_dim=projection_dim,
+        extract_layers=(0, 1),
+        reduce_dim=16,
+        decoder_num_attention_heads=2,
         decoder_intermediate_size=32,
     )
     return CLIPSegForImageSegmentation(config).eval()
@@ -45,7 +60,9 @@ def test_clipseg_swap_conditional_embeddings_equal_projected_text_features():
 
 def test_clipseg_projection_mismatch_is_clear():
     model = tiny_clipseg(projection_dim=32)
-    with pytest.raises(integrations.IncompatibleEncoderError, match=r"16-d pooled embeddings but .* needs 32-d.*decoder"):
+    with pytest.raises(
+        integrations.IncompatibleEncoderError, match=r"16-d pooled embeddings but .* needs 32-d.*decoder"
+    ):
         negation_plugins.apply(model, tiny_clip(64, embed_dim=16))
 
 

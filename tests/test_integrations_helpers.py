@@ -29,16 +29,26 @@ def tiny_clip(text_width: int = 64, embed_dim: int = 32, layers: int = 1, seed: 
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": text_width, "heads": 2, "layers": layers},
         quick_gelu=True,
     ).eval()
-    return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-32"), preprocess=None, spec=f"tiny-{text_width}-{seed}")
+    return ClipBundle(
+        model=model, tokenizer=open_clip.get_tokenizer("ViT-B-32"), preprocess=None, spec=f"tiny-{text_width}-{seed}"
+    )
 
 
 def text_config(width: int, projection_dim: int | None = None):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=77, eos_token_id=49407, bos_token_id=49406, pad_token_id=49407,
-        hidden_act="quick_gelu", projection_dim=projection_dim or width,
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        eos_token_id=49407,
+        bos_token_id=49406,
+        pad_token_id=49407,
+        hidden_act="quick_gelu",
+        projection_dim=projection_dim or width,
     )
 
 
@@ -46,8 +56,14 @@ def _vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8, sample_size=32,
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
     )
 
 
@@ -58,13 +74,25 @@ def tiny_sd_pipeline(cross_attention_dim: int = 64, seed: int = 0):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=2, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=2,
+        norm_num_groups=8,
     )
     pipe = StableDiffusionPipeline(
-        vae=_vae(), text_encoder=CLIPTextModel(text_config(cross_attention_dim)).eval(), tokenizer=tokenizer(),
-        unet=unet, scheduler=DDIMScheduler(clip_sample=False, steps_offset=1), safety_checker=None, feature_extractor=None,
+        vae=_vae(),
+        text_encoder=CLIPTextModel(text_config(cross_attention_dim)).eval(),
+        tokenizer=tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(clip_sample=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -83,16 +111,28 @@ def tiny_sdxl_pipeline(width_1: int = 32, width_2: int = 48, projection_dim: int
     torch.manual_seed(seed)
     time_dim = 8
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=width_1 + width_2, attention_head_dim=2, norm_num_groups=8,
-        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width_1 + width_2,
+        attention_head_dim=2,
+        norm_num_groups=8,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=projection_dim + 6 * time_dim,
     )
     pipe = StableDiffusionXLPipeline(
-        vae=_vae(), text_encoder=CLIPTextModel(text_config(width_1)).eval(),
+        vae=_vae(),
+        text_encoder=CLIPTextModel(text_config(width_1)).eval(),
         text_encoder_2=CLIPTextModelWithProjection(text_config(width_2, projection_dim)).eval(),
-        tokenizer=tokenizer(), tokenizer_2=tokenizer(), unet=unet, scheduler=EulerDiscreteScheduler(),
+        tokenizer=tokenizer(),
+        tokenizer_2=tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(),
         force_zeros_for_empty_prompt=True,
     )
     pipe.set_progress_bar_config(disable=True)

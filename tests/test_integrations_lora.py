@@ -53,7 +53,9 @@ def test_diffusers_lora_file_loads_with_adapters_fuse_and_unfuse(tmp_path):
     trained = hf_states(peft_encoder)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(peft_encoder))
     metadata = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": TRANSFORMERS_TARGETS}
-    StableDiffusionPipeline.save_lora_weights(tmp_path, text_encoder_lora_layers=layers, text_encoder_lora_adapter_metadata=metadata)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, text_encoder_lora_layers=layers, text_encoder_lora_adapter_metadata=metadata
+    )
 
     pipe.load_lora_weights(tmp_path, adapter_name="negation")
     torch.testing.assert_close(prompt_embeds(pipe), trained, atol=1e-5, rtol=0)
@@ -83,7 +85,9 @@ def test_peft_adapter_trained_on_open_clip_tower_goes_into_pipeline_exactly(tmp_
     base = tiny_clip(64, layers=2)
     trained = copy.deepcopy(base)
     torch.manual_seed(2)
-    peft_model = get_peft_model(trained.model, LoraConfig(r=4, lora_alpha=16, target_modules=OPEN_CLIP_TARGETS, init_lora_weights=False))
+    peft_model = get_peft_model(
+        trained.model, LoraConfig(r=4, lora_alpha=16, target_modules=OPEN_CLIP_TARGETS, init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     expected = open_clip_token_states(trained, PROMPTS)  # peft wraps the modules in place
 

@@ -29,7 +29,10 @@ def test_negationclip_pth_at_vit_l14_text_into_sd1_pipeline_in_one_call(tmp_path
     with torch.no_grad():
         x = model.token_embedding(ids) + model.positional_embedding
         expected = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
-    lengths = [int((row == 49407).nonzero()[0]) + 1 for row in tokenizer()(PROMPTS, padding="max_length", return_tensors="pt").input_ids]
+    lengths = [
+        int((row == 49407).nonzero()[0]) + 1
+        for row in tokenizer()(PROMPTS, padding="max_length", return_tensors="pt").input_ids
+    ]
     for i, length in enumerate(lengths):
         torch.testing.assert_close(embeds[i, :length], expected[i, :length], atol=1e-4, rtol=0)
     assert pipe.text_encoder.config.num_hidden_layers == 12 and pipe.text_encoder.config.hidden_act == "quick_gelu"

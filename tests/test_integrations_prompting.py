@@ -7,8 +7,37 @@ from hypothesis import strategies as st
 from integrations.prompting import CUES, route_negations, split_negations
 
 VOCAB = sorted(
-    set(CUES) | {"with", "free", "of", "a", "an", "the", "and", "or", "in", "on", "dog", "cars", "street", "red",
-                 "bus", "people", "trees", "not", "No", "WITHOUT", ",", ".", ";", "!", "&", "-", "piano", "nothing"}
+    set(CUES)
+    | {
+        "with",
+        "free",
+        "of",
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "in",
+        "on",
+        "dog",
+        "cars",
+        "street",
+        "red",
+        "bus",
+        "people",
+        "trees",
+        "not",
+        "No",
+        "WITHOUT",
+        ",",
+        ".",
+        ";",
+        "!",
+        "&",
+        "-",
+        "piano",
+        "nothing",
+    }
 )
 word_prompts = st.lists(st.sampled_from(VOCAB), max_size=14).map(" ".join)
 any_prompts = st.one_of(word_prompts, st.text(max_size=60))
@@ -60,7 +89,11 @@ def test_idempotent(prompt):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["a", "red", "dog", "on", "the", "street", ",", "and", "trees"]), max_size=12).map(" ".join))
+@given(
+    st.lists(st.sampled_from(["a", "red", "dog", "on", "the", "street", ",", "and", "trees"]), max_size=12).map(
+        " ".join
+    )
+)
 def test_prompts_without_cues_are_unchanged(prompt):
     assert split_negations(prompt) == (prompt, [])
     assert route_negations(prompt).negative_prompt is None
@@ -76,5 +109,9 @@ def test_rest_keeps_no_negated_phrase_after_its_cue(prompt):
             if word == cue:
                 # whatever follows a cue left in the prompt is not a negatable word
                 follower = rest_words[i + 1]
-                assert follower in CUES or not follower[0].isalnum() or follower in {
-                    "and", "or", "in", "on", "with", "of", "a", "an", "the"} or (cue == "not" and follower in {"a", "an", "the"})
+                assert (
+                    follower in CUES
+                    or not follower[0].isalnum()
+                    or follower in {"and", "or", "in", "on", "with", "of", "a", "an", "the"}
+                    or (cue == "not" and follower in {"a", "an", "the"})
+                )

@@ -154,7 +154,11 @@ def test_transformers_folder_and_open_clip_folder_sources(tmp_path):
     save_transformers(bundle, tmp_path / "hf", kind="text")
     save_open_clip(bundle, tmp_path / "oc")
     expected = open_clip_token_states(bundle, PROMPTS)
-    for source in (str(tmp_path / "hf"), f"local-dir:{tmp_path / 'oc'}", tmp_path / "oc"):  # last: a trainer output folder
+    for source in (
+        str(tmp_path / "hf"),
+        f"local-dir:{tmp_path / 'oc'}",
+        tmp_path / "oc",
+    ):  # last: a trainer output folder
         pipe = tiny_sd_pipeline()
         negation_plugins.apply(pipe, source)
         assert_states_equal(prompt_embeds(pipe), expected)

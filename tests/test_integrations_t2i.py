@@ -27,10 +27,21 @@ def judge_bundle():
 def test_read_prompts_text_and_jsonl(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("# comment\na street without cars\n\nno dogs on the beach\n")
-    assert read_prompts(text) == [NegatedPrompt("a street without cars", ["cars"]), NegatedPrompt("no dogs on the beach", ["dogs"])]
+    assert read_prompts(text) == [
+        NegatedPrompt("a street without cars", ["cars"]),
+        NegatedPrompt("no dogs on the beach", ["dogs"]),
+    ]
     records = tmp_path / "prompts.jsonl"
-    records.write_text(json.dumps({"prompt": "an empty road", "objects": ["car"]}) + "\n" + json.dumps({"prompt": "a room without chairs"}) + "\n")
-    assert read_prompts(records) == [NegatedPrompt("an empty road", ["car"]), NegatedPrompt("a room without chairs", ["chairs"])]
+    records.write_text(
+        json.dumps({"prompt": "an empty road", "objects": ["car"]})
+        + "\n"
+        + json.dumps({"prompt": "a room without chairs"})
+        + "\n"
+    )
+    assert read_prompts(records) == [
+        NegatedPrompt("an empty road", ["car"]),
+        NegatedPrompt("a room without chairs", ["chairs"]),
+    ]
     records.write_text('{"prompt": "ok without x"}\n{broken\n')
     with pytest.raises(ValueError, match=r"prompts.jsonl:2: invalid JSON"):
         read_prompts(records)
@@ -43,8 +54,16 @@ def test_evaluate_stock_vs_negation_writes_report_and_grids(tmp_path):
     pipe = tiny_sd_pipeline()
     stock = pipe.text_encoder
     prompts = [NegatedPrompt("a street without cars", ["cars"]), NegatedPrompt("a dog, not a cat", ["cat"])]
-    report = evaluate(pipe, prompts, tiny_clip(64), ClipPresenceJudge(judge_bundle()), steps=2, size=32,
-                      images_per_prompt=2, out_dir=tmp_path)
+    report = evaluate(
+        pipe,
+        prompts,
+        tiny_clip(64),
+        ClipPresenceJudge(judge_bundle()),
+        steps=2,
+        size=32,
+        images_per_prompt=2,
+        out_dir=tmp_path,
+    )
     assert pipe.text_encoder is stock  # restored afterwards
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["summary"] == report["summary"] and set(saved["summary"]) == {"stock", "negation"}
@@ -68,8 +87,21 @@ def test_owlvit_judge_scores_presence():
 
     torch.manual_seed(0)
     config = OwlViTConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+        },
         projection_dim=32,
     )
     processor = OwlViTProcessor(
@@ -101,11 +133,26 @@ def test_t2i_eval_cli(tmp_path):
     save_open_clip(tiny_clip(64, seed=2), tmp_path / "encoder")
     save_open_clip(judge_bundle(), tmp_path / "judge")
     (tmp_path / "prompts.txt").write_text("a street without cars\n")
-    result = CliRunner().invoke(cli, [
-        "t2i-eval", str(tmp_path / "pipe"), "--encoder", f"local-dir:{tmp_path / 'encoder'}",
-        "--prompts", str(tmp_path / "prompts.txt"), "--judge", f"clip:local-dir:{tmp_path / 'judge'}",
-        "--out", str(tmp_path / "out"), "--steps", "2", "--size", "32", "--route-negations",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "t2i-eval",
+            str(tmp_path / "pipe"),
+            "--encoder",
+            f"local-dir:{tmp_path / 'encoder'}",
+            "--prompts",
+            str(tmp_path / "prompts.txt"),
+            "--judge",
+            f"clip:local-dir:{tmp_path / 'judge'}",
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "2",
+            "--size",
+            "32",
+            "--route-negations",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "negation success" in result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())

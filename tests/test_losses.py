@@ -32,9 +32,7 @@ def batch():
     generator = torch.Generator().manual_seed(0)
 
     def unit(*shape):
-        return F.normalize(
-            torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1
-        )
+        return F.normalize(torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1)
 
     out = {
         k: unit(N, D)
@@ -56,20 +54,8 @@ def batch():
 
 def ref_clip_sym(images, texts):
     n = len(images)
-    i2t = (
-        sum(
-            ce([SCALE * dot(images[i], texts[j]) for j in range(n)], i)
-            for i in range(n)
-        )
-        / n
-    )
-    t2i = (
-        sum(
-            ce([SCALE * dot(texts[j], images[i]) for i in range(n)], j)
-            for j in range(n)
-        )
-        / n
-    )
+    i2t = sum(ce([SCALE * dot(images[i], texts[j]) for j in range(n)], i) for i in range(n)) / n
+    t2i = sum(ce([SCALE * dot(texts[j], images[i]) for i in range(n)], j) for j in range(n)) / n
     return (i2t + t2i) / 2
 
 
@@ -85,12 +71,8 @@ def value(name, batch, **options):
 
 def test_clip_and_infonce(batch):
     images = rows(batch["image"])
-    assert value("clip", batch) == pytest.approx(
-        ref_clip_sym(images, rows(batch["caption"])), rel=1e-9
-    )
-    assert value("infonce", batch) == pytest.approx(
-        ref_clip_sym(images, rows(batch["absence"])), rel=1e-9
-    )
+    assert value("clip", batch) == pytest.approx(ref_clip_sym(images, rows(batch["caption"])), rel=1e-9)
+    assert value("infonce", batch) == pytest.approx(ref_clip_sym(images, rows(batch["absence"])), rel=1e-9)
 
 
 def ref_tng(batch):
@@ -98,16 +80,12 @@ def ref_tng(batch):
     n = len(images)
     triplets = [rows(batch["hybrid"]), rows(batch["full"]), rows(batch["caption"])]
     texts = [(t[i], i) for t in triplets for i in range(n)]  # (embedding, owning image)
-    t2i = sum(
-        ce([SCALE * dot(t, images[i]) for i in range(n)], owner) for t, owner in texts
-    ) / len(texts)
+    t2i = sum(ce([SCALE * dot(t, images[i]) for i in range(n)], owner) for t, owner in texts) / len(texts)
     i2t = 0.0
     for i in range(n):
         logits = [SCALE * dot(images[i], t) for t, _ in texts]
         denominator = sum(math.exp(v) for v in logits)
-        own_mass = sum(
-            math.exp(v) for v, (_, owner) in zip(logits, texts) if owner == i
-        )
+        own_mass = sum(math.exp(v) for v, (_, owner) in zip(logits, texts) if owner == i)
         i2t += -math.log(own_mass / denominator)
     return (t2i + i2t / n) / 2
 
@@ -120,13 +98,7 @@ def ref_omni(batch, presence_weight=1.0, absence_weight=1.0, lam=1.0, lam_t=1.0,
     images, captions = rows(batch["image"]), rows(batch["caption"])
     presence, absence = rows(batch["presence"]), rows(batch["absence"])
     l1 = ref_first_block_ce(images, captions, presence)
-    l2 = (
-        sum(
-            ce([SCALE * dot(captions[i], images[j]) for j in range(N)], i)
-            for i in range(N)
-        )
-        / N
-    )
+    l2 = sum(ce([SCALE * dot(captions[i], images[j]) for j in range(N)], i) for i in range(N)) / N
     l3 = (
         sum(
             ce(
@@ -144,19 +116,14 @@ def ref_omni(batch, presence_weight=1.0, absence_weight=1.0, lam=1.0, lam_t=1.0,
         sum(
             max(
                 0.0,
-                dot(captions[i], absence[i])
-                / math.sqrt(dot(captions[i], captions[i]) * dot(absence[i], absence[i]))
+                dot(captions[i], absence[i]) / math.sqrt(dot(captions[i], captions[i]) * dot(absence[i], absence[i]))
                 + m,
             )
             for i in range(N)
         )
         / N
     )
-    l_abs = (
-        ref_clip_sym(images, absence)
-        + lam * ref_clip_sym(images, captions)
-        + lam_t * margin
-    )
+    l_abs = ref_clip_sym(images, absence) + lam * ref_clip_sym(images, captions) + lam_t * margin
     return presence_weight * (l1 + l2 + l3) / 3 + absence_weight * l_abs
 
 
@@ -176,9 +143,7 @@ def test_omni_default_and_weighted(batch):
 def test_omni_margin_term_is_active_for_similar_captions(batch):
     """With absence == caption the hinge is cos + m = 1.9 per pair; with m = -2 it is zero everywhere."""
     same = dict(batch, absence=batch["caption"])
-    with_margin = value(
-        "omni", same, presence_weight=0.0, caption_weight=0.0, margin=0.9
-    )
+    with_margin = value("omni", same, presence_weight=0.0, caption_weight=0.0, margin=0.9)
     without = value("omni", same, presence_weight=0.0, caption_weight=0.0, margin=-2.0)
     assert with_margin - without == pytest.approx(1.9, rel=1e-9)
 
@@ -200,13 +165,7 @@ def test_negbench_mcq(batch):
         batch["mcq"].tolist(),
         batch["mcq_answer"].tolist(),
     )
-    expected = (
-        sum(
-            ce([SCALE * dot(images[i], o) for o in options[i]], answers[i])
-            for i in range(N)
-        )
-        / N
-    )
+    expected = sum(ce([SCALE * dot(images[i], o) for o in options[i]], answers[i]) for i in range(N)) / N
     assert value("negbench-mcq", batch) == pytest.approx(expected, rel=1e-9)
 
 
@@ -215,9 +174,7 @@ def test_negbench_mcq_rejects_wrong_shape(batch):
         value("negbench-mcq", dict(batch, mcq=batch["mcq"][:2]))
 
 
-@pytest.mark.parametrize(
-    "name", ["clip", "infonce", "tng", "omni", "conclip", "negbench-mcq"]
-)
+@pytest.mark.parametrize("name", ["clip", "infonce", "tng", "omni", "conclip", "negbench-mcq"])
 def test_gradients_reach_every_required_embedding(batch, name):
     objective, _ = build_objective(name)
     leaves = {}
@@ -226,9 +183,7 @@ def test_gradients_reach_every_required_embedding(batch, name):
             leaves[key] = batch[key].clone().requires_grad_(True)
     objective(dict(batch, **leaves)).backward()
     for key, leaf in leaves.items():
-        assert leaf.grad is not None and leaf.grad.abs().sum() > 0, (
-            f"{name}: no gradient for {key!r}"
-        )
+        assert leaf.grad is not None and leaf.grad.abs().sum() > 0, f"{name}: no gradient for {key!r}"
 
 
 def test_combination_weights_and_parts(batch):
@@ -236,11 +191,7 @@ def test_combination_weights_and_parts(batch):
     total, parts = combined(batch)
     assert set(parts) == {"omni", "clip", "negbench-mcq"}
     assert parts["omni"].item() == pytest.approx(ref_omni(batch), rel=1e-9)
-    expected = (
-        parts["omni"].item()
-        + 0.5 * parts["clip"].item()
-        + 0.01 * parts["negbench-mcq"].item()
-    )
+    expected = parts["omni"].item() + 0.5 * parts["clip"].item() + 0.01 * parts["negbench-mcq"].item()
     assert total.item() == pytest.approx(expected, rel=1e-12)
     assert combined.requires == (
         "image",
@@ -271,9 +222,7 @@ def test_unknown_objective_lists_registered():
         parse_objectives(["nope"])
 
 
-@pytest.mark.parametrize(
-    "spec", ["clip:abc", "clip:-1", "clip:0", "clip:nan", "clip:inf", ":2", ""]
-)
+@pytest.mark.parametrize("spec", ["clip:abc", "clip:-1", "clip:0", "clip:nan", "clip:inf", ":2", ""])
 def test_bad_specs_fail_clearly(spec):
     with pytest.raises(ValueError, match="objective spec|no name"):
         parse_objectives([spec])
@@ -311,9 +260,7 @@ def test_third_party_objective_is_registered_and_combined(batch, register_plugin
     total, parts = parse_objectives(["mean-cosine:3", "clip"])(batch)
     cosines = [dot(a, b) for a, b in zip(rows(batch["image"]), rows(batch["caption"]))]
     assert parts["mean-cosine"].item() == pytest.approx(-sum(cosines) / N, rel=1e-9)
-    assert total.item() == pytest.approx(
-        3 * parts["mean-cosine"].item() + parts["clip"].item(), rel=1e-12
-    )
+    assert total.item() == pytest.approx(3 * parts["mean-cosine"].item() + parts["clip"].item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("size", [1, 2, 5])
@@ -325,7 +272,5 @@ def test_other_batch_sizes_match_reference(size):
         for k in ("image", "caption", "hybrid", "full")
     }
     b["logit_scale"] = torch.tensor(SCALE, dtype=torch.float64)
-    assert value("clip", b) == pytest.approx(
-        ref_clip_sym(rows(b["image"]), rows(b["caption"])), rel=1e-9
-    )
+    assert value("clip", b) == pytest.approx(ref_clip_sym(rows(b["image"]), rows(b["caption"])), rel=1e-9)
     assert value("tng", b) == pytest.approx(ref_tng(b), rel=1e-9)

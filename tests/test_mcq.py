@@ -72,8 +72,13 @@ ITEMS = [
     # image, answer, four captions, template, caption the model picks
     ("a.png", 1, ["A star.", "A circle.", "A ring.", "A box."], "positive", "A circle."),
     ("b.png", 0, ["There is no star.", "There is no circle.", "A star.", "No box."], "negative", "There is no circle."),
-    ("c.png", 3, ["A box but no ring.", "A ring but no box.", "A ring.", "A circle but no box."], "hybrid",
-     "A circle but no box."),
+    (
+        "c.png",
+        3,
+        ["A box but no ring.", "A ring but no box.", "A ring.", "A circle but no box."],
+        "hybrid",
+        "A circle but no box.",
+    ),
 ]
 
 
@@ -101,8 +106,9 @@ def test_hand_built_items_score_as_dictated(three_items):
 
 def test_scoring_functions():
     image = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
-    options = torch.tensor([[[0.0, 1.0], [1.0, 0.1], [0.5, 0.5], [-1.0, 0.0]],
-                            [[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.0, -1.0]]])
+    options = torch.tensor(
+        [[[0.0, 1.0], [1.0, 0.1], [0.5, 0.5], [-1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.0, -1.0]]]
+    )
     assert mcq_predictions(image, options).tolist() == [1, 0]
     result = mcq_accuracy(torch.tensor([1, 0]), [1, 2], ["affirmation", "affirmation"])
     assert result["accuracy"] == 0.5 and result["affirmation"] == 0.5 and result["negation"] is None
@@ -111,11 +117,15 @@ def test_scoring_functions():
 def test_reads_negbench_layout_with_absolute_paths_and_extra_columns(tmp_path):
     image = write_image(tmp_path / "COCO_val2014_000000000042.png", 1)
     header = ["Unnamed: 0"] + HEADER + ["source"]
-    path = write_csv(tmp_path / "COCO_val_mcq_llama3.1_rephrased.csv", [
-        ["0", str(image), "1", "A dog, but no cat.", "A cat.", "No dog.", "A cat but no dog.", "hybrid", "x"],
-        ["1", str(image), "3.0", "A dog.", "A cat.", "No dog.", "No cat is present.", "negative", "x"],
-        ["2", str(image), "0", "A dog and a frisbee.", "A cat.", "A horse.", "A frisbee.", "positive", "x"],
-    ], header=header)
+    path = write_csv(
+        tmp_path / "COCO_val_mcq_llama3.1_rephrased.csv",
+        [
+            ["0", str(image), "1", "A dog, but no cat.", "A cat.", "No dog.", "A cat but no dog.", "hybrid", "x"],
+            ["1", str(image), "3.0", "A dog.", "A cat.", "No dog.", "No cat is present.", "negative", "x"],
+            ["2", str(image), "0", "A dog and a frisbee.", "A cat.", "A horse.", "A frisbee.", "positive", "x"],
+        ],
+        header=header,
+    )
     rows = read_mcq_csv(path)
     assert [r.type for r in rows] == ["hybrid", "negation", "affirmation"]
     assert [r.correct_answer for r in rows] == [1, 3, 0]
@@ -126,12 +136,15 @@ def test_reads_negbench_layout_with_absolute_paths_and_extra_columns(tmp_path):
     assert result["n_items"] == 3 and result["hybrid"] == 1.0 and result["negation"] == 0.0
 
 
-@pytest.mark.parametrize("row, message", [
-    (["a.png", "7", "w", "x", "y", "z", "positive"], "row 2: correct_answer 7 is out of range"),
-    (["a.png", "one", "w", "x", "y", "z", "positive"], "row 2: correct_answer 'one' is not a number"),
-    (["a.png", "1", "w", "", "y", "z", "positive"], "row 2: empty or missing value for caption_1"),
-    (["a.png", "1", "w", "x", "y", "z", "maybe"], "row 2: correct_answer_template 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (["a.png", "7", "w", "x", "y", "z", "positive"], "row 2: correct_answer 7 is out of range"),
+        (["a.png", "one", "w", "x", "y", "z", "positive"], "row 2: correct_answer 'one' is not a number"),
+        (["a.png", "1", "w", "", "y", "z", "positive"], "row 2: empty or missing value for caption_1"),
+        (["a.png", "1", "w", "x", "y", "z", "maybe"], "row 2: correct_answer_template 'maybe'"),
+    ],
+)
 def test_malformed_row_is_named(tmp_path, row, message):
     good = ["a.png", "0", "w", "x", "y", "z", "negative"]
     path = write_csv(tmp_path / "bad.csv", [good, row])
@@ -141,8 +154,11 @@ def test_malformed_row_is_named(tmp_path, row, message):
 
 
 def test_missing_column_is_named(tmp_path):
-    path = write_csv(tmp_path / "bad.csv", [["a.png", "0", "w", "x", "y", "negative"]],
-                     header=[h for h in HEADER if h != "caption_3"])
+    path = write_csv(
+        tmp_path / "bad.csv",
+        [["a.png", "0", "w", "x", "y", "negative"]],
+        header=[h for h in HEADER if h != "caption_3"],
+    )
     with pytest.raises(BenchmarkDataError, match="missing column.*caption_3"):
         read_mcq_csv(path)
 
@@ -161,14 +177,18 @@ def test_retrieval_recall_at_1(tmp_path):
     write_image(tmp_path / "B.png", 2)
     captions = {
         "images": [{"id": 1, "file_name": "A.png"}, {"id": 2, "file_name": "B.png"}],
-        "annotations": [{"id": 1, "image_id": 1, "caption": "a1"}, {"id": 2, "image_id": 1, "caption": "a2"},
-                        {"id": 3, "image_id": 2, "caption": "b1"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "caption": "a1"},
+            {"id": 2, "image_id": 1, "caption": "a2"},
+            {"id": 3, "image_id": 2, "caption": "b1"},
+        ],
     }
     path = tmp_path / "captions.json"
     path.write_text(json.dumps(captions))
     clip = lookup_bundle(["a1", "a2", "b1"], {1: "a1", 2: "a2"})  # image B looks like A's second caption
-    result = plugins.get_one("benchmarks", "retrieval-r1").run(clip, captions=str(path), images=str(tmp_path),
-                                                               progress=False)
+    result = plugins.get_one("benchmarks", "retrieval-r1").run(
+        clip, captions=str(path), images=str(tmp_path), progress=False
+    )
     assert result["image_to_text_r1"] == 0.5 and result["text_to_image_r1"] == pytest.approx(1 / 3, abs=1e-4)
     assert result["n_images"] == 2 and result["n_captions"] == 3
     first_only = run_retrieval(clip, path, tmp_path, captions_per_image=1, progress=False)

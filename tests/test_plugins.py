@@ -59,7 +59,10 @@ def test_unknown_spec_names_backends():
 
 
 def test_unknown_kind_and_name_are_clear_errors():
-    for call, needle in ((lambda: plugins.registered("nope"), "kinds are"), (lambda: plugins.get_one("backends", "zzz"), "open_clip")):
+    for call, needle in (
+        (lambda: plugins.registered("nope"), "kinds are"),
+        (lambda: plugins.get_one("backends", "zzz"), "open_clip"),
+    ):
         try:
             call()
         except (KeyError, ValueError) as err:
@@ -72,7 +75,8 @@ def _entry_point_dist(tmp_path):
     """A real installed distribution (via a .dist-info on sys.path) exposing an entry-point plugin."""
     pkg = tmp_path / "site"
     (pkg / "thirdparty_negclip").mkdir(parents=True)
-    (pkg / "thirdparty_negclip" / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "thirdparty_negclip" / "__init__.py").write_text(
+        textwrap.dedent("""
         import negation_plugins as npl
         from negation_plugins.factory import Backend
 
@@ -84,7 +88,8 @@ def _entry_point_dist(tmp_path):
         @npl.hookimpl
         def register_backends(register):
             register(ThirdParty())
-    """))
+    """)
+    )
     info = pkg / "thirdparty_negclip-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-negclip\nVersion: 1.0\n")

@@ -29,7 +29,9 @@ class WritesMarker:
         return (pathlib.Path.write_text, (pathlib.Path(self.marker), "payload ran"))
 
 
-@pytest.mark.parametrize("wrap", [lambda sd: sd, lambda sd: {"model": sd, "epoch": 3}, lambda sd: {"state_dict": sd, "optimizer": {}}])
+@pytest.mark.parametrize(
+    "wrap", [lambda sd: sd, lambda sd: {"model": sd, "epoch": 3}, lambda sd: {"state_dict": sd, "optimizer": {}}]
+)
 def test_plain_and_wrapped_pickles_load(tmp_path, wrap):
     weights = _weights()
     path = tmp_path / "ckpt.pth"

@@ -35,18 +35,48 @@ def records(world_coco, tmp_path_factory):
 
 
 def base_args(spec, records, world, out, *extra):
-    return ["--model", spec, "--train", str(records), "--images", str(world.images), "--output", str(out),
-            "--batch-size", "8", "--max-steps", "2", "--eval-every", "2", "--no-progress", "--log-with", "none",
-            "--no-export-transformers", *extra]
+    return [
+        "--model",
+        spec,
+        "--train",
+        str(records),
+        "--images",
+        str(world.images),
+        "--output",
+        str(out),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--no-progress",
+        "--log-with",
+        "none",
+        "--no-export-transformers",
+        *extra,
+    ]
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------
 
+
 def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
     config_file = tmp_path / "c.yaml"
     config_file.write_text("lr: 0.5\nbatch-size: 7\nobjective: tng\ntuning: front:0-1\n")
-    config = parse_config(["--config", str(config_file), "--batch-size", "3", "--objective", "omni",
-                           "--objective", "clip:0.5", "--no-cache-image-features"])
+    config = parse_config(
+        [
+            "--config",
+            str(config_file),
+            "--batch-size",
+            "3",
+            "--objective",
+            "omni",
+            "--objective",
+            "clip:0.5",
+            "--no-cache-image-features",
+        ]
+    )
     assert config.lr == 0.5 and config.batch_size == 3
     assert config.objective == ["omni", "clip:0.5"] and config.tuning == "front:0-1"
     assert config.cache_image_features is False
@@ -60,8 +90,9 @@ def test_yaml_with_unknown_setting_is_refused(tmp_path):
         parse_config(["--config", str(config_file)])
 
 
-@pytest.mark.parametrize("text,expected", [("full", ("full", None)), ("lora", ("lora", None)),
-                                           ("front:0-5", ("front", (0, 5)))])
+@pytest.mark.parametrize(
+    "text,expected", [("full", ("full", None)), ("lora", ("lora", None)), ("front:0-5", ("front", (0, 5)))]
+)
 def test_parse_tuning(text, expected):
     assert parse_tuning(text) == expected
 
@@ -74,11 +105,18 @@ def test_parse_tuning_rejects(text):
 
 # ---- tuning modes ----------------------------------------------------------------------------------------------
 
+
 def test_full_tuning_trains_the_whole_text_tower_and_nothing_visual():
     model, names = apply_tuning(tiny_clip(), "full")
     assert not any(n.startswith("visual.") for n in names)
-    for expected in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection",
-                     "logit_scale", "transformer.resblocks.1.mlp.c_proj.weight"):
+    for expected in (
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+        "text_projection",
+        "logit_scale",
+        "transformer.resblocks.1.mlp.c_proj.weight",
+    ):
         assert expected in names
     assert all(p.requires_grad == (n in names) for n, p in model.named_parameters())
 
@@ -125,14 +163,30 @@ def test_lora_targets_matching_nothing_fail_with_examples():
 
 # ---- batches ---------------------------------------------------------------------------------------------------
 
+
 def test_records_of_one_caption_are_grouped_and_split_by_image():
     rows = [
-        {"image": "a.png", "caption": "a star", "negated_caption": "a star but no box", "objects": ["box"],
-         "kind": "absence"},
-        {"image": "a.png", "caption": "a star", "negated_caption": "a box but no star", "objects": ["star"],
-         "kind": "presence"},
-        {"image": "b.png", "caption": "a box", "negated_caption": "a box but no star", "objects": ["star"],
-         "kind": "absence"},
+        {
+            "image": "a.png",
+            "caption": "a star",
+            "negated_caption": "a star but no box",
+            "objects": ["box"],
+            "kind": "absence",
+        },
+        {
+            "image": "a.png",
+            "caption": "a star",
+            "negated_caption": "a box but no star",
+            "objects": ["star"],
+            "kind": "presence",
+        },
+        {
+            "image": "b.png",
+            "caption": "a box",
+            "negated_caption": "a box but no star",
+            "objects": ["star"],
+            "kind": "absence",
+        },
     ]
     examples = batches.group_records(rows, "mem")
     assert len(examples) == 2
@@ -160,6 +214,7 @@ def test_mcq_options_hold_one_true_caption():
 
 # ---- bad configs fail before training --------------------------------------------------------------------------
 
+
 def _fails_before_training(args, match, out):
     with pytest.raises((ConfigError, ValueError), match=match):
         train(parse_config(args))
@@ -168,20 +223,25 @@ def _fails_before_training(args, match, out):
 
 def test_unknown_objective_fails_before_training(tiny_spec, records, world_coco, tmp_path):
     out = tmp_path / "o"
-    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--objective", "nope"),
-                           "unknown objective 'nope'", out)
+    _fails_before_training(
+        base_args(tiny_spec, records, world_coco, out, "--objective", "nope"), "unknown objective 'nope'", out
+    )
 
 
 def test_lora_targets_matching_nothing_fail_before_training(tiny_spec, records, world_coco, tmp_path):
     out = tmp_path / "o"
-    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--tuning", "lora", "--lora-targets", "q_proj"),
-                           "matches no module", out)
+    _fails_before_training(
+        base_args(tiny_spec, records, world_coco, out, "--tuning", "lora", "--lora-targets", "q_proj"),
+        "matches no module",
+        out,
+    )
 
 
 def test_front_range_fails_before_training(tiny_spec, records, world_coco, tmp_path):
     out = tmp_path / "o"
-    _fails_before_training(base_args(tiny_spec, records, world_coco, out, "--tuning", "front:0-2"),
-                           "layer 2 does not exist", out)
+    _fails_before_training(
+        base_args(tiny_spec, records, world_coco, out, "--tuning", "front:0-2"), "layer 2 does not exist", out
+    )
 
 
 def test_empty_train_file_fails_before_training(tiny_spec, world_coco, tmp_path):
@@ -199,14 +259,26 @@ def test_model_tokenizer_mismatch_fails_before_training(records, world_coco, tmp
 
 def test_objective_needing_missing_negation_kind_fails(tiny_spec, world_coco, tmp_path):
     only_absence = tmp_path / "absence.jsonl"
-    only_absence.write_text(json.dumps({"image": "000001.png", "caption": "a star", "negated_caption": "a star, no box",
-                                        "objects": ["box"], "kind": "absence"}) + "\n")
+    only_absence.write_text(
+        json.dumps(
+            {
+                "image": "000001.png",
+                "caption": "a star",
+                "negated_caption": "a star, no box",
+                "objects": ["box"],
+                "kind": "absence",
+            }
+        )
+        + "\n"
+    )
     out = tmp_path / "o"
-    _fails_before_training(base_args(tiny_spec, only_absence, world_coco, out, "--objective", "omni"),
-                           "presence-negated", out)
+    _fails_before_training(
+        base_args(tiny_spec, only_absence, world_coco, out, "--objective", "omni"), "presence-negated", out
+    )
 
 
 # ---- a short run and its outputs -------------------------------------------------------------------------------
+
 
 def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, records, world_coco, tmp_path):
     from diffusers import StableDiffusionPipeline
@@ -216,15 +288,36 @@ def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, rec
     from negation_plugins.convert import open_clip_to_transformers
 
     out = tmp_path / "run"
-    args = base_args(tiny_spec, records, world_coco, out, "--tuning", "lora", "--lr", "0.05", "--lora-rank", "4",
-                     "--eval-mcq", str(world_coco.mcq_csv))
+    args = base_args(
+        tiny_spec,
+        records,
+        world_coco,
+        out,
+        "--tuning",
+        "lora",
+        "--lr",
+        "0.05",
+        "--lora-rank",
+        "4",
+        "--eval-mcq",
+        str(world_coco.mcq_csv),
+    )
     args[args.index("--no-export-transformers")] = "--export-transformers"
     summary = train(parse_config(args))
 
     assert summary["steps"] == 2 and "mcq" in summary["results_before"] and "mcq" in summary["results_after"]
-    for name in ("open_clip_config.json", "open_clip_model.safetensors", "README.md", "results.json",
-                 "metrics.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-                 "pytorch_lora_weights.safetensors", "transformers/config.json", "text_encoder/config.json"):
+    for name in (
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+        "README.md",
+        "results.json",
+        "metrics.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "pytorch_lora_weights.safetensors",
+        "transformers/config.json",
+        "text_encoder/config.json",
+    ):
         assert (out / name).is_file(), name
     assert "## Results" in (out / "README.md").read_text()
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
@@ -235,9 +328,11 @@ def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, rec
     base = load_clip(tiny_spec)
     text_encoder = open_clip_to_transformers(base.model, "text")
     state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
-        str(out / "pytorch_lora_weights.safetensors"), return_lora_metadata=True)
-    StableDiffusionPipeline.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=text_encoder,
-                                                        metadata=metadata)
+        str(out / "pytorch_lora_weights.safetensors"), return_lora_metadata=True
+    )
+    StableDiffusionPipeline.load_lora_into_text_encoder(
+        state, network_alphas=alphas, text_encoder=text_encoder, metadata=metadata
+    )
     hf_ids = tokens.clone()
     with torch.no_grad():
         with_lora = text_encoder(input_ids=hf_ids).last_hidden_state
@@ -252,8 +347,9 @@ def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, rec
 def test_every_batch_kind_builds_for_train_and_validation(objectives, tiny_spec, records, world_coco, tmp_path):
     """Distractor images, on-the-fly TNG texts and MCQ options are drawn from the right split's pool."""
     spec_args = [a for o in objectives for a in ("--objective", o)]
-    summary = train(parse_config(base_args(tiny_spec, records, world_coco, tmp_path / "o", *spec_args,
-                                           "--val-fraction", "0.3")))
+    summary = train(
+        parse_config(base_args(tiny_spec, records, world_coco, tmp_path / "o", *spec_args, "--val-fraction", "0.3"))
+    )
     assert summary["steps"] == 2 and summary["results_after"]["validation"]["loss"] > 0
 
 
@@ -263,27 +359,68 @@ def test_bf16_with_gradient_accumulation_trains_full_tower(tiny_spec, records, w
     from safetensors.torch import load_file
 
     out = tmp_path / "acc"
-    args = base_args(tiny_spec, records, world_coco, out, "--gradient-accumulation-steps", "2", "--val-fraction", "0",
-                     "--tuning", "full", "--mixed-precision", "bf16", "--lr", "0.01")
+    args = base_args(
+        tiny_spec,
+        records,
+        world_coco,
+        out,
+        "--gradient-accumulation-steps",
+        "2",
+        "--val-fraction",
+        "0",
+        "--tuning",
+        "full",
+        "--mixed-precision",
+        "bf16",
+        "--lr",
+        "0.01",
+    )
     summary = train(parse_config(args))
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2] and summary["steps"] == 2
     assert all(r["loss"] == r["loss"] and r["loss"] < 100 for r in lines)
     before = load_file(tiny_spec.removeprefix("local-dir:") + "/open_clip_model.safetensors")
     after = load_file(str(out / "open_clip_model.safetensors"))
-    assert not torch.equal(before["transformer.resblocks.0.attn.in_proj_weight"],
-                           after["transformer.resblocks.0.attn.in_proj_weight"])
+    assert not torch.equal(
+        before["transformer.resblocks.0.attn.in_proj_weight"], after["transformer.resblocks.0.attn.in_proj_weight"]
+    )
     assert torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
 
 
 def test_coco_captions_train_on_the_fly_and_are_refused_without_it(tiny_spec, world_coco, tmp_path):
     """COCO captions + instances with --negation on-the-fly train TNG-CLIP's triplets; the same file in records
     mode fails before training and says what to do."""
-    common = ["--model", tiny_spec, "--train", str(world_coco.captions), "--images", str(world_coco.images),
-              "--batch-size", "8", "--max-steps", "2", "--no-progress", "--log-with", "none",
-              "--no-export-transformers", "--objective", "tng"]
-    summary = train(parse_config([*common, "--output", str(tmp_path / "otf"), "--negation", "on-the-fly",
-                                  "--instances", str(world_coco.instances)]))
+    common = [
+        "--model",
+        tiny_spec,
+        "--train",
+        str(world_coco.captions),
+        "--images",
+        str(world_coco.images),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--no-progress",
+        "--log-with",
+        "none",
+        "--no-export-transformers",
+        "--objective",
+        "tng",
+    ]
+    summary = train(
+        parse_config(
+            [
+                *common,
+                "--output",
+                str(tmp_path / "otf"),
+                "--negation",
+                "on-the-fly",
+                "--instances",
+                str(world_coco.instances),
+            ]
+        )
+    )
     assert summary["steps"] == 2 and summary["results_after"]["validation"]["loss"] > 0
     with pytest.raises(ValueError, match="without negated captions.*on-the-fly"):
         train(parse_config([*common, "--output", str(tmp_path / "rec")]))

@@ -28,9 +28,31 @@ def setup(world_coco, tmp_path_factory):
 
 
 def trainer_args(setup, out, *extra):
-    return ["--model", setup["spec"], "--train", str(setup["records"]), "--images", str(setup["images"]),
-            "--output", str(out), "--batch-size", "8", "--val-fraction", "0", "--no-progress", "--log-with", "none",
-            "--no-export-transformers", "--tuning", "full", "--lr", "0.01", "--objective", "omni", *extra]
+    return [
+        "--model",
+        setup["spec"],
+        "--train",
+        str(setup["records"]),
+        "--images",
+        str(setup["images"]),
+        "--output",
+        str(out),
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0",
+        "--no-progress",
+        "--log-with",
+        "none",
+        "--no-export-transformers",
+        "--tuning",
+        "full",
+        "--lr",
+        "0.01",
+        "--objective",
+        "omni",
+        *extra,
+    ]
 
 
 def environment():
@@ -53,10 +75,27 @@ def metrics(out: Path) -> list[dict]:
 def test_two_gloo_processes_train_in_sync(setup, tmp_path):
     out = tmp_path / "ddp"
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "trainers.finetune", *trainer_args(setup, out, "--max-steps", "3")]
-    done = subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=240, check=False)
+    command = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "trainers.finetune",
+        *trainer_args(setup, out, "--max-steps", "3"),
+    ]
+    done = subprocess.run(
+        command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=240, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     assert summary["num_processes"] == 2
@@ -68,15 +107,27 @@ def test_two_gloo_processes_train_in_sync(setup, tmp_path):
 def test_sigkill_then_resume_continues_with_the_uninterrupted_losses(setup, tmp_path):
     steps = "60"
     reference = tmp_path / "reference"
-    done = subprocess.run([sys.executable, "-m", "trainers.finetune", *trainer_args(setup, reference, "--max-steps", steps)],
-                          cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.finetune", *trainer_args(setup, reference, "--max-steps", steps)],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     expected = {r["step"]: r["loss"] for r in metrics(reference)}
 
     out = tmp_path / "killed"
     args = trainer_args(setup, out, "--max-steps", steps, "--save-every", "4")
-    process = subprocess.Popen([sys.executable, "-m", "trainers.finetune", *args], cwd=ROOT, env=environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainers.finetune", *args],
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 200
     while len(metrics(out)) < 10 and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -87,8 +138,15 @@ def test_sigkill_then_resume_continues_with_the_uninterrupted_losses(setup, tmp_
     checkpoints = sorted((out / "checkpoints").glob("step-*"))
     assert checkpoints, "no checkpoint was written before the kill"
 
-    resumed = subprocess.run([sys.executable, "-m", "trainers.finetune", *args, "--resume"], cwd=ROOT,
-                             env=environment(), capture_output=True, text=True, timeout=240, check=False)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "trainers.finetune", *args, "--resume"],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = metrics(out)
     assert [r["step"] for r in got] == list(range(1, int(steps) + 1))

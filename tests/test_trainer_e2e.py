@@ -19,15 +19,30 @@ def test_lora_finetune_teaches_negation_and_keeps_retrieval(world_coco, world_mo
     summary = negation_records(world_coco, records, seed=0, progress=False)
     assert summary["absence"] > 0 and summary["presence"] > 0
     out = tmp_path / "out"
-    config = TrainConfig(model=world_model, train=str(records), images=str(world_coco.images), output=str(out),
-                         tuning="lora", lr=1e-2, max_steps=600, eval_every=600, eval_mcq=str(world_coco.mcq_csv),
-                         val_fraction=0.05, progress=False, log_with="none", export_transformers=False)
+    config = TrainConfig(
+        model=world_model,
+        train=str(records),
+        images=str(world_coco.images),
+        output=str(out),
+        tuning="lora",
+        lr=1e-2,
+        max_steps=600,
+        eval_every=600,
+        eval_mcq=str(world_coco.mcq_csv),
+        val_fraction=0.05,
+        progress=False,
+        log_with="none",
+        export_transformers=False,
+    )
     result = train(config)
     before, after = result["results_before"]["mcq"], result["results_after"]["mcq"]
     assert after["negation"] > before["negation"] + 0.15, (before, after)
     assert after["hybrid"] > before["hybrid"] + 0.1, (before, after)
     retrieval_before = run_retrieval(load_clip(world_model), world_coco.val_captions, world_coco.images, progress=False)
-    retrieval_after = run_retrieval(load_clip(f"local-dir:{out}"), world_coco.val_captions, world_coco.images,
-                                    progress=False)
-    assert retrieval_after["image_to_text_r1"] >= 0.85 * retrieval_before["image_to_text_r1"], (retrieval_before,
-                                                                                                 retrieval_after)
+    retrieval_after = run_retrieval(
+        load_clip(f"local-dir:{out}"), world_coco.val_captions, world_coco.images, progress=False
+    )
+    assert retrieval_after["image_to_text_r1"] >= 0.85 * retrieval_before["image_to_text_r1"], (
+        retrieval_before,
+        retrieval_after,
+    )

@@ -50,13 +50,24 @@ def write_records(world, path: Path, seed: int = 0, limit: int | None = None) ->
     for ann in captions["annotations"][:limit]:
         here = sorted(set(present.get(ann["image_id"], [])))
         caption = ann["caption"].rstrip(".")
-        base = {"image": files[ann["image_id"]], "image_id": ann["image_id"], "caption": ann["caption"],
-                "negator": "test-templates", "verifier": None}
+        base = {
+            "image": files[ann["image_id"]],
+            "image_id": ann["image_id"],
+            "caption": ann["caption"],
+            "negator": "test-templates",
+            "verifier": None,
+        }
         absent = [n for n in vocabulary if n not in here]
         if absent:
             obj = rng.choice(absent)
-            rows.append({**base, "negated_caption": rng.choice(ABSENCE).format(caption=caption, obj=obj),
-                         "objects": [obj], "kind": "absence"})
+            rows.append(
+                {
+                    **base,
+                    "negated_caption": rng.choice(ABSENCE).format(caption=caption, obj=obj),
+                    "objects": [obj],
+                    "kind": "absence",
+                }
+            )
         if len(here) > 1:
             obj = rng.choice(here)
             rest = " and ".join(f"a {n}" for n in here if n != obj)

@@ -27,8 +27,11 @@ NEGATION_CUE = re.compile(r"\b(no|not|without|nothing)\b", re.IGNORECASE)
 
 
 def digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_world_is_deterministic_in_its_seed(tmp_path):
@@ -51,8 +54,10 @@ def test_bad_world_settings_are_clear_errors(tmp_path):
 
 def test_coco_exports_are_consistent(world_coco):
     seen_ids = set()
-    for captions_path, instances_path in ((world_coco.captions, world_coco.instances),
-                                          (world_coco.val_captions, world_coco.val_instances)):
+    for captions_path, instances_path in (
+        (world_coco.captions, world_coco.instances),
+        (world_coco.val_captions, world_coco.val_instances),
+    ):
         captions, instances = json.loads(captions_path.read_text()), json.loads(instances_path.read_text())
         image_ids = [img["id"] for img in captions["images"]]
         assert image_ids == [img["id"] for img in instances["images"]] and len(set(image_ids)) == len(image_ids)
@@ -88,7 +93,7 @@ def truth(caption, present):
     """Objects after the first negation cue are negated, before it affirmed (how the world's templates are built)."""
     cue = NEGATION_CUE.search(caption)
     affirmed = objects_in(caption[: cue.start()] if cue else caption)
-    negated = objects_in(caption[cue.start():]) if cue else []
+    negated = objects_in(caption[cue.start() :]) if cue else []
     return all(o in present for o in affirmed) and not any(o in present for o in negated)
 
 
@@ -116,15 +121,19 @@ def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, sp
     assert all(bow_hits["affirmation"])
     assert not any(bow_hits["negation"]) and not any(bow_hits["hybrid"])
     # presence-based false captions: "... but no X" / "no X" with X in the image
-    assert any(not truth(c, present[r.image_path]) and NEGATION_CUE.search(c) and
-               set(objects_in(c[NEGATION_CUE.search(c).start():])) & present[r.image_path]
-               for r in rows for c in r.captions)
+    assert any(
+        not truth(c, present[r.image_path])
+        and NEGATION_CUE.search(c)
+        and set(objects_in(c[NEGATION_CUE.search(c).start() :])) & present[r.image_path]
+        for r in rows
+        for c in r.captions
+    )
 
 
 def test_world_cli_make(tmp_path):
     result = CliRunner().invoke(cli, ["world", "make", "--out", str(tmp_path / "w"), "--n-images", "20"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.output[result.output.index("{") :])
     assert summary["n_train"] + summary["n_val"] == 20
     assert read_mcq_csv(summary["mcq_csv"])
     bad = CliRunner().invoke(cli, ["world", "make", "--out", str(tmp_path / "x"), "--n-images", "1"])
@@ -133,7 +142,7 @@ def test_world_cli_make(tmp_path):
 
 @pytest.mark.e2e
 def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_coco):
-    folder = world_model[len("local-dir:"):]
+    folder = world_model[len("local-dir:") :]
     model, _, preprocess = open_clip.create_model_and_transforms(world_model)
     tokenizer = open_clip.get_tokenizer(world_model)
     clip = npl.load_clip(world_model)

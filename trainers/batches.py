@@ -156,8 +156,9 @@ def batch_rng(seed: int, micro_batch: int, rank: int, split: str = "train") -> r
     return random.Random(f"{seed}-{split}-{micro_batch}-{rank}")
 
 
-def build_texts(examples: list[Example], requires: tuple[str, ...], rng: random.Random,
-                pool: list[Example]) -> tuple[dict[str, list[str]], list[int] | None]:
+def build_texts(
+    examples: list[Example], requires: tuple[str, ...], rng: random.Random, pool: list[Example]
+) -> tuple[dict[str, list[str]], list[int] | None]:
     """Captions per text key, MCQ options flattened (N*K) and answers. ``pool`` supplies MCQ fillers."""
     texts: dict[str, list[str]] = {}
     if "caption" in requires or "hybrid" in requires or "full" in requires:
@@ -190,8 +191,9 @@ def mcq_options(example: Example, rng: random.Random, pool: list[Example]) -> tu
     return options, options.index(true)
 
 
-def distractor_images(examples: list[Example], rng: random.Random, absent_index: dict[str, list[int]],
-                      pool: list[Example]) -> list[str]:
+def distractor_images(
+    examples: list[Example], rng: random.Random, absent_index: dict[str, list[int]], pool: list[Example]
+) -> list[str]:
     """For CoN-CLIP: per example, an image where its presence-negated object is absent (so the negated caption
     fits it better); a random other image when the records name no such image."""
     out = []

@@ -10,8 +10,13 @@ from negation_plugins.hookspecs import hookimpl
 
 
 @click.command("demo")
-@click.option("--output", default="negclip-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the world, base model, records, fine-tuned model, results, plot and card.")
+@click.option(
+    "--output",
+    default="negclip-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the world, base model, records, fine-tuned model, results, plot and card.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--images", "n_images", default=2000, show_default=True, type=int, help="Scenes in the world.")
 @click.option("--pretrain-steps", default=None, type=int, help="Base model steps (default: the world's 800).")
@@ -27,8 +32,15 @@ def demo_command(output, seed, n_images, pretrain_steps, max_steps, no_cache, no
     from .demo import run_demo
 
     try:
-        results = run_demo(output, seed=seed, n_images=n_images, pretrain_steps=pretrain_steps, max_steps=max_steps,
-                           use_cache=not no_cache, progress=not no_progress)
+        results = run_demo(
+            output,
+            seed=seed,
+            n_images=n_images,
+            pretrain_steps=pretrain_steps,
+            max_steps=max_steps,
+            use_cache=not no_cache,
+            progress=not no_progress,
+        )
     except (ConfigError, ValueError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from None
     before, after = results["before"]["mcq"], results["after"]["mcq"]
@@ -39,8 +51,9 @@ def demo_command(output, seed, n_images, pretrain_steps, max_steps, no_cache, no
     click.echo(f"wrote {output}/results.json, {output}/before_after.png, {output}/README.md, model in {output}/model")
 
 
-@click.command("finetune", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                             "help_option_names": []})
+@click.command(
+    "finetune", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+)
 @click.pass_context
 def finetune_command(ctx):
     """Fine-tune a CLIP text encoder (same flags as `python -m trainers.finetune`; see `negclip finetune --help`).

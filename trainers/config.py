@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name == "objective":
-            parser.add_argument(flag, dest=f.name, action="append", default=None, metavar="NAME[:WEIGHT]", help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action="append", default=None, metavar="NAME[:WEIGHT]", help=help_text
+            )
         else:
             kind = {"int | None": int, "int": int, "float": float}.get(f.type, str)
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
@@ -194,8 +196,12 @@ def validate(config: TrainConfig) -> None:
     if config.eval_mcq and not Path(config.eval_mcq).is_file():
         raise ConfigError(f"--eval-mcq {config.eval_mcq}: file does not exist")
     parse_tuning(config.tuning)
-    positive = {"batch_size": config.batch_size, "gradient_accumulation_steps": config.gradient_accumulation_steps,
-                "eval_every": config.eval_every, "lora_rank": config.lora_rank}
+    positive = {
+        "batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "eval_every": config.eval_every,
+        "lora_rank": config.lora_rank,
+    }
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

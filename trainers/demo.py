@@ -37,8 +37,17 @@ def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> 
     captions = read_coco_captions(world.captions, world.instances, world.images)
     negator = plugins.get_one("negators", "template")()
     verifier = plugins.get_one("verifiers", "annotations")(images=str(world.images))
-    return generate(captions, out, negator, verifier, ("absence", "presence"), captions.categories, seed=seed,
-                    overwrite=True, progress=progress)
+    return generate(
+        captions,
+        out,
+        negator,
+        verifier,
+        ("absence", "presence"),
+        captions.categories,
+        seed=seed,
+        overwrite=True,
+        progress=progress,
+    )
 
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
@@ -48,16 +57,36 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
     scenes are only for the report)."""
     from .config import TrainConfig
 
-    settings = {"model": model, "train": str(records), "images": str(world.images), "output": str(output),
-                "seed": seed, "eval_mcq": str(world.mcq_train_csv), "select_by": "mcq", "epochs": 16,
-                "eval_every": 250, "tuning": "lora", "lr": 1e-2,
-                "objective": ["negbench-mcq", "clip:1.0"], "progress": progress, "log_with": "tensorboard"}
+    settings = {
+        "model": model,
+        "train": str(records),
+        "images": str(world.images),
+        "output": str(output),
+        "seed": seed,
+        "eval_mcq": str(world.mcq_train_csv),
+        "select_by": "mcq",
+        "epochs": 16,
+        "eval_every": 250,
+        "tuning": "lora",
+        "lr": 1e-2,
+        "objective": ["negbench-mcq", "clip:1.0"],
+        "progress": progress,
+        "log_with": "tensorboard",
+    }
     settings.update(overrides)
     return TrainConfig(**settings)
 
 
-def run_demo(output: str | os.PathLike, *, seed: int = 0, n_images: int = 2000, pretrain_steps: int | None = None,
-             max_steps: int | None = None, use_cache: bool = True, progress: bool = True) -> dict:
+def run_demo(
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    n_images: int = 2000,
+    pretrain_steps: int | None = None,
+    max_steps: int | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> dict:
     """Run every step and return the results dict (also in ``output/results.json``)."""
     from negation_plugins import load_clip
     from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
@@ -77,8 +106,9 @@ def run_demo(output: str | os.PathLike, *, seed: int = 0, n_images: int = 2000, 
 
     world = make_world(output / "world", WorldConfig(n_images=n_images, seed=seed), progress=progress)
     lap("make_world")
-    pretrain_config = PretrainConfig(seed=seed) if pretrain_steps is None else PretrainConfig(seed=seed,
-                                                                                               steps=pretrain_steps)
+    pretrain_config = (
+        PretrainConfig(seed=seed) if pretrain_steps is None else PretrainConfig(seed=seed, steps=pretrain_steps)
+    )
     pretrain_result = pretrain(world, output / "base_model", pretrain_config, use_cache=use_cache, progress=progress)
     lap("pretrain")
 
@@ -94,8 +124,10 @@ def run_demo(output: str | os.PathLike, *, seed: int = 0, n_images: int = 2000, 
 
     def evaluate(spec):
         clip = load_clip(spec)
-        return {"mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
-                "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False)}
+        return {
+            "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
+            "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False),
+        }
 
     before, after = evaluate(base_spec), evaluate(f"local-dir:{output / 'model'}")
     lap("evaluate")
@@ -107,10 +139,21 @@ def run_demo(output: str | os.PathLike, *, seed: int = 0, n_images: int = 2000, 
         "gain": {t: _diff(after["mcq"][t], before["mcq"][t]) for t in ("accuracy", *MCQ_TYPES)},
         "base_model": {k: pretrain_result[k] for k in ("r1_image_to_text", "r1_text_to_image", "cached")},
         "data": {k: data_summary.get(k) for k in ("absence", "presence", "captions", "verifier_rejected")},
-        "training": {k: summary[k] for k in ("steps", "stopped_early", "train_examples", "trainable_parameters",
-                                             "train_seconds", "examples_per_second")},
-        "settings": {"world": asdict(WorldConfig(n_images=n_images, seed=seed)),
-                     "finetune": {k: v for k, v in config.to_dict().items() if k not in ("progress",)}},
+        "training": {
+            k: summary[k]
+            for k in (
+                "steps",
+                "stopped_early",
+                "train_examples",
+                "trainable_parameters",
+                "train_seconds",
+                "examples_per_second",
+            )
+        },
+        "settings": {
+            "world": asdict(WorldConfig(n_images=n_images, seed=seed)),
+            "finetune": {k: v for k, v in config.to_dict().items() if k not in ("progress",)},
+        },
         "seconds": timings,
     }
     _write_json(output / "results.json", results)
@@ -167,11 +210,16 @@ def _write_card(output: Path, config, before: dict, after: dict, summary: dict) 
             tuning=config.tuning,
             tags=["negation", "clip", "lora", "synthetic-world"],
             model_name="negclip-demo-world-lora",
-            training={"steps": summary["steps"], "batch size": config.batch_size, "learning rate": config.lr,
-                      "LoRA rank": config.lora_rank, "seed": config.seed},
+            training={
+                "steps": summary["steps"],
+                "batch size": config.batch_size,
+                "learning rate": config.lr,
+                "LoRA rank": config.lora_rank,
+                "seed": config.seed,
+            },
             description="The `negclip demo` model: a tiny CLIP pretrained on the synthetic shape world's affirmative "
-                        "captions, then LoRA-fine-tuned on template negations (absence + presence) of its "
-                        "training scenes. Results are on held-out scenes.",
+            "captions, then LoRA-fine-tuned on template negations (absence + presence) of its "
+            "training scenes. Results are on held-out scenes.",
         )
 
 

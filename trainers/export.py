@@ -71,8 +71,13 @@ def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: di
         objectives=config.objective,
         tuning=config.tuning,
         tags=["negation", "clip", config.tuning.split(":")[0]],
-        training={"steps": summary["steps"], "batch size": config.batch_size, "learning rate": config.lr,
-                  "seed": config.seed, "train examples": summary["train_examples"]},
+        training={
+            "steps": summary["steps"],
+            "batch size": config.batch_size,
+            "learning rate": config.lr,
+            "seed": config.seed,
+            "train examples": summary["train_examples"],
+        },
     )
 
 

@@ -71,8 +71,10 @@ class ImageFeatures:
             from tqdm.auto import tqdm
 
             self.index = {p: i for i, p in enumerate(paths)}
-            chunks = [self._embed(paths[i : i + 256]) for i in tqdm(range(0, len(paths), 256), disable=not progress,
-                                                                     desc="caching image features")]
+            chunks = [
+                self._embed(paths[i : i + 256])
+                for i in tqdm(range(0, len(paths), 256), disable=not progress, desc="caching image features")
+            ]
             self.cached = torch.cat(chunks)
 
     @torch.no_grad()
@@ -111,8 +113,18 @@ class TokenCache:
         return torch.stack([self.rows[t] for t in texts])
 
 
-def make_batch(encoder, tokenizer, image_features: ImageFeatures, examples: list[Example], requires: tuple[str, ...],
-               rng, pool: list[Example], absent_index, otf_seed: int | None, device) -> dict:
+def make_batch(
+    encoder,
+    tokenizer,
+    image_features: ImageFeatures,
+    examples: list[Example],
+    requires: tuple[str, ...],
+    rng,
+    pool: list[Example],
+    absent_index,
+    otf_seed: int | None,
+    device,
+) -> dict:
     """Embed everything the objectives need; all texts go through ONE encoder forward."""
     batch = {"image": image_features([e.image for e in examples]).to(device)}
     texts, answers = build_texts(examples, requires, rng, pool)
@@ -120,7 +132,9 @@ def make_batch(encoder, tokenizer, image_features: ImageFeatures, examples: list
         from negation_plugins.data.onthefly import OnTheFlyNegation
 
         objects = [e.present_objects for e in examples] if any(e.present_objects for e in examples) else None
-        generated = OnTheFlyNegation(seed=otf_seed, context_length=tokenizer.context_length)(texts["caption"], image_embeds=batch["image"], objects=objects)
+        generated = OnTheFlyNegation(seed=otf_seed, context_length=tokenizer.context_length)(
+            texts["caption"], image_embeds=batch["image"], objects=objects
+        )
         texts["hybrid"], texts["full"] = generated["hybrid"], generated["full"]
     if "distractor_image" in requires:
         batch["distractor_image"] = image_features(distractor_images(examples, rng, absent_index, pool)).to(device)
@@ -177,8 +191,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     for name, param in model.named_parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -265,14 +281,26 @@ def train(config: TrainConfig) -> dict:
     if dropped and is_main:
         logger.warning("%d example(s) lack the negation kinds %s needs and are not used", dropped, objective.name)
     train_set, val_set = split_by_image(examples, config.val_fraction, config.seed)
-    model, trainable = apply_tuning(bundle.model, config.tuning, lora_rank=config.lora_rank,
-                                    lora_alpha=config.lora_alpha, lora_targets=config.lora_targets, seed=config.seed)
+    model, trainable = apply_tuning(
+        bundle.model,
+        config.tuning,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_targets=config.lora_targets,
+        seed=config.seed,
+    )
     if not trainable:
         raise ConfigError(f"--tuning {config.tuning} leaves no parameter to train")
 
     images_root = Path(config.images or ".")
-    image_features = ImageFeatures(model, bundle.preprocess, images_root, sorted({e.image for e in examples}), config.cache_image_features,
-                                   progress=config.progress and is_main)
+    image_features = ImageFeatures(
+        model,
+        bundle.preprocess,
+        images_root,
+        sorted({e.image for e in examples}),
+        config.cache_image_features,
+        progress=config.progress and is_main,
+    )
     absent_index = absent_object_index(train_set)
 
     encoder = TextEncoder(model)
@@ -288,12 +316,12 @@ def train(config: TrainConfig) -> dict:
     tokens = TokenCache(bundle.tokenizer)
 
     def make(chunk, rng, otf_seed, pool=train_set, index=absent_index, text_encoder=encoder):
-        return make_batch(text_encoder, tokens, image_features, chunk, requires, rng, pool, index,
-                          otf_seed, device)
+        return make_batch(text_encoder, tokens, image_features, chunk, requires, rng, pool, index, otf_seed, device)
 
     def make_eval(chunk, rng, otf_seed):
-        return make(chunk, rng, otf_seed, pool=val_set, index=val_absent_index,
-                    text_encoder=accelerator.unwrap_model(encoder))
+        return make(
+            chunk, rng, otf_seed, pool=val_set, index=val_absent_index, text_encoder=accelerator.unwrap_model(encoder)
+        )
 
     # ---- resume -----------------------------------------------------------------------------------------------
     step, best, best_state, bad_evals, history = 0, None, None, 0, []
@@ -350,8 +378,12 @@ def train(config: TrainConfig) -> dict:
             examples_seen += len(chunk)
         clamp_logit_scale(model)
         step += 1
-        record = {"step": step, "loss": round(loss_sum, 6), "lr": optimizer.param_groups[0]["lr"],
-                  **{f"loss/{k}": round(v, 6) for k, v in parts_sum.items()}}
+        record = {
+            "step": step,
+            "loss": round(loss_sum, 6),
+            "lr": optimizer.param_groups[0]["lr"],
+            **{f"loss/{k}": round(v, 6) for k, v in parts_sum.items()},
+        }
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}")
 
@@ -372,9 +404,19 @@ def train(config: TrainConfig) -> dict:
             with open(output / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if config.save_every and step % config.save_every == 0 and step < total_steps and not stopped_early:
-            save_checkpoint(accelerator, output, step, {"step": step, "best": best, "bad_evals": bad_evals,
-                                                         "history": history, "results_before": results_before},
-                            best_state)
+            save_checkpoint(
+                accelerator,
+                output,
+                step,
+                {
+                    "step": step,
+                    "best": best,
+                    "bad_evals": bad_evals,
+                    "history": history,
+                    "results_before": results_before,
+                },
+                best_state,
+            )
         if stopped_early:
             if is_main:
                 logger.info("early stop at step %d: %d validations without improvement", step, bad_evals)
@@ -391,8 +433,11 @@ def train(config: TrainConfig) -> dict:
                 named[name].copy_(value.to(named[name].device))
     results_after = evaluate(state, config, val_set, train_set, absent_index, make_eval)
     # One fingerprint of the trained weights per process: equal on all ranks iff gradients were synced.
-    fingerprint = torch.tensor([sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)],
-                               dtype=torch.float64, device=device)
+    fingerprint = torch.tensor(
+        [sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)],
+        dtype=torch.float64,
+        device=device,
+    )
     summary = {
         "rank_weight_fingerprints": accelerator.gather(fingerprint).tolist(),
         "steps": step,
@@ -418,8 +463,7 @@ def train(config: TrainConfig) -> dict:
         if config.push_to_hub:
             from negation_plugins.hub import push
 
-            summary["hub_commit"] = push(output, config.push_to_hub, private=config.hub_private,
-                                         adapter_only=False)
+            summary["hub_commit"] = push(output, config.push_to_hub, private=config.hub_private, adapter_only=False)
     accelerator.wait_for_everyone()
     if config.log_with != "none":
         accelerator.end_training()
@@ -458,13 +502,20 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _flat(results: dict) -> dict:
-    return {f"{bench}/{metric}": value for bench, metrics in results.items() for metric, value in metrics.items()
-            if isinstance(value, (int, float)) and value is not None}
+    return {
+        f"{bench}/{metric}": value
+        for bench, metrics in results.items()
+        for metric, value in metrics.items()
+        if isinstance(value, (int, float)) and value is not None
+    }
 
 
 def _tracker_config(config: TrainConfig) -> dict:
-    return {k: (",".join(v) if isinstance(v, list) else v) for k, v in config.to_dict().items()
-            if isinstance(v, (int, float, str, bool, list))}
+    return {
+        k: (",".join(v) if isinstance(v, list) else v)
+        for k, v in config.to_dict().items()
+        if isinstance(v, (int, float, str, bool, list))
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

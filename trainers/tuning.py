@@ -82,8 +82,15 @@ def lora_target_regex(model: nn.Module, targets: str) -> str:
     return blocks + "(" + "|".join(f"(?:{p})" for p in parts) + ")"
 
 
-def apply_tuning(model: nn.Module, tuning: str, *, lora_rank: int = 16, lora_alpha: float = 32.0,
-                 lora_targets: str = "attn,mlp", seed: int = 0) -> tuple[nn.Module, list[str]]:
+def apply_tuning(
+    model: nn.Module,
+    tuning: str,
+    *,
+    lora_rank: int = 16,
+    lora_alpha: float = 32.0,
+    lora_targets: str = "attn,mlp",
+    seed: int = 0,
+) -> tuple[nn.Module, list[str]]:
     """Freeze everything except the tuned part; returns (model to train, names of trainable parameters).
 
     For ``lora`` the returned model is a ``peft.PeftModel`` around ``model`` (LoRA layers injected in place).

@@ -22,7 +22,12 @@ SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 OPENAI_HEAD_WIDTH = 64
 # Metadata entries of OpenAI's original (JIT) state dicts; not weights.
 METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-TEXT_KEYS = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "transformer.resblocks.0.mlp.c_fc.weight")
+TEXT_KEYS = (
+    "token_embedding.weight",
+    "positional_embedding",
+    "ln_final.weight",
+    "transformer.resblocks.0.mlp.c_fc.weight",
+)
 
 
 class StateDictError(ValueError):
@@ -48,8 +53,14 @@ def _heads(width: int, override: int | None, what: str, source: str) -> int:
     return width // OPENAI_HEAD_WIDTH
 
 
-def infer_openai_config(state: dict, source: str = "state dict", *, text_heads: int | None = None,
-                        vision_heads: int | None = None, quick_gelu: bool = True) -> dict:
+def infer_openai_config(
+    state: dict,
+    source: str = "state dict",
+    *,
+    text_heads: int | None = None,
+    vision_heads: int | None = None,
+    quick_gelu: bool = True,
+) -> dict:
     """open_clip ``model_cfg`` for an OpenAI-layout state dict (ViT, ModifiedResNet or text-only)."""
     missing = [k for k in TEXT_KEYS if k not in state]
     if missing:
@@ -73,7 +84,11 @@ def infer_openai_config(state: dict, source: str = "state dict", *, text_heads: 
     vision_cfg = None
     if "visual.conv1.weight" in state and "visual.proj" in state:  # ViT
         conv = state["visual.conv1.weight"]
-        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5) if "visual.positional_embedding" in state else 0
+        grid = (
+            round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            if "visual.positional_embedding" in state
+            else 0
+        )
         if grid * grid + 1 != state.get("visual.positional_embedding", torch.empty(0)).shape[0]:
             raise StateDictError(f"{source}: visual.positional_embedding is missing or not a square grid + class token")
         vision_width = conv.shape[0]
@@ -93,13 +108,19 @@ def infer_openai_config(state: dict, source: str = "state dict", *, text_heads: 
         output_width = round((pos - 1) ** 0.5)
         vision_width = state["visual.layer1.0.conv1.weight"].shape[0]
         heads = vision_heads or vision_width * 32 // OPENAI_HEAD_WIDTH
-        vision_cfg = {"layers": layers, "width": vision_width, "head_width": vision_width * 32 // heads,
-                      "image_size": output_width * 32}
+        vision_cfg = {
+            "layers": layers,
+            "width": vision_width,
+            "head_width": vision_width * 32 // heads,
+            "image_size": output_width * 32,
+        }
         visual_dim = state["visual.attnpool.c_proj.weight"].shape[0]
     elif any(k.startswith("visual.") for k in state):
         raise StateDictError(f"{source}: unrecognised vision tower (neither an OpenAI ViT nor a ModifiedResNet)")
     if vision_cfg is not None and visual_dim != embed_dim:
-        raise StateDictError(f"{source}: text projection gives {embed_dim}-d embeddings but the vision tower {visual_dim}-d")
+        raise StateDictError(
+            f"{source}: text projection gives {embed_dim}-d embeddings but the vision tower {visual_dim}-d"
+        )
     return {"embed_dim": embed_dim, "quick_gelu": quick_gelu, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
 
 
@@ -117,12 +138,17 @@ def build_from_openai_state_dict(state: dict, source: str = "state dict", **opti
     misshaped = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
     problems = [
         f"{label}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("shape mismatch", [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in misshaped]))
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatch", [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in misshaped]),
+        )
         if keys
     ]
     if problems:
-        raise StateDictError(f"{source}: does not match the inferred architecture ({_describe(model_cfg)}): " + "; ".join(problems))
+        raise StateDictError(
+            f"{source}: does not match the inferred architecture ({_describe(model_cfg)}): " + "; ".join(problems)
+        )
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     model.model_cfg = model_cfg
     return model.eval(), model_cfg
@@ -152,7 +178,9 @@ class OpenAIStateDictBackend(Backend):
         path = _path_of(spec)
         return path.suffix in SUFFIXES and path.is_file()
 
-    def load(self, spec: str, *, device="cpu", text_heads=None, vision_heads=None, quick_gelu=True, **options) -> ClipBundle:
+    def load(
+        self, spec: str, *, device="cpu", text_heads=None, vision_heads=None, quick_gelu=True, **options
+    ) -> ClipBundle:
         import open_clip
         from open_clip.model import set_model_preprocess_cfg
 

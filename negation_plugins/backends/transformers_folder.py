@@ -33,7 +33,9 @@ def _model_class(config):
     if config.model_type == "clip_text_model":
         with_projection = "CLIPTextModelWithProjection" in (getattr(config, "architectures", None) or [])
         return CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    raise ValueError(f"model_type {config.model_type!r} is not a CLIP text encoder; expected one of {', '.join(MODEL_TYPES)}")
+    raise ValueError(
+        f"model_type {config.model_type!r} is not a CLIP text encoder; expected one of {', '.join(MODEL_TYPES)}"
+    )
 
 
 def load_transformers_clip(source: str):
@@ -86,7 +88,12 @@ class TransformersFolderBackend(Backend):
             preprocess = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])
         context_length = model.context_length
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-        info = {"backend": self.name, "source": source, "source_class": type(hf_model).__name__, "model_cfg": model.model_cfg}
+        info = {
+            "backend": self.name,
+            "source": source,
+            "source_class": type(hf_model).__name__,
+            "model_cfg": model.model_cfg,
+        }
         return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, spec=spec, info=info)
 
 

@@ -24,7 +24,9 @@ def load_ccneg(path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise BenchmarkDataError(f"{path}: refused to load (weights_only=True: it carries code or objects): {err}") from None
+        raise BenchmarkDataError(
+            f"{path}: refused to load (weights_only=True: it carries code or objects): {err}"
+        ) from None
     except (RuntimeError, EOFError, ValueError) as err:
         raise BenchmarkDataError(f"{path}: not a readable torch file: {err}") from None
     if not isinstance(data, dict) or not {"image_paths", "annotations"} <= set(data):
@@ -51,12 +53,25 @@ class CCNeg(Benchmark):
     name = "ccneg"
     description = "CC-Neg (CoN-CLIP) evaluation split: accuracy of sim(image, true) > sim(image, negated)"
 
-    def run(self, clip, *, file, images=None, eval_size=EVAL_SIZE, skip_bad=False, encoder=None, batch_size=64, progress=True):
+    def run(
+        self,
+        clip,
+        *,
+        file,
+        images=None,
+        eval_size=EVAL_SIZE,
+        skip_bad=False,
+        encoder=None,
+        batch_size=64,
+        progress=True,
+    ):
         data = load_ccneg(file)
         total = len(data["annotations"])
         eval_size = int(eval_size)
         if not 0 < eval_size <= total:
-            raise BenchmarkDataError(f"{file}: has {total} items, cannot take the last eval_size={eval_size}; pass ccneg.eval_size=N")
+            raise BenchmarkDataError(
+                f"{file}: has {total} items, cannot take the last eval_size={eval_size}; pass ccneg.eval_size=N"
+            )
         start = total - eval_size
         problems = RowProblems(file, skip_bad)
         items = []
@@ -77,4 +92,9 @@ class CCNeg(Benchmark):
         true = enc.texts([t for _, t, _ in items], desc="CC-Neg true captions")
         negated = enc.texts([n for _, _, n in items], desc="CC-Neg negated captions")
         correct = (image_embs * true).sum(1) > (image_embs * negated).sum(1)
-        return {"accuracy": float(correct.float().mean()), "n_items": len(items), "eval_start": start, **problems.summary()}
+        return {
+            "accuracy": float(correct.float().mean()),
+            "n_items": len(items),
+            "eval_start": start,
+            **problems.summary(),
+        }

@@ -164,7 +164,9 @@ class Encoder:
     Texts are de-duplicated and go through the cache; image files are encoded once per encoder.
     """
 
-    def __init__(self, clip: ClipBundle, cache: TextEmbeddingCache | None = None, batch_size: int = 64, progress: bool = True):
+    def __init__(
+        self, clip: ClipBundle, cache: TextEmbeddingCache | None = None, batch_size: int = 64, progress: bool = True
+    ):
         self.clip = clip
         self.cache = cache
         self.batch_size = int(batch_size)

@@ -22,10 +22,22 @@ from ..factory import ClipBundle
 from ..hookspecs import hookimpl
 from . import Benchmark
 
-MCQ_COLUMNS = ("image_path", "correct_answer", "caption_0", "caption_1", "caption_2", "caption_3",
-               "correct_answer_template")
-TYPE_NAMES = {"positive": "affirmation", "negative": "negation", "hybrid": "hybrid",
-              "affirmation": "affirmation", "negation": "negation"}
+MCQ_COLUMNS = (
+    "image_path",
+    "correct_answer",
+    "caption_0",
+    "caption_1",
+    "caption_2",
+    "caption_3",
+    "correct_answer_template",
+)
+TYPE_NAMES = {
+    "positive": "affirmation",
+    "negative": "negation",
+    "hybrid": "hybrid",
+    "affirmation": "affirmation",
+    "negation": "negation",
+}
 TYPES = ("affirmation", "negation", "hybrid")
 
 
@@ -51,7 +63,8 @@ def read_mcq_csv(path: str | os.PathLike) -> list[McqRow]:
         if missing:
             raise BenchmarkDataError(
                 f"{path}: missing column(s) {', '.join(missing)}; a NegBench MCQ CSV has {', '.join(MCQ_COLUMNS)} "
-                f"(found: {', '.join(reader.fieldnames or []) or 'no header'})")
+                f"(found: {', '.join(reader.fieldnames or []) or 'no header'})"
+            )
         rows = [_parse_row(path, number, record) for number, record in enumerate(reader, start=1)]
     if not rows:
         raise BenchmarkDataError(f"{path}: no data rows")
@@ -68,11 +81,14 @@ def _parse_row(path: Path, number: int, record: dict) -> McqRow:
     except ValueError:
         raise BenchmarkDataError(f"{where}: correct_answer {record['correct_answer']!r} is not a number 0-3") from None
     if not 0 <= answer <= 3:
-        raise BenchmarkDataError(f"{where}: correct_answer {answer} is out of range (captions are caption_0..caption_3)")
+        raise BenchmarkDataError(
+            f"{where}: correct_answer {answer} is out of range (captions are caption_0..caption_3)"
+        )
     template = record["correct_answer_template"].strip().lower()
     if template not in TYPE_NAMES:
         raise BenchmarkDataError(
-            f"{where}: correct_answer_template {record['correct_answer_template']!r} is not positive, negative or hybrid")
+            f"{where}: correct_answer_template {record['correct_answer_template']!r} is not positive, negative or hybrid"
+        )
     captions = tuple(record[f"caption_{i}"].strip() for i in range(4))
     return McqRow(number, record["image_path"].strip(), captions, answer, TYPE_NAMES[template])
 
@@ -100,8 +116,15 @@ def mcq_accuracy(predictions, answers, types) -> dict:
     return result
 
 
-def run_mcq(clip: ClipBundle, csv: str | os.PathLike, images: str | os.PathLike | None = None, *,
-            skip_missing: bool = False, batch_size: int = 256, progress: bool = True) -> dict:
+def run_mcq(
+    clip: ClipBundle,
+    csv: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    *,
+    skip_missing: bool = False,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict:
     """Score ``clip`` on an MCQ CSV. Missing images are an error unless ``skip_missing`` (then counted)."""
     rows = read_mcq_csv(csv)
     kept, missing = [], []
@@ -111,7 +134,8 @@ def run_mcq(clip: ClipBundle, csv: str | os.PathLike, images: str | os.PathLike 
         first = missing[0]
         raise BenchmarkDataError(
             f"{csv}: row {first.row}: image {resolve_image(first.image_path, images)} does not exist "
-            f"({len(missing)} of {len(rows)} rows have no image; pass images=<root> or skip_missing=True)")
+            f"({len(missing)} of {len(rows)} rows have no image; pass images=<root> or skip_missing=True)"
+        )
     if not kept:
         raise BenchmarkDataError(f"{csv}: none of the {len(rows)} rows has an existing image")
 
@@ -139,8 +163,15 @@ def _embed_images(clip: ClipBundle, paths: list[Path], batch_size: int, progress
     return embeds[torch.tensor([index[p] for p in paths])]
 
 
-def run_retrieval(clip: ClipBundle, captions: str | os.PathLike, images: str | os.PathLike, *,
-                  captions_per_image: int | None = None, batch_size: int = 256, progress: bool = True) -> dict:
+def run_retrieval(
+    clip: ClipBundle,
+    captions: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    captions_per_image: int | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict:
     """Affirmative retrieval Recall@1 on a COCO captions file, both directions.
 
     image->text: hit when the top caption is one of the image's own; text->image: hit when the top image is the
@@ -182,8 +213,9 @@ class McqBenchmark(Benchmark):
     name = "mcq"
     description = "NegBench multiple-choice negation (CSV): overall + affirmation/negation/hybrid accuracy"
 
-    def run(self, clip: ClipBundle, *, csv: str, images: str | None = None, skip_missing: bool = False,
-            **options) -> dict:
+    def run(
+        self, clip: ClipBundle, *, csv: str, images: str | None = None, skip_missing: bool = False, **options
+    ) -> dict:
         return run_mcq(clip, csv, images, skip_missing=skip_missing, **options)
 
 

@@ -37,12 +37,21 @@ def read_retrieval_csv(path, images=None, skip_bad=False):
             try:
                 captions = ast.literal_eval(row["captions"] or "")
             except (ValueError, SyntaxError) as err:
-                problems.bad(row_number, f"'captions' is not a Python list literal ({err.__class__.__name__}): {row['captions']!r:.80}")
+                problems.bad(
+                    row_number,
+                    f"'captions' is not a Python list literal ({err.__class__.__name__}): {row['captions']!r:.80}",
+                )
                 continue
             if isinstance(captions, str):
                 captions = [captions]
-            if not isinstance(captions, (list, tuple)) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
-                problems.bad(row_number, f"'captions' must be a non-empty list of non-empty strings, got {captions!r:.80}")
+            if (
+                not isinstance(captions, (list, tuple))
+                or not captions
+                or not all(isinstance(c, str) and c.strip() for c in captions)
+            ):
+                problems.bad(
+                    row_number, f"'captions' must be a non-empty list of non-empty strings, got {captions!r:.80}"
+                )
                 continue
             image, why = resolve_image(row["filepath"], images, path.parent)
             if image is None:

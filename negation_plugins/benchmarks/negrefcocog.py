@@ -97,4 +97,10 @@ class NegRefCOCOg(Benchmark):
         for owner in range(len(phrases)):
             mine = (owners_t == owner).nonzero().squeeze(1)
             hits += bool(reference_t[mine[scores[mine].argmax()]])  # argmax: first of ties, in shuffled order
-        return {"accuracy": hits / len(phrases), "n_items": len(phrases), "n_crops": len(crops), "seed": int(seed), **problems.summary()}
+        return {
+            "accuracy": hits / len(phrases),
+            "n_items": len(phrases),
+            "n_crops": len(crops),
+            "seed": int(seed),
+            **problems.summary(),
+        }

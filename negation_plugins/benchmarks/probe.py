@@ -15,8 +15,26 @@ from . import Benchmark
 from .common import BenchmarkDataError, RowProblems, encoder_for
 
 OBJECTS = (
-    "dog", "cat", "car", "person", "bicycle", "tree", "chair", "cup", "umbrella", "horse",
-    "boat", "clock", "bench", "laptop", "pizza", "bird", "book", "traffic light", "kite", "train",
+    "dog",
+    "cat",
+    "car",
+    "person",
+    "bicycle",
+    "tree",
+    "chair",
+    "cup",
+    "umbrella",
+    "horse",
+    "boat",
+    "clock",
+    "bench",
+    "laptop",
+    "pizza",
+    "bird",
+    "book",
+    "traffic light",
+    "kite",
+    "train",
 )
 SCENES = (
     "a {} and a {} on the grass.",
@@ -71,7 +89,9 @@ def read_pairs(path, skip_bad=False) -> tuple[list[tuple[str, str]], RowProblems
                 record = json.loads(line)
                 pair = (record["caption"], record["negated_caption"])
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                problems.bad(number, f"needs a JSON object with 'caption' and 'negated_caption' ({err.__class__.__name__})")
+                problems.bad(
+                    number, f"needs a JSON object with 'caption' and 'negated_caption' ({err.__class__.__name__})"
+                )
                 continue
         else:
             pair = tuple(line.split("\t"))
@@ -104,8 +124,19 @@ class NegationProbe(Benchmark):
     name = "negation-probe"
     description = "Cosine between caption and negated-caption text embeddings, as a distribution (no dataset)"
 
-    def run(self, clip, *, pairs=None, negator="template", n_captions=50, seed=0, skip_bad=False, encoder=None,
-            batch_size=64, progress=True):
+    def run(
+        self,
+        clip,
+        *,
+        pairs=None,
+        negator="template",
+        n_captions=50,
+        seed=0,
+        skip_bad=False,
+        encoder=None,
+        batch_size=64,
+        progress=True,
+    ):
         """``pairs``: a JSONL/TSV file of caption/negation pairs; without it, ``negator`` makes them."""
         extra = {}
         if pairs is None:
@@ -122,6 +153,8 @@ class NegationProbe(Benchmark):
         negated = enc.texts([n for _, n in pairs], desc="probe negations")
         cosines = (affirmative * negated).sum(1)
         by_kind = {
-            f"mean_{kind}": float(cosines[[k == kind for k in kinds]].mean()) for kind in sorted(set(kinds)) if kind != "file"
+            f"mean_{kind}": float(cosines[[k == kind for k in kinds]].mean())
+            for kind in sorted(set(kinds))
+            if kind != "file"
         }
         return {"cosine": distribution(cosines), **by_kind, "n_pairs": len(pairs), **extra, **problems.summary()}

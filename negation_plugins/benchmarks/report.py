@@ -15,7 +15,7 @@ def model_label(spec: str) -> str:
     """A short column name: the folder/file name of local specs, the spec itself otherwise."""
     for prefix in ("local-dir:", "hf-hub:"):
         if spec.startswith(prefix):
-            return prefix + Path(spec[len(prefix):].rstrip("/")).name
+            return prefix + Path(spec[len(prefix) :].rstrip("/")).name
     return Path(spec).name if ("/" in spec and Path(spec).exists()) else spec
 
 
@@ -67,10 +67,16 @@ def write_plot(path, results: dict) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) * max(1, len(models)) + 2), 4.5))
     for i, model in enumerate(models):
         values = [flat[model].get(b, {}).get(k, float("nan")) for b, k in rows]
-        ax.bar([r + (i - (len(models) - 1) / 2) * width for r in range(len(rows))], values, width, label=model_label(model))
+        ax.bar(
+            [r + (i - (len(models) - 1) / 2) * width for r in range(len(rows))], values, width, label=model_label(model)
+        )
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{b}\n{k}" + (" (lower = better)" if b == "negation-probe" else "") for b, k in rows],
-                       rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [f"{b}\n{k}" + (" (lower = better)" if b == "negation-probe" else "") for b, k in rows],
+        rotation=45,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_ylabel("score")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_title("negclip eval")

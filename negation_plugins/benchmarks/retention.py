@@ -77,7 +77,9 @@ class ZeroShotClassification(Benchmark):
     name = "zeroshot-classification"
     description = "Zero-shot classification on an image-folder dataset (class = folder name): top-1/top-5 accuracy"
 
-    def run(self, clip, *, root, templates=DEFAULT_TEMPLATES, skip_bad=False, encoder=None, batch_size=64, progress=True):
+    def run(
+        self, clip, *, root, templates=DEFAULT_TEMPLATES, skip_bad=False, encoder=None, batch_size=64, progress=True
+    ):
         templates = parse_templates(templates)
         classes, samples, problems = image_folder(root, skip_bad)
         enc = encoder_for(clip, encoder, batch_size, progress)
@@ -105,7 +107,11 @@ def read_coco_pairs(captions, images=None, skip_bad=False, limit=None):
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise BenchmarkDataError(f"{path}: expected COCO captions JSON with 'images' and 'annotations' lists")
     problems = RowProblems(path, skip_bad)
     by_image: dict = {}
@@ -135,7 +141,19 @@ class CocoRetrieval(Benchmark):
     name = "coco-retrieval"
     description = "COCO-style image<->text retrieval (captions JSON + images): Recall@1/5/10 both ways"
 
-    def run(self, clip, *, captions, images=None, limit=None, ks=(1, 5, 10), skip_bad=False, encoder=None, batch_size=64, progress=True):
+    def run(
+        self,
+        clip,
+        *,
+        captions,
+        images=None,
+        limit=None,
+        ks=(1, 5, 10),
+        skip_bad=False,
+        encoder=None,
+        batch_size=64,
+        progress=True,
+    ):
         pairs, problems = read_coco_pairs(captions, images, skip_bad, limit)
         if not pairs:
             raise BenchmarkDataError(f"{captions}: no images with captions to retrieve")

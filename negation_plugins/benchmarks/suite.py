@@ -22,7 +22,15 @@ from .probe import NegationProbe
 from .retention import CocoRetrieval, ZeroShotClassification
 from .valse import ValseExistence
 
-BENCHMARKS = (NegBenchRetrieval, CCNeg, ValseExistence, NegRefCOCOg, ZeroShotClassification, CocoRetrieval, NegationProbe)
+BENCHMARKS = (
+    NegBenchRetrieval,
+    CCNeg,
+    ValseExistence,
+    NegRefCOCOg,
+    ZeroShotClassification,
+    CocoRetrieval,
+    NegationProbe,
+)
 SHARED_OPTIONS = ("skip_bad", "encoder", "batch_size", "progress")  # given to every benchmark that accepts them
 
 
@@ -59,7 +67,9 @@ def _call_options(benchmark, options: dict, shared: dict) -> dict:
     unknown = [k for k in options if k not in params and not takes_any]
     accepted = [k for k in params if k not in SHARED_OPTIONS and params[k].kind is not params[k].VAR_KEYWORD]
     if unknown:
-        raise ValueError(f"benchmark {benchmark.name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(accepted)}")
+        raise ValueError(
+            f"benchmark {benchmark.name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(accepted)}"
+        )
     missing = [k for k in accepted if params[k].default is inspect.Parameter.empty and k not in options]
     if missing:
         hint = " ".join(f"--option {benchmark.name}.{k}=VALUE" for k in missing)
@@ -68,8 +78,19 @@ def _call_options(benchmark, options: dict, shared: dict) -> dict:
     return {**extra, **options}
 
 
-def evaluate(models, benches, options=None, *, cache=None, batch_size=64, skip_bad=False, progress=True,
-             device="cpu", backend=None, on_result=None) -> dict:
+def evaluate(
+    models,
+    benches,
+    options=None,
+    *,
+    cache=None,
+    batch_size=64,
+    skip_bad=False,
+    progress=True,
+    device="cpu",
+    backend=None,
+    on_result=None,
+) -> dict:
     """Run every benchmark on every model (a spec or a loaded :class:`ClipBundle`).
 
     Returns ``{"results": {model: {bench: metrics}}, "seconds": {model: {bench: s}}}``.
@@ -105,20 +126,44 @@ def evaluate(models, benches, options=None, *, cache=None, batch_size=64, skip_b
 
 @click.command(name="eval")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--bench", "benches", multiple=True, required=True, help="Benchmark name(s), comma-separated or repeated.")
-@click.option("--option", "-o", "option_pairs", multiple=True, metavar="BENCH.KEY=VALUE",
-              help="A benchmark option, e.g. ccneg.file=ccneg.pt (KEY=VALUE alone: every benchmark).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.json, results.md, results.png.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Keep text embeddings on disk here across runs.")
+@click.option(
+    "--bench", "benches", multiple=True, required=True, help="Benchmark name(s), comma-separated or repeated."
+)
+@click.option(
+    "--option",
+    "-o",
+    "option_pairs",
+    multiple=True,
+    metavar="BENCH.KEY=VALUE",
+    help="A benchmark option, e.g. ccneg.file=ccneg.pt (KEY=VALUE alone: every benchmark).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for report.json, results.md, results.png.",
+)
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default=None, help="Keep text embeddings on disk here across runs."
+)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--backend", default=None, help="Force the backend that loads the models (see `negclip plugins`).")
-@click.option("--skip-bad", is_flag=True, help="Skip missing images / malformed rows and count them, instead of stopping.")
-@click.option("--model-card", type=click.Path(dir_okay=False), default=None,
-              help="Write results into this model card's model-index (last model; the first model is 'before').")
+@click.option(
+    "--skip-bad", is_flag=True, help="Skip missing images / malformed rows and count them, instead of stopping."
+)
+@click.option(
+    "--model-card",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write results into this model card's model-index (last model; the first model is 'before').",
+)
 @click.option("--no-plot", is_flag=True, help="Skip results.png.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_command(models, benches, option_pairs, out_dir, cache_dir, batch_size, device, backend, skip_bad, model_card, no_plot, quiet):
+def eval_command(
+    models, benches, option_pairs, out_dir, cache_dir, batch_size, device, backend, skip_bad, model_card, no_plot, quiet
+):
     """Score one or more MODELS on negation benchmarks and retention checks; compare them side by side.
 
     Example: negclip eval ViT-B-32:openai local-dir:./tuned --bench valse-existence,negation-probe
@@ -146,8 +191,18 @@ def eval_command(models, benches, option_pairs, out_dir, cache_dir, batch_size, 
         click.echo(f"{model}  {bench}: " + ", ".join(f"{k}={v:.4f}" for k, v in flat.items()), err=True)
 
     try:
-        run = evaluate(models, names, options, cache=cache, batch_size=batch_size, skip_bad=skip_bad,
-                       progress=not quiet, device=device, backend=backend, on_result=show)
+        run = evaluate(
+            models,
+            names,
+            options,
+            cache=cache,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            progress=not quiet,
+            device=device,
+            backend=backend,
+            on_result=show,
+        )
     except (BenchmarkDataError, FileNotFoundError, ValueError, KeyError) as err:
         raise click.ClickException(str(err)) from None
 

@@ -48,4 +48,9 @@ class ValseExistence(Benchmark):
         captions = enc.texts([c for _, c, _ in items], desc="VALSE captions")
         foils = enc.texts([f for _, _, f in items], desc="VALSE foils")
         correct = (image_embs * captions).sum(1) > (image_embs * foils).sum(1)
-        return {"accuracy": float(correct.float().mean()), "n_items": len(items), "n_filtered_mturk": filtered, **problems.summary()}
+        return {
+            "accuracy": float(correct.float().mean()),
+            "n_items": len(items),
+            "n_filtered_mturk": filtered,
+            **problems.summary(),
+        }

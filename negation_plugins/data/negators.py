@@ -318,8 +318,13 @@ class TemplateNegator(Negator):
     name = "template"
     description = f"Rule-based negation: {len(HYBRID_TEMPLATES)} cue forms, articles/plurals, fits 77 tokens"
 
-    def __init__(self, mode: str = "random", negation_only_share: float = 0.25, partial_share: float = 0.5,
-                 context_length: int = CONTEXT_LENGTH):
+    def __init__(
+        self,
+        mode: str = "random",
+        negation_only_share: float = 0.25,
+        partial_share: float = 0.5,
+        context_length: int = CONTEXT_LENGTH,
+    ):
         """``mode="contextual"`` prefers absent objects that often co-occur with the image's objects in the data
         set (plausible, hence harder, absences, like NegationCLIP's contextual LLM prompt); ``"random"`` does not.
         ``negation_only_share``: share of rewrites that keep only the negation ("there is no dog in this image"),

@@ -25,8 +25,29 @@ from .vocabulary import COCO_CATEGORIES
 _TOKEN = re.compile(r"[a-z]+|[,.;:!?]")
 # Words that are never a hard object: phrase boundaries (except the verbs among them) plus scene words.
 _NOT_NOUNS = (PHRASE_BOUNDARIES - {"carrying", "eating", "holding", "riding", "wearing"}) | frozenset(
-    ["back", "background", "be", "drawing", "front", "here", "image", "it", "its", "left", "middle", "photo",
-     "picture", "right", "side", "some", "that", "there", "this", "top", "view"]
+    [
+        "back",
+        "background",
+        "be",
+        "drawing",
+        "front",
+        "here",
+        "image",
+        "it",
+        "its",
+        "left",
+        "middle",
+        "photo",
+        "picture",
+        "right",
+        "side",
+        "some",
+        "that",
+        "there",
+        "this",
+        "top",
+        "view",
+    ]
 )
 
 NEAREST_RANKED = 4

@@ -41,13 +41,8 @@ def diagonal_targets(logits: torch.Tensor) -> torch.Tensor:
     return torch.arange(logits.shape[0], device=logits.device)
 
 
-def clip_symmetric(
-    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
+def clip_symmetric(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP's InfoNCE: mean of image->text and text->image cross-entropy with matching pairs on the diagonal."""
     logits_per_image = logit_scale * image @ text.T
     targets = diagonal_targets(logits_per_image)
-    return (
-        F.cross_entropy(logits_per_image, targets)
-        + F.cross_entropy(logits_per_image.T, targets)
-    ) / 2
+    return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets)) / 2

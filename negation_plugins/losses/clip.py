@@ -9,9 +9,7 @@ class ClipObjective(Objective):
     """CLIP's own loss on the original captions: mix it in to retain affirmative retrieval."""
 
     name = "clip"
-    description = (
-        "symmetric CLIP InfoNCE between images and their original captions (retention)"
-    )
+    description = "symmetric CLIP InfoNCE between images and their original captions (retention)"
     requires = ("image", "caption", "logit_scale")
 
     def loss(self, batch):

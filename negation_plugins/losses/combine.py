@@ -16,21 +16,15 @@ def parse_spec(spec: str) -> tuple[str, float]:
     name, sep, weight_text = spec.strip().partition(":")
     name = name.strip()
     if not name:
-        raise ValueError(
-            f"objective spec {spec!r} has no name; expected NAME or NAME:WEIGHT"
-        )
+        raise ValueError(f"objective spec {spec!r} has no name; expected NAME or NAME:WEIGHT")
     if not sep:
         return name, 1.0
     try:
         weight = float(weight_text)
     except ValueError:
-        raise ValueError(
-            f"objective spec {spec!r}: weight {weight_text!r} is not a number"
-        ) from None
+        raise ValueError(f"objective spec {spec!r}: weight {weight_text!r} is not a number") from None
     if not math.isfinite(weight) or weight <= 0:
-        raise ValueError(
-            f"objective spec {spec!r}: weight must be a finite number > 0, got {weight_text!r}"
-        )
+        raise ValueError(f"objective spec {spec!r}: weight must be a finite number > 0, got {weight_text!r}")
     return name, weight
 
 
@@ -39,16 +33,12 @@ def build_objective(spec: str, **options) -> tuple[Objective, float]:
     name, weight = parse_spec(spec)
     available = plugins.get("objectives")
     if name not in available:
-        raise ValueError(
-            f"unknown objective {name!r}; registered objectives: {', '.join(available) or '(none)'}"
-        )
+        raise ValueError(f"unknown objective {name!r}; registered objectives: {', '.join(available) or '(none)'}")
     factory = available[name]
     try:
         objective = factory(**options)
     except TypeError as error:
-        raise ValueError(
-            f"objective {name!r} does not take options {sorted(options)}: {error}"
-        ) from None
+        raise ValueError(f"objective {name!r} does not take options {sorted(options)}: {error}") from None
     return objective, weight
 
 
@@ -63,26 +53,18 @@ class CombinedObjective(nn.Module):
         names = [objective.name for objective, _ in weighted]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(
-                f"objective(s) given more than once: {duplicates}; give each once with its weight"
-            )
+            raise ValueError(f"objective(s) given more than once: {duplicates}; give each once with its weight")
         self.objectives = nn.ModuleList(objective for objective, _ in weighted)
         self.weights = [weight for _, weight in weighted]
 
     @property
     def requires(self) -> tuple[str, ...]:
         """Union of the parts' batch keys, in first-seen order."""
-        return tuple(
-            dict.fromkeys(
-                key for objective in self.objectives for key in objective.requires
-            )
-        )
+        return tuple(dict.fromkeys(key for objective in self.objectives for key in objective.requires))
 
     @property
     def name(self) -> str:
-        return "+".join(
-            f"{o.name}:{w:g}" for o, w in zip(self.objectives, self.weights)
-        )
+        return "+".join(f"{o.name}:{w:g}" for o, w in zip(self.objectives, self.weights))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = 0.0
@@ -94,16 +76,12 @@ class CombinedObjective(nn.Module):
         return total, parts
 
 
-def parse_objectives(
-    specs, options: dict[str, dict] | None = None
-) -> CombinedObjective:
+def parse_objectives(specs, options: dict[str, dict] | None = None) -> CombinedObjective:
     """``parse_objectives(["omni", "clip:0.5"])``; ``options`` maps an objective name to constructor kwargs."""
     if isinstance(specs, str):
         specs = [specs]
     options = options or {}
-    weighted = [
-        build_objective(spec, **options.get(parse_spec(spec)[0], {})) for spec in specs
-    ]
+    weighted = [build_objective(spec, **options.get(parse_spec(spec)[0], {})) for spec in specs]
     unused = set(options) - {objective.name for objective, _ in weighted}
     if unused:
         raise ValueError(f"options given for objective(s) not in use: {sorted(unused)}")

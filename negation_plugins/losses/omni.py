@@ -21,12 +21,8 @@ def presence_loss(image, caption, presence, logit_scale):
     l1 = F.cross_entropy(logits_image, diagonal_targets(logits_image))
     logits_caption = logit_scale * caption @ image.T
     l2 = F.cross_entropy(logits_caption, diagonal_targets(logits_caption))
-    pair = logit_scale * torch.stack(
-        [(image * caption).sum(-1), (image * presence).sum(-1)], dim=1
-    )  # (N, 2)
-    l3 = F.cross_entropy(
-        pair, torch.zeros(pair.shape[0], dtype=torch.long, device=pair.device)
-    )
+    pair = logit_scale * torch.stack([(image * caption).sum(-1), (image * presence).sum(-1)], dim=1)  # (N, 2)
+    l3 = F.cross_entropy(pair, torch.zeros(pair.shape[0], dtype=torch.long, device=pair.device))
     return (l1 + l2 + l3) / 3
 
 
@@ -39,9 +35,7 @@ def absence_loss(
     margin_weight=1.0,
     margin=0.9,
 ):
-    margin_term = (
-        (F.cosine_similarity(caption, absence, dim=-1) + margin).clamp(min=0).mean()
-    )
+    margin_term = (F.cosine_similarity(caption, absence, dim=-1) + margin).clamp(min=0).mean()
     return (
         clip_symmetric(image, absence, logit_scale)
         + caption_weight * clip_symmetric(image, caption, logit_scale)

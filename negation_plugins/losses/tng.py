@@ -23,20 +23,12 @@ class TNGObjective(Objective):
     def loss(self, batch):
         image = batch["image"]
         n = image.shape[0]
-        texts = torch.cat(
-            [batch["hybrid"], batch["full"], batch["caption"]]
-        )  # (3N, D); text k belongs to image k % N
+        texts = torch.cat([batch["hybrid"], batch["full"], batch["caption"]])  # (3N, D); text k belongs to image k % N
         owner = torch.arange(n, device=image.device).repeat(3)
         logits_per_text = batch["logit_scale"] * texts @ image.T  # (3N, N)
         text_to_image = F.cross_entropy(logits_per_text, owner)
 
-        log_probs = logits_per_text.T.log_softmax(
-            dim=-1
-        )  # (N, 3N): each image over all texts
-        own = owner.unsqueeze(0) == torch.arange(n, device=image.device).unsqueeze(
-            1
-        )  # (N, 3N)
-        image_to_text = -torch.logsumexp(
-            log_probs.masked_fill(~own, float("-inf")), dim=-1
-        ).mean()
+        log_probs = logits_per_text.T.log_softmax(dim=-1)  # (N, 3N): each image over all texts
+        own = owner.unsqueeze(0) == torch.arange(n, device=image.device).unsqueeze(1)  # (N, 3N)
+        image_to_text = -torch.logsumexp(log_probs.masked_fill(~own, float("-inf")), dim=-1).mean()
         return (text_to_image + image_to_text) / 2

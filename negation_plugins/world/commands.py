@@ -33,20 +33,39 @@ def make_command(out, n_images, seed, image_size, val_fraction):
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     manifest = json.loads((files.root / "world.json").read_text())
-    click.echo(json.dumps({"world": str(files.root), "n_train": manifest["n_train"], "n_val": manifest["n_val"],
-                           "mcq_csv": str(files.mcq_csv), "captions": str(files.captions)}, indent=2))
+    click.echo(
+        json.dumps(
+            {
+                "world": str(files.root),
+                "n_train": manifest["n_train"],
+                "n_val": manifest["n_val"],
+                "mcq_csv": str(files.mcq_csv),
+                "captions": str(files.captions),
+            },
+            indent=2,
+        )
+    )
 
 
 @world_group.command(name="pretrain")
-@click.option("--world", "world_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A folder written by `negclip world make`.")
+@click.option(
+    "--world",
+    "world_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A folder written by `negclip world make`.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the open_clip folder.")
 @click.option("--steps", default=None, type=int, help="Training steps (default from PretrainConfig).")
 @click.option("--batch-size", default=None, type=int)
 @click.option("--lr", default=None, type=float)
 @click.option("--seed", default=None, type=int)
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-              help="Cache of finished runs [default: ~/.cache/negation-plugins or $NEGATION_PLUGINS_CACHE].")
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Cache of finished runs [default: ~/.cache/negation-plugins or $NEGATION_PLUGINS_CACHE].",
+)
 @click.option("--no-cache", is_flag=True, help="Train even if a cached run with the same settings exists.")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
 def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_cache, threads):
@@ -61,7 +80,9 @@ def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}.items() if v is not None}
+    overrides = {
+        k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}.items() if v is not None
+    }
     world = WorldFiles.at(world_dir)
     result = pretrain(world, out, PretrainConfig(**overrides), cache_dir=cache_dir, use_cache=not no_cache)
     clip = load_clip(f"local-dir:{Path(out).resolve()}")

@@ -27,7 +27,15 @@ from ..atomic import atomic_write_bytes
 from .captions import affirmative_captions, mcq_items
 from .scenes import CATEGORIES, Scene, bbox, generate_scenes, render
 
-MCQ_COLUMNS = ("image_path", "correct_answer", "caption_0", "caption_1", "caption_2", "caption_3", "correct_answer_template")
+MCQ_COLUMNS = (
+    "image_path",
+    "correct_answer",
+    "caption_0",
+    "caption_1",
+    "caption_2",
+    "caption_3",
+    "correct_answer_template",
+)
 
 
 @dataclass(frozen=True)
@@ -138,15 +146,17 @@ def _coco_instances(scenes: list[Scene], image_size: int) -> dict:
     for scene in scenes:
         for obj in scene.objects:
             box = bbox(obj, image_size)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": scene.id,
-                "category_id": category_id[obj.category],
-                "bbox": box,
-                "area": round(box[2] * box[3], 2),
-                "iscrowd": 0,
-                "attributes": {"colour": obj.colour},
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": scene.id,
+                    "category_id": category_id[obj.category],
+                    "bbox": box,
+                    "area": round(box[2] * box[3], 2),
+                    "iscrowd": 0,
+                    "attributes": {"colour": obj.colour},
+                }
+            )
     return {
         "info": {"description": "negation-plugins synthetic world: objects per image"},
         "images": [_image_entry(s, image_size) for s in scenes],

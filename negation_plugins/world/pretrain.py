@@ -54,10 +54,20 @@ class PretrainConfig:
     def model_cfg(self, image_size: int) -> dict:
         return {
             "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": image_size, "layers": self.vision_layers, "width": self.vision_width,
-                           "patch_size": self.patch_size, "head_width": 32},
-            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
-                         "heads": self.text_width // 32, "layers": self.text_layers},
+            "vision_cfg": {
+                "image_size": image_size,
+                "layers": self.vision_layers,
+                "width": self.vision_width,
+                "patch_size": self.patch_size,
+                "head_width": 32,
+            },
+            "text_cfg": {
+                "context_length": self.context_length,
+                "vocab_size": 49408,
+                "width": self.text_width,
+                "heads": self.text_width // 32,
+                "layers": self.text_layers,
+            },
         }
 
 
@@ -72,8 +82,15 @@ def cache_key(world: WorldFiles, config: PretrainConfig) -> str:
     return "world-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pretrain(world: WorldFiles | str | os.PathLike, out: str | os.PathLike, config: PretrainConfig = PretrainConfig(),
-             *, cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True) -> dict:
+def pretrain(
+    world: WorldFiles | str | os.PathLike,
+    out: str | os.PathLike,
+    config: PretrainConfig = PretrainConfig(),
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> dict:
     """Train (or fetch from the cache) the base model into ``out``; returns the result dict (also in ``out``)."""
     world = world if isinstance(world, WorldFiles) else WorldFiles.at(world)
     out = Path(out)
@@ -115,8 +132,12 @@ def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progre
         "wall_seconds": round(time.perf_counter() - start, 1),
         "config": asdict(config),
     }
-    logger.info("world model: val R@1 image->text %.3f text->image %.3f (%d scenes)",
-                result["r1_image_to_text"], result["r1_text_to_image"], len(val_images))
+    logger.info(
+        "world model: val R@1 image->text %.3f text->image %.3f (%d scenes)",
+        result["r1_image_to_text"],
+        result["r1_text_to_image"],
+        len(val_images),
+    )
     save_open_clip_folder(model, model_cfg, out, extra={RESULT_NAME: result})
     return result
 
@@ -140,14 +161,17 @@ def load_split(captions_json: Path, images_dir: Path, preprocess, what: str) -> 
     return torch.stack(pixels), [by_image[img["id"]] for img in entries]
 
 
-def train_loop(model: open_clip.CLIP, images: torch.Tensor, tokens: list[torch.Tensor], config: PretrainConfig,
-               progress: bool) -> None:
+def train_loop(
+    model: open_clip.CLIP, images: torch.Tensor, tokens: list[torch.Tensor], config: PretrainConfig, progress: bool
+) -> None:
     """Symmetric InfoNCE, each image paired with one of its captions drawn at random each step."""
     generator = torch.Generator().manual_seed(config.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
     batch_size = min(config.batch_size, len(images))
     order, cursor = torch.randperm(len(images), generator=generator), 0
@@ -201,8 +225,10 @@ def save_open_clip_folder(model: torch.nn.Module, model_cfg: dict, out: Path, ex
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
-                                                          "std": list(open_clip.OPENAI_DATASET_STD)}}
+    config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
+    }
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_NAME))
     for name, data in (extra or {}).items():

@@ -10,13 +10,12 @@ both models on the same inputs (``verify=True``), so a mismatch cannot pass sile
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .atomic import atomic_folder
 
 KINDS = ("text", "text_with_projection", "full")
 STANDARD_VOCAB_SIZE = 49408
@@ -565,28 +564,6 @@ def assert_same_outputs(open_clip_model, hf_model, atol: float = 1e-4, seed: int
 # Saving bundles
 
 
-def _atomic_dir(out_dir: str | Path, overwrite: bool, write) -> Path:
-    """Write into a temporary sibling folder, then rename it into place (no half-written outputs)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists and is not empty (pass overwrite=True / --overwrite)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 def model_config_of(bundle) -> dict:
     """The open_clip ``model_cfg`` of a bundle: recorded at load time, else read from the modules."""
     cfg = bundle.info.get("model_cfg") or getattr(bundle.model, "model_cfg", None)
@@ -656,7 +633,7 @@ def save_open_clip(bundle, out_dir: str | Path, overwrite: bool = False) -> Path
         (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2))
         save_file(state, str(tmp / "open_clip_model.safetensors"))
 
-    return _atomic_dir(out_dir, overwrite, write)
+    return atomic_folder(out_dir, write, overwrite=overwrite)
 
 
 def save_transformers(bundle, out_dir: str | Path, kind: str = "full", overwrite: bool = False) -> Path:
@@ -679,7 +656,7 @@ def save_transformers(bundle, out_dir: str | Path, kind: str = "full", overwrite
         if image_processor is not None:
             image_processor.save_pretrained(tmp)
 
-    return _atomic_dir(out_dir, overwrite, write)
+    return atomic_folder(out_dir, write, overwrite=overwrite)
 
 
 def _image_processor(bundle):

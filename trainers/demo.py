@@ -13,14 +13,13 @@ before_after.png, README.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from negation_plugins.atomic import atomic_write, atomic_write_text
+from negation_plugins.atomic import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ def run_demo(
         },
         "seconds": timings,
     }
-    _write_json(output / "results.json", results)
+    atomic_write_json(output / "results.json", results)
     plot_before_after(before["mcq"], after["mcq"], output / "before_after.png")
     _write_card(output, config, before, after, summary)
     return results
@@ -221,7 +220,3 @@ def _write_card(output: Path, config, before: dict, after: dict, summary: dict) 
             "captions, then LoRA-fine-tuned on template negations (absence + presence) of its "
             "training scenes. Results are on held-out scenes.",
         )
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1))

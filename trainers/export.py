@@ -13,15 +13,13 @@ The last three adapter files only for ``--tuning lora``; the weights at the top 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from torch import nn
 
-from negation_plugins.atomic import atomic_write_text
+from negation_plugins.atomic import atomic_folder, atomic_write_json
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_DIR = "adapter"
@@ -48,7 +46,7 @@ def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: di
 
     output.mkdir(parents=True, exist_ok=True)
     if isinstance(model, peft.PeftModel):
-        _replace_dir(output / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp)))
+        atomic_folder(output / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp)))
         export_diffusers_lora(output / ADAPTER_DIR, output)
         model = model.merge_and_unload()
     model.eval()
@@ -62,7 +60,7 @@ def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: di
         save_transformers(trained, output / "transformers", kind="full", overwrite=True)
         save_transformers(trained, output / "text_encoder", kind="text", overwrite=True)
 
-    _write_json(output / RESULTS_FILE, summary)
+    atomic_write_json(output / RESULTS_FILE, summary)
     write_model_card(
         output,
         base_model=config.model,
@@ -79,19 +77,3 @@ def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: di
             "train examples": summary["train_examples"],
         },
     )
-
-
-def _replace_dir(target: Path, write) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        write(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, default=str))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_json
 from ..model_card import flatten_results
 
 SPREAD = ("std", "min", "max", "p05", "p25", "p75", "p95", "frac_above_0.95")
@@ -43,10 +42,7 @@ def markdown_table(results: dict) -> str:
 
 
 def write_json(path, report: dict) -> Path:
-    def write(tmp):
-        Path(tmp).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-
-    return atomic_write(path, write)
+    return atomic_write_json(path, report, indent=2)
 
 
 def write_markdown(path, results: dict) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, atomic_write_json
 from .captions import affirmative_captions, mcq_items
 from .scenes import CATEGORIES, Scene, bbox, generate_scenes, render
 
@@ -97,8 +96,8 @@ def make_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), prog
 
     for split, split_scenes in splits.items():
         captions = {s.id: affirmative_captions(s, text_rng) for s in split_scenes}
-        _write_json(out / f"captions_{split}.json", _coco_captions(split_scenes, captions, config.image_size))
-        _write_json(out / f"instances_{split}.json", _coco_instances(split_scenes, config.image_size))
+        atomic_write_json(out / f"captions_{split}.json", _coco_captions(split_scenes, captions, config.image_size))
+        atomic_write_json(out / f"instances_{split}.json", _coco_instances(split_scenes, config.image_size))
         atomic_write_bytes(out / f"mcq_{split}.csv", _mcq_csv(split_scenes, text_rng).encode())
 
     manifest = {
@@ -116,7 +115,7 @@ def make_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), prog
             "mcq_val": "mcq_val.csv",
         },
     }
-    _write_json(out / "world.json", manifest)
+    atomic_write_json(out / "world.json", manifest)
     return WorldFiles.at(out)
 
 
@@ -173,7 +172,3 @@ def _mcq_csv(scenes: list[Scene], rng: random.Random) -> str:
         for item in mcq_items(scene, rng):
             writer.writerow([_file_name(scene), item.correct_answer, *item.captions, item.template])
     return buffer.getvalue()
-
-
-def _write_json(path: Path, data) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=1).encode())

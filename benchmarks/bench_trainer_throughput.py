@@ -59,10 +59,11 @@ def setup(workdir: Path, n_images: int, seed: int):
 
 
 def trainer_steps_per_second(spec, records, world, workdir, steps, batch_size, tuning, objectives, cache) -> float:
-    from trainers.config import TrainConfig
+    from trainers.config import build_config
     from trainers.finetune import train
 
-    config = TrainConfig(
+    config = build_config(
+        "world",
         model=spec,
         train=str(records),
         images=str(world.images),
@@ -90,7 +91,7 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     from negation_plugins import load_clip
     from negation_plugins.losses import parse_objectives
     from trainers.batches import build_texts, load_examples, usable_examples
-    from trainers.config import TrainConfig
+    from trainers.config import build_config
     from trainers.finetune import ImageFeatures, build_optimizer, split_text_features
     from trainers.tuning import apply_tuning, open_clip_model
 
@@ -103,7 +104,7 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     texts, answers = build_texts(chunk, objective.requires, random.Random(0), examples)
     tokens = bundle.tokenizer([t for key in texts for t in texts[key]])
     image = images([e.image for e in chunk])
-    optimizer = build_optimizer(model, TrainConfig())
+    optimizer = build_optimizer(model, build_config("world"))
     clip = open_clip_model(model)
     model.train()
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Trainer commands: ``negclip demo`` (the one-command story) and ``negclip finetune`` (the trainer's flags)."""
+"""Trainer commands: ``negclip demo`` (the one-command story), ``negclip finetune`` (the trainer's flags) and
+``negclip recipes`` (the named presets with each value's source)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,26 @@ def finetune_command(ctx):
     ctx.exit(main(list(ctx.args)))
 
 
+@click.command("recipes")
+@click.argument("name", required=False)
+def recipes_command(name):
+    """List the `--recipe` presets: every value with the paper or public-code file it comes from."""
+    from .recipes import RECIPES
+
+    if name and name not in RECIPES:
+        raise click.ClickException(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    for recipe in [RECIPES[name]] if name else RECIPES.values():
+        click.echo(f"{recipe.name}: {recipe.description}")
+        for key, (value, source) in recipe.settings.items():
+            shown = " + ".join(value) if isinstance(value, list) else value
+            click.echo(f"  --{key.replace('_', '-'):<16} {str(shown):<28} {source}")
+        for note in recipe.notes:
+            click.echo(f"  note: {note}")
+        click.echo("")
+
+
 @hookimpl
 def register_commands(cli):
     cli.add_command(demo_command)
     cli.add_command(finetune_command)
+    cli.add_command(recipes_command)

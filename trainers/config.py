@@ -1,8 +1,8 @@
-"""The fine-tuning configuration: one dataclass, filled from a YAML file and/or command-line flags.
+"""The fine-tuning configuration: one dataclass, filled from a recipe, a YAML file and/or command-line flags.
 
-Flags override the YAML file; the YAML file overrides the defaults. The defaults are the best configuration
-measured on the synthetic world (see ``benchmarks/compare_objectives.py``), so the minimal call
-``python -m trainers.finetune --model SPEC --train FILE --images DIR --output DIR`` already works well.
+Defaults <- ``--recipe NAME`` (trainers/recipes.py) <- YAML file <- flags. Without a recipe the defaults are safe for
+a web-pretrained CLIP: the learning rate is the papers' 1e-6 for full/front tuning (1e-4 for LoRA adapters) unless
+set. ``--recipe world`` is the best configuration measured on the synthetic world (compare_objectives.py).
 Everything that can be checked without training is checked in :func:`validate`, so a bad config fails in
 seconds with a message naming the bad setting.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -21,6 +21,7 @@ DEFAULT_LORA_TARGETS = "attn,mlp"
 TUNING_PATTERN = re.compile(r"^(full|lora|front:(\d+)-(\d+))$")
 NEGATION_MODES = ("records", "on-the-fly")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+SAFE_LR = {"full": 1e-6, "front": 1e-6, "lora": 1e-4}  # full: NegationCLIP/Omni-NegCLIP; LoRA adapters start at 0
 SELECT_BY = ("val-loss", "mcq")
 
 
@@ -30,6 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
+    recipe: str | None = None
     model: str = ""
     train: str = ""
     images: str = ""
@@ -41,10 +43,11 @@ class TrainConfig:
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_targets: str = DEFAULT_LORA_TARGETS
+    freeze: str = ""
     max_steps: int | None = None
     epochs: float = 5.0
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int = 20
     grad_clip: float = 1.0
@@ -55,7 +58,7 @@ class TrainConfig:
     eval_mcq_images: str | None = None
     select_by: str = "val-loss"
     patience: int | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None
     gradient_accumulation_steps: int = 1
     save_every: int = 0
     resume: bool = False
@@ -71,6 +74,7 @@ class TrainConfig:
 
 
 FLAG_HELP = {
+    "recipe": "fill settings from a named preset (see `negclip recipes`); flags and --config still override it",
     "model": "CLIP to fine-tune: open_clip name, hf-hub:ORG/REPO, local-dir:PATH, NegationCLIP .pth, transformers folder",
     "train": "negation records JSONL, NegationCLIP updated_caption JSON, or COCO captions JSON (with --negation on-the-fly)",
     "images": "folder the records' image paths are relative to",
@@ -82,10 +86,11 @@ FLAG_HELP = {
     "lora_rank": "LoRA rank r",
     "lora_alpha": "LoRA alpha (scale = alpha / r)",
     "lora_targets": "comma list of attn, mlp, or regexes over the text tower's module names",
+    "freeze": "comma list of text-tower parameters kept frozen under full/front tuning (e.g. ln_final)",
     "max_steps": "optimizer steps (overrides --epochs)",
     "epochs": "passes over the training examples (fractions allowed)",
     "batch_size": "examples per process per micro-batch",
-    "lr": "peak learning rate (AdamW, linear warmup, cosine decay)",
+    "lr": "peak learning rate (AdamW, linear warmup, cosine decay); default 1e-6 (full/front) or 1e-4 (lora)",
     "weight_decay": "AdamW weight decay on matrices",
     "warmup_steps": "linear warmup steps",
     "grad_clip": "max gradient norm (0 disables)",
@@ -96,7 +101,7 @@ FLAG_HELP = {
     "eval_mcq_images": "image root of --eval-mcq (default: --images)",
     "select_by": "keep the best checkpoint by val-loss or by mcq accuracy",
     "patience": "stop after this many validations without improvement",
-    "mixed_precision": "no, bf16 or fp16 (fp16 needs a GPU)",
+    "mixed_precision": "no, bf16 or fp16 (fp16 needs a GPU); default: what `accelerate launch`/`accelerate config` say",
     "gradient_accumulation_steps": "micro-batches per optimizer step",
     "save_every": "write a resumable accelerate checkpoint every N steps (0: only at the end)",
     "resume": "continue from the newest checkpoint in OUTPUT/checkpoints",
@@ -115,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a CLIP text encoder for negation (run with `accelerate launch -m trainers.finetune`).",
     )
     parser.add_argument("--config", help="YAML file with any of the settings below (flags override it)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved settings as JSON and exit (loads no data or model)"
+    )
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = FLAG_HELP[f.name]
@@ -125,20 +133,41 @@ def build_parser() -> argparse.ArgumentParser:
                 flag, dest=f.name, action="append", default=None, metavar="NAME[:WEIGHT]", help=help_text
             )
         else:
-            kind = {"int | None": int, "int": int, "float": float}.get(f.type, str)
+            kind = {"int": int, "float": float}.get(f.type.removesuffix(" | None"), str)
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults <- YAML (--config) <- flags."""
+def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """Defaults <- recipe <- YAML (--config) <- flags; returns (config, --dry-run)."""
     args = vars(build_parser().parse_args(argv))
+    dry_run = args.pop("dry_run")
     values: dict = {}
     config_path = args.pop("config")
     if config_path:
         values.update(load_yaml(config_path))
     values.update({k: v for k, v in args.items() if v is not None})
-    return TrainConfig(**values)
+    return build_config(**values), dry_run
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    return parse_command_line(argv)[0]
+
+
+def build_config(recipe: str | None = None, **settings) -> TrainConfig:
+    """Defaults <- the named recipe <- ``settings``, with tuning-dependent defaults filled in."""
+    from .recipes import get_recipe
+
+    values = get_recipe(recipe).values() if recipe else {}
+    values.update(settings)
+    return resolve_defaults(TrainConfig(recipe=recipe, **values))
+
+
+def resolve_defaults(config: TrainConfig) -> TrainConfig:
+    """Fill the settings whose safe default depends on others (the learning rate on the tuning mode)."""
+    if config.lr is None:
+        return replace(config, lr=SAFE_LR.get(config.tuning.strip().split(":")[0], SAFE_LR["full"]))
+    return config
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -187,7 +216,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--negation {config.negation!r}: expected one of {', '.join(NEGATION_MODES)}")
     if config.instances and not Path(config.instances).is_file():
         raise ConfigError(f"--instances {config.instances}: file does not exist")
-    if config.mixed_precision not in MIXED_PRECISION:
+    if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"--mixed-precision {config.mixed_precision!r}: expected one of {', '.join(MIXED_PRECISION)}")
     if config.select_by not in SELECT_BY:
         raise ConfigError(f"--select-by {config.select_by!r}: expected one of {', '.join(SELECT_BY)}")
@@ -195,7 +224,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("--select-by mcq needs --eval-mcq CSV")
     if config.eval_mcq and not Path(config.eval_mcq).is_file():
         raise ConfigError(f"--eval-mcq {config.eval_mcq}: file does not exist")
-    parse_tuning(config.tuning)
+    mode, _ = parse_tuning(config.tuning)
+    if config.freeze and mode == "lora":
+        raise ConfigError("--freeze applies to full or front:A-B tuning; LoRA already keeps the base weights frozen")
     positive = {
         "batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
@@ -209,7 +240,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--max-steps must be >= 1, got {config.max_steps}")
     if config.max_steps is None and not config.epochs > 0:
         raise ConfigError(f"--epochs must be > 0, got {config.epochs}")
-    if not config.lr > 0:
+    if config.lr is None or not config.lr > 0:
         raise ConfigError(f"--lr must be > 0, got {config.lr}")
     if not 0 <= config.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")

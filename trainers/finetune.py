@@ -32,7 +32,7 @@ from .batches import (
     split_by_image,
     usable_examples,
 )
-from .config import ConfigError, TrainConfig, parse_config, validate
+from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
 from .tuning import apply_tuning, clamp_logit_scale, open_clip_model
 
 logger = logging.getLogger("trainers.finetune")
@@ -255,6 +255,7 @@ def train(config: TrainConfig) -> dict:
     from negation_plugins.losses import parse_objectives
 
     # ---- settings and everything that can fail before training -------------------------------------------------
+    config = resolve_defaults(config)
     validate(config)
     output = Path(config.output)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -287,6 +288,7 @@ def train(config: TrainConfig) -> dict:
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_targets=config.lora_targets,
+        freeze=config.freeze,
         seed=config.seed,
     )
     if not trainable:
@@ -452,6 +454,7 @@ def train(config: TrainConfig) -> dict:
         "train_seconds": round(train_seconds, 2),
         "examples_per_second": round(examples_seen / max(train_seconds, 1e-9), 2),
         "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
         "results_before": results_before,
         "results_after": results_after,
         "config": config.to_dict(),
@@ -521,7 +524,10 @@ def _tracker_config(config: TrainConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = parse_config(argv)
+        config, dry_run = parse_command_line(argv)
+        if dry_run:
+            print(json.dumps(config.to_dict(), indent=1))
+            return 0
         summary = train(config)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -24,6 +24,8 @@ ADAPTER_FILES = (
     "pytorch_lora_weights.safetensors",
 )
 CARD_FILE = "README.md"
+# Never uploaded: the trainer's resumable checkpoints (optimizer states, ~3 GB each at ViT-L/14) and git/cache dirs.
+NEVER_PUSHED = ("checkpoints/", ".git/", ".cache/")
 
 
 class PushError(click.ClickException):
@@ -38,7 +40,7 @@ def adapter_patterns() -> list[str]:
 def files_to_push(folder: Path, adapter_only: bool) -> list[str]:
     """Relative paths that a push would upload, so an empty selection fails before any network call."""
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    paths = [p for p in paths if not p.startswith(".git/") and not p.startswith(".cache/")]
+    paths = [p for p in paths if not p.startswith(NEVER_PUSHED)]
     if adapter_only:
         paths = [p for p in paths if p == CARD_FILE or p.rsplit("/", 1)[-1] in ADAPTER_FILES]
     return paths
@@ -82,6 +84,7 @@ def push(
             folder_path=folder,
             commit_message=message,
             allow_patterns=adapter_patterns() if adapter_only else None,
+            ignore_patterns=[f"{prefix}*" for prefix in NEVER_PUSHED],
             repo_type="model",
         )
     except (HfHubHTTPError, OfflineModeIsEnabled, ValueError) as error:

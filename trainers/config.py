@@ -23,6 +23,12 @@ NEGATION_MODES = ("records", "on-the-fly")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SAFE_LR = {"full": 1e-6, "front": 1e-6, "lora": 1e-4}  # full: NegationCLIP/Omni-NegCLIP; LoRA adapters start at 0
 SELECT_BY = ("val-loss", "mcq")
+TRACKERS = ("tensorboard", "wandb", "all", "none")
+ALIASES = {  # diffusers training examples' names for the same settings
+    "checkpointing_steps": ("--save-every",),
+    "resume": ("--resume-from-checkpoint", "--resume_from_checkpoint"),
+    "log_with": ("--report-to",),
+}
 
 
 class ConfigError(ValueError):
@@ -60,8 +66,11 @@ class TrainConfig:
     patience: int | None = None
     mixed_precision: str | None = None
     gradient_accumulation_steps: int = 1
-    save_every: int = 0
-    resume: bool = False
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume: str | None = None
+    gradient_checkpointing: bool = False
+    gather_negatives: bool = False
     cache_image_features: bool = True
     push_to_hub: str | None = None
     hub_private: bool = False
@@ -103,13 +112,17 @@ FLAG_HELP = {
     "patience": "stop after this many validations without improvement",
     "mixed_precision": "no, bf16 or fp16 (fp16 needs a GPU); default: what `accelerate launch`/`accelerate config` say",
     "gradient_accumulation_steps": "micro-batches per optimizer step",
-    "save_every": "write a resumable accelerate checkpoint every N steps (0: only at the end)",
-    "resume": "continue from the newest checkpoint in OUTPUT/checkpoints",
+    "checkpointing_steps": "write a resumable accelerate checkpoint every N steps into OUTPUT/checkpoints (0: never)",
+    "checkpoints_total_limit": "keep only the newest N checkpoints (default: all)",
+    "resume": "latest (newest checkpoint in OUTPUT/checkpoints; the default for a bare --resume) or a checkpoint PATH",
+    "gradient_checkpointing": "recompute the text tower's activations in backward (less memory, ~30%% more compute)",
+    "gather_negatives": "contrastive losses and TNG hard-object mining over the global batch of all processes "
+    "(open_clip's gather_with_grad) instead of each process's own; off by default",
     "cache_image_features": "embed each image once with the frozen vision tower (default on)",
     "push_to_hub": "after training, push OUTPUT to this Hub repo id",
     "hub_private": "create the Hub repo as private",
     "export_transformers": "also write transformers CLIPModel / CLIPTextModel folders",
-    "log_with": "accelerate tracker (tensorboard, or none)",
+    "log_with": "accelerate tracker: tensorboard, wandb, all or none",
     "progress": "show a tqdm progress bar on the main process",
 }
 
@@ -124,17 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the resolved settings as JSON and exit (loads no data or model)"
     )
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, ())]
+        flag = flags[0]
         help_text = FLAG_HELP[f.name]
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "resume":
+            parser.add_argument(*flags, dest=f.name, nargs="?", const="latest", default=None, help=help_text)
         elif f.name == "objective":
             parser.add_argument(
                 flag, dest=f.name, action="append", default=None, metavar="NAME[:WEIGHT]", help=help_text
             )
         else:
             kind = {"int": int, "float": float}.get(f.type.removesuffix(" | None"), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help_text)
     return parser
 
 
@@ -187,6 +203,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
     if isinstance(data.get("objective"), str):
         data["objective"] = [data["objective"]]
+    if isinstance(data.get("resume"), bool):  # `resume: true` as in older configs
+        data["resume"] = "latest" if data["resume"] else None
     return data
 
 
@@ -218,6 +236,17 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--instances {config.instances}: file does not exist")
     if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"--mixed-precision {config.mixed_precision!r}: expected one of {', '.join(MIXED_PRECISION)}")
+    if config.log_with not in TRACKERS:
+        raise ConfigError(f"--report-to/--log-with {config.log_with!r}: expected one of {', '.join(TRACKERS)}")
+    if config.resume not in (None, "latest") and not (Path(config.resume) / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"--resume {config.resume}: not a complete checkpoint folder (no trainer_state.json); "
+            "use latest or OUTPUT/checkpoints/step-NNNNNNN"
+        )
+    if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
+        raise ConfigError(f"--checkpoints-total-limit must be >= 1, got {config.checkpoints_total_limit}")
+    if config.checkpointing_steps < 0:
+        raise ConfigError(f"--checkpointing-steps must be >= 0, got {config.checkpointing_steps}")
     if config.select_by not in SELECT_BY:
         raise ConfigError(f"--select-by {config.select_by!r}: expected one of {', '.join(SELECT_BY)}")
     if config.select_by == "mcq" and not config.eval_mcq:

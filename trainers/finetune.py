@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from .batches import (
     usable_examples,
 )
 from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
-from .tuning import apply_tuning, clamp_logit_scale, open_clip_model
+from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model
 
 logger = logging.getLogger("trainers.finetune")
 
@@ -124,24 +125,72 @@ def make_batch(
     absent_index,
     otf_seed: int | None,
     device,
+    gather=None,
 ) -> dict:
-    """Embed everything the objectives need; all texts go through ONE encoder forward."""
+    """Embed everything the objectives need; all texts go through ONE encoder forward.
+
+    With ``gather`` (an Accelerator, for ``--gather-negatives``) TNG's hard objects are mined over every process's
+    batch and the returned rows are the global batch (see :func:`gather_batch`)."""
     batch = {"image": image_features([e.image for e in examples]).to(device)}
     texts, answers = build_texts(examples, requires, rng, pool)
     if "hybrid" in requires or "full" in requires:
         from negation_plugins.data.onthefly import OnTheFlyNegation
 
-        objects = [e.present_objects for e in examples] if any(e.present_objects for e in examples) else None
+        captions, embeds = texts["caption"], batch["image"]
+        objects = [e.present_objects for e in examples]
+        if gather is not None:
+            from accelerate.utils import gather_object
+
+            captions, objects, embeds = gather_object(captions), gather_object(objects), gather.gather(embeds)
         generated = OnTheFlyNegation(seed=otf_seed, context_length=tokenizer.context_length)(
-            texts["caption"], image_embeds=batch["image"], objects=objects
+            captions, image_embeds=embeds, objects=objects if any(objects) else None
         )
-        texts["hybrid"], texts["full"] = generated["hybrid"], generated["full"]
+        own = slice(0, len(examples)) if gather is None else _own_rows(gather, len(examples))
+        texts["hybrid"], texts["full"] = generated["hybrid"][own], generated["full"][own]
     if "distractor_image" in requires:
         batch["distractor_image"] = image_features(distractor_images(examples, rng, absent_index, pool)).to(device)
     features, logit_scale = encoder(tokenizer([t for key in texts for t in texts[key]]).to(device))
     batch.update(split_text_features(features.float(), texts, answers, len(examples)))
     batch["logit_scale"] = logit_scale.float()
-    return batch
+    return batch if gather is None else gather_batch(batch, gather)
+
+
+PER_EXAMPLE_KEYS = (
+    "image",
+    "caption",
+    "absence",
+    "presence",
+    "hybrid",
+    "full",
+    "mcq",
+    "mcq_answer",
+    "distractor_image",
+)
+
+
+def _own_rows(accelerator, n: int) -> slice:
+    return slice(accelerator.process_index * n, (accelerator.process_index + 1) * n)
+
+
+def gather_with_grad(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    """Every process's rows in rank order; this process's own rows keep their autograd graph (open_clip's
+    gather_with_grad with local rows put back), the others are constants."""
+    gathered = accelerator.gather(tensor.detach().contiguous())
+    own = _own_rows(accelerator, tensor.shape[0])
+    return torch.cat([gathered[: own.start], tensor, gathered[own.stop :]])
+
+
+def gather_batch(batch: dict, accelerator) -> dict:
+    """The global batch for ``--gather-negatives``: each process computes the loss of all processes' examples.
+
+    Gradients: the loss must be backpropagated times ``num_processes`` (see the loop): each process's gradient then
+    covers its own rows' share of the global loss, and DDP's average over processes gives exactly the gradient of
+    the single-process loss on the concatenated batch. The logit scale appears whole on every process, so its
+    gradient is divided by ``num_processes`` here to cancel that factor."""
+    out = {k: gather_with_grad(v, accelerator) if k in PER_EXAMPLE_KEYS else v for k, v in batch.items()}
+    world = accelerator.num_processes
+    out["logit_scale"] = batch["logit_scale"] / world + (batch["logit_scale"] * (1 - 1 / world)).detach()
+    return out
 
 
 def split_text_features(features: torch.Tensor, texts: dict[str, list[str]], answers, n_examples: int) -> dict:
@@ -274,6 +323,10 @@ def train(config: TrainConfig) -> dict:
     )
     set_seed(config.seed)
     is_main = accelerator.is_main_process
+    if torch.cuda.is_available():  # TF32 matmuls on Ampere+ (diffusers' --allow_tf32; fp32 elsewhere unchanged)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    gather = accelerator if config.gather_negatives and accelerator.num_processes > 1 else None
 
     examples = load_examples(config.train, config.negation, config.images or None, config.instances)
     examples, dropped = usable_examples(examples, requires, config.train)
@@ -293,6 +346,8 @@ def train(config: TrainConfig) -> dict:
     )
     if not trainable:
         raise ConfigError(f"--tuning {config.tuning} leaves no parameter to train")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
     images_root = Path(config.images or ".")
     image_features = ImageFeatures(
@@ -317,17 +372,25 @@ def train(config: TrainConfig) -> dict:
     val_absent_index = absent_object_index(val_set)
     tokens = TokenCache(bundle.tokenizer)
 
-    def make(chunk, rng, otf_seed, pool=train_set, index=absent_index, text_encoder=encoder):
-        return make_batch(text_encoder, tokens, image_features, chunk, requires, rng, pool, index, otf_seed, device)
+    def make(chunk, rng, otf_seed, pool=train_set, index=absent_index, text_encoder=encoder, gather=gather):
+        return make_batch(
+            text_encoder, tokens, image_features, chunk, requires, rng, pool, index, otf_seed, device, gather
+        )
 
     def make_eval(chunk, rng, otf_seed):
         return make(
-            chunk, rng, otf_seed, pool=val_set, index=val_absent_index, text_encoder=accelerator.unwrap_model(encoder)
+            chunk,
+            rng,
+            otf_seed,
+            pool=val_set,
+            index=val_absent_index,
+            text_encoder=accelerator.unwrap_model(encoder),
+            gather=None,
         )
 
     # ---- resume -----------------------------------------------------------------------------------------------
     step, best, best_state, bad_evals, history = 0, None, None, 0, []
-    checkpoint = latest_checkpoint(output) if config.resume else None
+    checkpoint = latest_checkpoint(output) if config.resume == "latest" else config.resume and Path(config.resume)
     if config.resume and checkpoint is None and is_main:
         logger.warning("--resume: no checkpoint in %s; starting from step 0", output / CHECKPOINTS)
     if checkpoint is not None:
@@ -340,6 +403,7 @@ def train(config: TrainConfig) -> dict:
 
             best_state = load_file(str(checkpoint / BEST_FILE))
         if is_main:  # forget steps logged after this checkpoint by the interrupted run
+            output.mkdir(parents=True, exist_ok=True)
             kept = [line for line in _read_lines(output / METRICS_FILE) if json.loads(line)["step"] <= step]
             (output / METRICS_FILE).write_text("".join(line + "\n" for line in kept))
     else:
@@ -367,9 +431,10 @@ def train(config: TrainConfig) -> dict:
             chunk = [train_set[i] for i in plan.indices(micro_batch, accelerator.process_index)]
             rng = batch_rng(config.seed, micro_batch, accelerator.process_index)
             with accelerator.accumulate(encoder), accelerator.autocast():
-                batch = make(chunk, rng, config.seed * 1_000_003 + micro_batch * 101 + accelerator.process_index)
+                rank_seed = 0 if gather else accelerator.process_index  # gathered: one negation of the global batch
+                batch = make(chunk, rng, config.seed * 1_000_003 + micro_batch * 101 + rank_seed)
                 loss, parts = objective(batch)
-                accelerator.backward(loss)
+                accelerator.backward(loss * accelerator.num_processes if gather else loss)
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
                 optimizer.step()
@@ -405,11 +470,13 @@ def train(config: TrainConfig) -> dict:
         if is_main:
             with open(output / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if config.save_every and step % config.save_every == 0 and step < total_steps and not stopped_early:
+        every = config.checkpointing_steps
+        if every and step % every == 0 and step < total_steps and not stopped_early:
             save_checkpoint(
                 accelerator,
                 output,
                 step,
+                config.checkpoints_total_limit,
                 {
                     "step": step,
                     "best": best,
@@ -483,9 +550,10 @@ def _forget_previous_run_settings() -> None:
     GradientState._reset_state()
 
 
-def save_checkpoint(accelerator, output: Path, step: int, trainer_state: dict, best_state) -> None:
+def save_checkpoint(accelerator, output: Path, step: int, keep: int | None, trainer_state: dict, best_state) -> None:
     """accelerate's full state (model, optimizer, RNG) plus ours, written to a temp folder then renamed, so a
-    kill mid-save never leaves a checkpoint that looks complete."""
+    kill mid-save never leaves a checkpoint that looks complete; then only the newest ``keep`` complete ones stay
+    (diffusers' --checkpoints_total_limit, applied after the new one is complete)."""
     from safetensors.torch import save_file
 
     final = output / CHECKPOINTS / f"step-{step:07d}"
@@ -497,6 +565,9 @@ def save_checkpoint(accelerator, output: Path, step: int, trainer_state: dict, b
             save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / BEST_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state))
         os.replace(tmp, final)
+        complete = sorted(p for p in final.parent.glob("step-*") if (p / STATE_FILE).is_file())
+        for old in complete[: -keep if keep else 0]:
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 

@@ -172,6 +172,12 @@ def open_clip_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute the text tower's residual blocks in backward (open_clip's flag; the frozen vision tower never
+    runs backward, so it is left alone)."""
+    text_tower(open_clip_model(model)).module.transformer.grad_checkpointing = True
+
+
 def clamp_logit_scale(model: nn.Module) -> None:
     """CLIP's temperature stays in [0, ln 100] (scale <= 100), as in CLIP and Omni-NegCLIP."""
     import math

@@ -59,7 +59,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     val_fraction: float = 0.1
-    eval_every: int = 50
+    eval_every: int | None = None
+    val_max_batches: int | None = None
     eval_mcq: str | None = None
     eval_mcq_images: str | None = None
     select_by: str = "val-loss"
@@ -72,6 +73,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     gather_negatives: bool = False
     cache_image_features: bool = True
+    feature_store: str | None = None
+    dataloader_num_workers: int = 2
+    log_every: int = 10
     push_to_hub: str | None = None
     hub_private: bool = False
     export_transformers: bool = True
@@ -105,7 +109,9 @@ FLAG_HELP = {
     "grad_clip": "max gradient norm (0 disables)",
     "seed": "seed for the split, batches, negation sampling and LoRA init",
     "val_fraction": "share of images held out for validation (0 disables validation)",
-    "eval_every": "validate every N optimizer steps",
+    "eval_every": "validate every N optimizer steps (default: once per epoch)",
+    "val_max_batches": "validation batches per evaluation, split across processes (default: eval-every // 7, "
+    "at most 50: validation stays under ~5%% of the training time)",
     "eval_mcq": "NegBench-format MCQ CSV evaluated before/after training and at each validation",
     "eval_mcq_images": "image root of --eval-mcq (default: --images)",
     "select_by": "keep the best checkpoint by val-loss or by mcq accuracy",
@@ -118,7 +124,13 @@ FLAG_HELP = {
     "gradient_checkpointing": "recompute the text tower's activations in backward (less memory, ~30%% more compute)",
     "gather_negatives": "contrastive losses and TNG hard-object mining over the global batch of all processes "
     "(open_clip's gather_with_grad) instead of each process's own; off by default",
-    "cache_image_features": "embed each image once with the frozen vision tower (default on)",
+    "cache_image_features": "use the image-feature store: each image embedded once by the frozen vision tower, "
+    "kept on disk and reused by later runs (default on; off: images decoded and embedded every step)",
+    "feature_store": "folder of the image-feature store (default: $NEGCLIP_FEATURE_STORE or "
+    "~/.cache/negation-plugins/image-features); must be visible to every process",
+    "dataloader_num_workers": "DataLoader worker processes preparing batches (tokenizing, MCQ options, on-the-fly "
+    "negation, image decoding); 0: in the training process",
+    "log_every": "write losses to metrics.jsonl and the trackers every N steps (one host sync per N steps)",
     "push_to_hub": "after training, push OUTPUT to this Hub repo id",
     "hub_private": "create the Hub repo as private",
     "export_transformers": "also write transformers CLIPModel / CLIPTextModel folders",
@@ -259,12 +271,17 @@ def validate(config: TrainConfig) -> None:
     positive = {
         "batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "eval_every": config.eval_every,
+        "log_every": config.log_every,
         "lora_rank": config.lora_rank,
     }
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("eval_every", "val_max_batches"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.dataloader_num_workers < 0:
+        raise ConfigError(f"--dataloader-num-workers must be >= 0, got {config.dataloader_num_workers}")
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {config.max_steps}")
     if config.max_steps is None and not config.epochs > 0:

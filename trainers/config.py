@@ -110,7 +110,7 @@ FLAG_HELP = {
     "seed": "seed for the split, batches, negation sampling and LoRA init",
     "val_fraction": "share of images held out for validation (0 disables validation)",
     "eval_every": "validate every N optimizer steps (default: once per epoch)",
-    "val_max_batches": "validation batches per evaluation, split across processes (default: eval-every // 7, "
+    "val_max_batches": "validation batches per evaluation, split across processes (default: eval-every // 10, "
     "at most 50: validation stays under ~5%% of the training time)",
     "eval_mcq": "NegBench-format MCQ CSV evaluated before/after training and at each validation",
     "eval_mcq_images": "image root of --eval-mcq (default: --images)",

@@ -364,7 +364,7 @@ def train(config: TrainConfig) -> dict:
     val_plan = EvalPlan(len(val_subset), config.batch_size, accelerator.num_processes)
     val_data = micro_batches(val_subset, val_plan, "val", False) if val_subset else None
     tokens = TokenCache(bundle.tokenizer)  # for negations made in this thread (no feature table)
-    timer = {"validation": 0.0}
+    timer = {"validation": 0.0, "evaluations": 0}
 
     def run_evaluation() -> dict:
         started = time.perf_counter()
@@ -375,6 +375,7 @@ def train(config: TrainConfig) -> dict:
 
         results = evaluate(state, config, val_data, val_plan, make_eval, accelerator)
         timer["validation"] += time.perf_counter() - started
+        timer["evaluations"] += 1
         return results
 
     # ---- resume -----------------------------------------------------------------------------------------------
@@ -531,6 +532,7 @@ def train(config: TrainConfig) -> dict:
         "image_features": feature_counts,
         "eval_every": eval_every,
         "val_batches": val_batches,
+        "evaluations": timer["evaluations"],
         "examples_per_second": round(examples_seen / max(train_seconds, 1e-9), 2),
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,

@@ -32,6 +32,12 @@ def register_objectives(register):
 
 
 @hookspec
+def register_corrections(register):
+    """Add training-free text-embedding corrections: :class:`negation_plugins.corrections.Correction` subclasses
+    (register the class; ``cls(*args, **options)`` from a spec ``NAME[:ARG][:key=value]`` makes one)."""
+
+
+@hookspec
 def register_benchmarks(register):
     """Add benchmarks: score any loaded CLIP and return a dict of metrics."""
 

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "negation_plugins.data.verifiers",
     "negation_plugins.data.commands",
     "negation_plugins.losses",
+    "negation_plugins.corrections",
     "negation_plugins.hub",
     "negation_plugins.commands",
     "trainers.commands",
@@ -39,7 +40,7 @@ DEFAULT_PLUGINS = (
     "integrations.neg_t2i",
 )
 
-KINDS = ("backends", "negators", "verifiers", "objectives", "benchmarks", "integrations")
+KINDS = ("backends", "negators", "verifiers", "objectives", "corrections", "benchmarks", "integrations")
 
 pm = pluggy.PluginManager("negation_plugins")
 pm.add_hookspecs(hookspecs)

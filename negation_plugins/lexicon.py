@@ -42,7 +42,10 @@ class Cue:
 
     def __post_init__(self):
         if self.kind not in KINDS or self.negates not in NEGATES:
-            raise ValueError(f"cue kind must be one of {', '.join(KINDS)} and negates one of {', '.join(NEGATES)}")
+            raise ValueError(
+                f"cue kind {self.kind!r}, negates {self.negates!r}: kind must be one of {', '.join(KINDS)}; "
+                f"negates one of {', '.join(NEGATES)}"
+            )
 
 
 CUES: dict[str, Cue] = {

@@ -144,8 +144,8 @@ def registered(kind: str) -> list[Registered]:
     load_plugins()
     hook = getattr(pm.hook, f"register_{kind}")
     found: dict[str, Registered] = {}
-    # pluggy calls the newest plugin first; reverse so built-ins come first and later ones override.
-    for impl in reversed(hook.get_hookimpls()):
+    # get_hookimpls() lists plugins oldest first (pluggy calls them newest first): built-ins first, later ones override.
+    for impl in hook.get_hookimpls():
         plugin_name = impl.plugin_name
 
         def register(obj, _plugin=plugin_name):

@@ -40,7 +40,7 @@ def test_counting(text, count):
 def test_every_cue_has_a_known_kind_and_scope():
     assert cue_phrases() == tuple(LEXICON)
     assert set(cue_phrases(negates="itself")) == {"nothing", "none", "nobody", "nowhere", "neither"}
-    with pytest.raises(ValueError, match="cue kind must be one of"):
+    with pytest.raises(ValueError, match="cue kind 'interjection'.*kind must be one of"):
         Cue("interjection", "following")
 
 

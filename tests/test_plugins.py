@@ -52,6 +52,20 @@ def test_fixture_registered_plugin_is_listed_and_used(register_plugin):
     assert bundle.info["backend"] == "echo-test" and bundle.spec == "echo:anything"
 
 
+class OverridingPlugin:
+    @npl.hookimpl
+    def register_backends(self, register):
+        register(type("OpenClipOverride", (EchoBackend,), {"name": "open_clip"})())
+
+
+def test_builtins_listed_in_load_order_and_a_later_plugin_overrides(register_plugin):
+    builtin = [r.plugin for r in plugins.registered("backends")]
+    assert builtin == [p for p in plugins.DEFAULT_PLUGINS if p.startswith("negation_plugins.backends.")]
+    register_plugin(OverridingPlugin(), "overriding-plugin")
+    rows = {r.name: r for r in plugins.registered("backends")}
+    assert rows["open_clip"].plugin == "overriding-plugin" and isinstance(rows["open_clip"].obj, EchoBackend)
+
+
 def test_plugin_gone_after_unregister():
     assert "echo-test" not in plugins.get("backends")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 NEGATES = ("following", "preceding", "itself", "clause")
@@ -32,7 +33,8 @@ KINDS = {
 # "everything except X" names what a set leaves out; it does not state that X is absent, so it does not make a
 # caption negated (it still marks a phrase a prompt does not want).
 UNCOUNTED_KINDS = frozenset({"exclusion"})
-CONTRACTION = "n't"  # any word ending in it negates its clause, listed below or not
+CONTRACTION = "n't"  # any word ending in it negates its clause, listed or not
+CONTRACTIONS = "isn't aren't wasn't weren't doesn't don't didn't can't won't hasn't haven't".split()
 
 
 @dataclass(frozen=True)
@@ -71,15 +73,11 @@ CUES: dict[str, Cue] = {
     "nowhere": Cue("pronoun", "itself"),
     "neither": Cue("pronoun", "itself"),
     "cannot": Cue("auxiliary", "clause"),
-    **{
-        contraction: Cue("auxiliary", "clause")
-        for contraction in ("isn't", "aren't", "wasn't", "weren't", "doesn't", "don't", "didn't", "can't", "won't")
-        + ("hasn't", "haven't")
-    },
+    **{contraction: Cue("auxiliary", "clause") for contraction in CONTRACTIONS},
 }
 
 
-def cue_phrases(*, negates: str | None = None, kinds=None) -> tuple[str, ...]:
+def cue_phrases(*, negates: str | None = None, kinds: Iterable[str] | None = None) -> tuple[str, ...]:
     """Cue phrases in table order, those that negate ``negates`` and/or are of one of ``kinds``."""
     return tuple(
         phrase
@@ -88,7 +86,8 @@ def cue_phrases(*, negates: str | None = None, kinds=None) -> tuple[str, ...]:
     )
 
 
-# Counted word by word: a multi-word cue counts through its words ("with no" through "no").
+# Counted word by word: a multi-word cue counts through its words ("with no" through "no"; "devoid of" has no
+# counted word, so it is not counted, as before the lexicon).
 NEGATION_WORDS = frozenset(p for p in cue_phrases(kinds=set(KINDS) - UNCOUNTED_KINDS) if " " not in p)
 _WORD = re.compile(r"[A-Za-z']+")
 

@@ -26,6 +26,7 @@ import torch
 
 from . import plugins
 from .hookspecs import hookimpl
+from .lexicon import split_negations
 
 NEUTRAL_WORDS = ("a", "the", "this", "that", "it", "thing", "something", "there", "here", "is")
 STEERING_FORMAT = "negation-steering/1"
@@ -50,13 +51,6 @@ class Correction:
 
     def describe(self) -> str:
         return self.name
-
-
-def negated_phrases(text: str) -> list[str]:
-    """The phrases a caption negates, found by surface rules ("a street without cars" -> ["cars"])."""
-    from integrations.prompting import split_negations  # TODO(merge): the span rules move into the library
-
-    return split_negations(text)[1]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +84,7 @@ class SpanSubtraction(Correction):
         return self._neutral[key]
 
     def correct(self, clip, texts, embeddings):
-        phrases = [negated_phrases(text) for text in texts]
+        phrases = [split_negations(text)[1] for text in texts]
         wanted = sorted({p for spans in phrases for p in spans})
         if not wanted:
             return embeddings
@@ -126,7 +120,7 @@ class Steering(Correction):
                 f"{self.file}: steering direction is {self.direction.shape[0]}-d, the model's text embeddings are "
                 f"{embeddings.shape[-1]}-d (fitted for another model)"
             )
-        negated = torch.tensor([bool(negated_phrases(t)) for t in texts], device=embeddings.device)
+        negated = torch.tensor([bool(split_negations(t)[1]) for t in texts], device=embeddings.device)
         if not negated.any():
             return embeddings
         shifted = _unit(embeddings + self.scale * self.direction.to(embeddings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -39,7 +40,47 @@ def _build(what: str, plugin_class, options: dict):
     return plugin_class(**options)
 
 
-@click.command("generate")
+def _shard(ctx, param, value):
+    """``I/N`` -> (I, N) with 0 <= I < N."""
+    if value is None:
+        return (0, 1)
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not match or not int(match[1]) < int(match[2]):
+        raise click.BadParameter(f"expected I/N with 0 <= I < N (e.g. 0/4), got {value!r}")
+    return int(match[1]), int(match[2])
+
+
+def _summary_lines(summary: dict) -> None:
+    click.echo(
+        f"wrote {summary['out']}: {summary.get('absence', 0)} absence + {summary.get('presence', 0)} presence records "
+        f"from {summary['captions']} captions in {summary['seconds']} s"
+        + (f" ({summary['captions_per_second']} captions/s)" if "captions_per_second" in summary else "")
+        + (
+            f"; {summary['fallbacks']} step(s) fell back to templates, listed in {summary['fallbacks_file']}"
+            if summary.get("fallbacks")
+            else ""
+        )  # fmt: skip
+    )
+    click.echo(json.dumps(summary, sort_keys=True))
+
+
+class _GenerateGroup(click.Group):
+    """``negclip generate [OPTIONS]`` runs; ``negclip generate merge ...`` is a subcommand."""
+
+    def parse_args(self, ctx, args):
+        if not (args and args[0] in self.commands):
+            return super().parse_args(ctx, args)
+        required = [p for p in self.params if p.required]  # the subcommand has its own; the run's are not needed
+        for param in required:
+            param.required = False
+        try:
+            return super().parse_args(ctx, args)
+        finally:
+            for param in required:
+                param.required = True
+
+
+@click.group("generate", cls=_GenerateGroup, invoke_without_command=True)
 @click.option(
     "--captions",
     required=True,
@@ -80,9 +121,19 @@ def _build(what: str, plugin_class, options: dict):
 @click.option("--skip-bad-images", is_flag=True, help="Skip (and count) captions whose image is missing or corrupt.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT and any unfinished run's progress instead of resuming.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def generate_command(captions, instances, images, out, negator, negator_option, verifier, verifier_option, kinds,
-                     vocabulary, seed, chunk_size, skip_bad_images, overwrite, no_progress):  # fmt: skip
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    callback=_shard,
+    help="Process only the I-th of N shards (0-based; whole chunks); join them with `negclip generate merge`.",
+)
+@click.pass_context
+def generate_command(ctx, captions, instances, images, out, negator, negator_option, verifier, verifier_option, kinds,
+                     vocabulary, seed, chunk_size, skip_bad_images, overwrite, no_progress, shard):  # fmt: skip
     """Generate negated captions (absence: stays true; presence: becomes false) as JSONL records."""
+    if ctx.invoked_subcommand is not None:
+        return
     from .. import plugins
     from .generate import generate
     from .io import DataError, read_captions
@@ -110,14 +161,26 @@ def generate_command(captions, instances, images, out, negator, negator_option, 
             raise click.UsageError("--verifier-option given but no verifier is used (pass --verifier NAME)")
         summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
                            overwrite=overwrite, progress=not no_progress,
-            options={"negator": negator_options, "verifier": verifier_options})  # fmt: skip
+            options={"negator": negator_options, "verifier": verifier_options}, shard=shard)  # fmt: skip
     except (DataError, LlmError, FileExistsError, KeyError, ValueError, TypeError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
-    click.echo(
-        f"wrote {summary['out']}: {summary.get('absence', 0)} absence + {summary.get('presence', 0)} presence records "
-        f"from {summary['captions']} captions in {summary['seconds']} s ({summary['captions_per_second']} captions/s)"
-    )
-    click.echo(json.dumps(summary, sort_keys=True))
+    _summary_lines(summary)
+
+
+@generate_command.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The joined output (.jsonl or .json).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT.")
+def merge_command(shards, out, overwrite):
+    """Join the outputs of `negclip generate --shard I/N` (all N) into the file an unsharded run writes."""
+    from .generate import merge_shards
+    from .io import DataError
+
+    try:
+        summary = merge_shards(shards, out, overwrite=overwrite)
+    except (DataError, FileExistsError) as e:
+        raise click.ClickException(str(e)) from None
+    _summary_lines(summary)
 
 
 @hookimpl

@@ -6,14 +6,22 @@
 
 Answers are parsed strictly (a short object name not already in the caption; a rewritten caption that mentions
 the object once, adds a negation and fits CLIP's context). An unusable answer falls back to the template rules
-and is counted in ``stats`` (``fallback_object``/``fallback_caption``). A server that is down or keeps returning
-garbage JSON is retried, then a clear :class:`LlmError`.
+and is counted in ``stats`` (``fallback_object``/``fallback_caption``).
+
+Against a server, ``negclip generate`` runs one task per caption with ``concurrency`` requests in flight. Transient
+failures (HTTP 408/429/5xx, and lost connections once the server has answered) are retried with jittered
+exponential backoff that honours ``Retry-After`` for up to ``retry_seconds``; then :class:`LlmUnavailable` tells
+the caller to fall back for that item. A server that never answered or does not speak the protocol is a clear
+:class:`LlmError` after ``retries`` attempts. A local transformers model generates in batches (bf16 on CUDA).
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
+import random
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -56,6 +64,23 @@ class LlmError(RuntimeError):
     """The LLM (server) could not be used; the message says which and why."""
 
 
+class LlmUnavailable(LlmError):
+    """The server kept failing transiently for ``retry_seconds``: the caller falls back for this item."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def parse_object(answer: str, caption: str, known: Sequence[str] = ()) -> str | None:
     """A one- or two-word object name from an answer like 'An umbrella.' -> 'umbrella', else None."""
     line = next((ln for ln in answer.strip().splitlines() if ln.strip()), "")
@@ -90,19 +115,38 @@ class LlmNegator(Negator):
 
     def __init__(self, model: str | None = None, url: str | None = None, api_model: str = "default",
                  api_key: str | None = None, mode: str = "contextual", temperature: float = 0.6, top_p: float = 0.9,
-                 max_new_tokens: int = 48, batch_size: int = 8, retries: int = 3, timeout: float = 60.0,
-                 seed: int = 0, device: str = "cpu", context_length: int = CONTEXT_LENGTH):  # fmt: skip
+                 max_new_tokens: int = 48, batch_size: int = 8, concurrency: int = 64, retries: int = 3,
+                 retry_seconds: float = 300.0, timeout: float = 60.0, seed: int = 0, device: str | None = None,
+                 dtype: str | None = None, context_length: int = CONTEXT_LENGTH):  # fmt: skip
+        """``batch_size``: prompts per generate() call of a local model. ``concurrency``: requests in flight to a
+        server (``negclip generate`` runs that many captions at once). ``retry_seconds``: how long transient server
+        failures are retried before an item falls back to the template rules; ``retries``: attempts for a server
+        that never answered or answers garbage. ``device``/``dtype``: local model (default CUDA + bf16 when present)."""
         super().__init__(context_length=context_length)
         if (model is None) == (url is None):
             raise ValueError("negator 'llm' needs exactly one of model=<transformers causal LM> or url=<server>")
         if mode not in OBJECT_PROMPTS:
             raise ValueError(f"negator 'llm': mode must be one of {', '.join(OBJECT_PROMPTS)}, got {mode!r}")
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError(f"negator 'llm': concurrency and batch_size must be >= 1, got {concurrency}, {batch_size}")
         self.mode, self.temperature, self.top_p = mode, temperature, top_p
         self.max_new_tokens, self.batch_size, self.retries, self.timeout = max_new_tokens, batch_size, retries, timeout
-        self.seed, self.device = seed, device
+        self.retry_seconds, self.seed = retry_seconds, seed
         self.url, self.api_model, self.api_key = url, api_model, api_key
+        self.concurrency = concurrency if url is not None else None  # None: generate() batches chunks instead
+        self._lock = threading.Lock()  # stats are updated from the request threads
+        self._answered = False  # a connection error is transient only once the server has answered
+        self._cancelled = threading.Event()
         if model is not None:
-            self._load_local(model)
+            self._load_local(model, device, dtype)
+
+    def cancel(self) -> None:
+        """Stop waiting: requests in backoff give up at once (the generate loop calls this when it stops)."""
+        self._cancelled.set()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
 
     # ------------------------------------------------------------------------------------------ pipeline steps
 
@@ -113,10 +157,10 @@ class LlmNegator(Negator):
         for item, answer in zip(items, answers):
             obj = parse_object(answer, item.caption, item.objects or ())
             if obj is None:
-                self.stats["fallback_object"] += 1
+                self._count("fallback_object")
                 out.append(absence_candidates(item, vocabulary, rng))
             else:
-                self.stats["llm_object"] += 1
+                self._count("llm_object")
                 out.append([obj])
         return out
 
@@ -134,13 +178,13 @@ class LlmNegator(Negator):
         for item, obj, answer in zip(items, objects, self.chat(conversations)):
             text = parse_caption(answer, obj, item.caption, kind, self.context_length)
             if text is None:
-                self.stats["fallback_caption"] += 1
+                self._count("fallback_caption")
                 if kind == "absence":
                     text = hybrid(item.caption, obj, rng, self.context_length)
                 else:
                     text = presence(item.caption, obj, item.objects or (), rng, self.context_length)
             else:
-                self.stats["llm_caption"] += 1
+                self._count("llm_caption")
             out.append(text)
         return out
 
@@ -154,7 +198,9 @@ class LlmNegator(Negator):
         """One answer per conversation (system prompt added here)."""
         conversations = [[{"role": "system", "content": SYSTEM}, *c] for c in conversations]
         if self.url is not None:
-            with ThreadPoolExecutor(max_workers=max(1, self.batch_size)) as pool:
+            if len(conversations) == 1:  # the generate loop's one-caption tasks
+                return [self._post(conversations[0])]
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations) or 1)) as pool:
                 return list(pool.map(self._post, conversations))
         answers = []
         for start in range(0, len(conversations), self.batch_size):
@@ -173,37 +219,61 @@ class LlmNegator(Negator):
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(2.0, 0.1 * 2**attempt))
+        started, attempts, hard_failures = time.monotonic(), 0, 0
+        jitter = random.Random()  # spreads the retries of many waiting requests (timing only, not the output)
+        while True:
+            attempts += 1
             request = urllib.request.Request(self._endpoint(), data=body, headers=headers, method="POST")
+            wait = None
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     payload = json.loads(response.read().decode("utf-8"))
                 content = payload["choices"][0]["message"]["content"]
                 if not isinstance(content, str):
                     raise TypeError(f"message content is {type(content).__name__}")
+                self._answered = True
                 return content
             except urllib.error.HTTPError as e:
-                problem = f"HTTP {e.code} {e.reason}"
-                if 400 <= e.code < 500 and e.code not in (408, 429):
-                    break  # the request itself is wrong: retrying will not help
+                problem, transient = f"HTTP {e.code} {e.reason}", e.code in (408, 429) or e.code >= 500
+                wait = retry_after_seconds(e.headers.get("Retry-After"))
+                if 400 <= e.code < 500 and not transient:  # the request itself is wrong: retrying will not help
+                    self._count("server_failures")
+                    raise LlmError(f"LLM server {self._endpoint()}: {problem} (request refused)") from None
             except (urllib.error.URLError, OSError) as e:
-                problem = f"cannot connect ({getattr(e, 'reason', e)})"
+                problem, transient = f"cannot connect ({getattr(e, 'reason', e)})", self._answered
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
-                problem = f"not an OpenAI chat completion response ({type(e).__name__}: {e})"
-        self.stats["server_failures"] += 1
-        raise LlmError(f"LLM server {self._endpoint()}: {problem} after {self.retries + 1} attempt(s)")
+                problem, transient = f"not an OpenAI chat completion response ({type(e).__name__}: {e})", False
+            backoff = min(30.0, 0.2 * 2 ** min(attempts, 8)) * (0.5 + jitter.random())
+            wait = backoff if wait is None else max(wait, 0.05)
+            elapsed = time.monotonic() - started
+            if not transient:
+                hard_failures += 1
+                if hard_failures > self.retries:
+                    self._count("server_failures")
+                    raise LlmError(f"LLM server {self._endpoint()}: {problem} after {attempts} attempt(s)")
+                wait = min(wait, 2.0)
+            elif elapsed + wait > self.retry_seconds:
+                self._count("server_gave_up")
+                raise LlmUnavailable(
+                    f"LLM server {self._endpoint()}: {problem}; gave up after {attempts} attempt(s) in {elapsed:.1f} s"
+                )
+            self._count("server_retries")
+            if self._cancelled.wait(wait):
+                raise LlmError(f"LLM server {self._endpoint()}: cancelled while retrying ({problem})")
 
-    def _load_local(self, model: str) -> None:
+    def _load_local(self, model: str, device: str | None, dtype: str | None) -> None:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"negator 'llm': dtype must be a torch dtype name such as bfloat16, got {dtype!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"  # batched generation continues every prompt at the same position
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(self.device).eval()
 
     def _prompt_text(self, messages: list[dict]) -> str:
         if getattr(self.tokenizer, "chat_template", None):

@@ -385,8 +385,12 @@ def merge_shards(shards: Sequence[str | os.PathLike], out: str | os.PathLike, ov
     if indices != list(range(count)):
         missing = sorted(set(range(count)) - set(indices))
         repeated = sorted({i for i in indices if indices.count(i) > 1})
-        problem = f"missing shard(s) {missing}" if missing else f"shard(s) {repeated} given more than once"
-        raise DataError(f"cannot merge {len(described)} file(s) into {count} shards: {problem}")
+        problems = []
+        if missing:
+            problems.append(f"missing shard(s) {missing}")
+        if repeated:
+            problems.append(f"shard(s) {repeated} given more than once")
+        raise DataError(f"cannot merge {len(described)} file(s) into {count} shards: {'; '.join(problems)}")
     described.sort(key=lambda d: d[0])
     paths = [d[3] for d in described]
     if out.suffix.lower() == ".json":

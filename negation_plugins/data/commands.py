@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -27,8 +28,6 @@ def _options(pairs: tuple[str, ...], flag: str) -> dict:
 
 def _build(what: str, plugin_class, options: dict):
     """Instantiate a plugin with its options; a wrong option name is a one-line error naming the plugin."""
-    import inspect
-
     accepted = inspect.signature(plugin_class).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(options) - set(accepted))
@@ -156,7 +155,10 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
         verifier_obj = None
         if verifier_name != "none":
             verifier_class = plugins.get_one("verifiers", verifier_name)
-            verifier_obj = _build("verifier", verifier_class, {"images": images, **verifier_options})
+            defaults = {"images": images}
+            if "cache" in inspect.signature(verifier_class).parameters:  # reruns and resumes ask nothing twice
+                defaults["cache"] = f"{out}.verdicts.sqlite"
+            verifier_obj = _build("verifier", verifier_class, {**defaults, **verifier_options})
         elif verifier_options:
             raise click.UsageError("--verifier-option given but no verifier is used (pass --verifier NAME)")
         summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,

@@ -45,9 +45,26 @@ class ChatServer(ThreadingHTTPServer):
         self.server_close()
 
 
+def serve(ports, **settings):
+    """Run a server in this (child) process until it is killed; its port goes into the ``ports`` queue."""
+    with ChatServer(**settings) as server:
+        ports.put(server.server_address[1])
+        threading.Event().wait()
+
+
 class ChatHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        """``/stats``: the counters, for a client in another process."""
+        server = self.server
+        with server.lock:
+            stats = {"requests": len(server.requests), "refused": server.refused, "max_in_flight": server.max_in_flight}
+        self._send(json.dumps(stats).encode())
 
     def do_POST(self):
         server = self.server
@@ -60,19 +77,18 @@ class ChatHandler(BaseHTTPRequestHandler):
             server.refused += down
             if not down:
                 server.requests.append((self.path, body))
-        try:
-            if down:
-                return self._send(b'{"error": "loading"}', 503, {"Retry-After": server.retry_after})
+        if not down:
             time.sleep(server.latency)
-            if server.behaviour == "broken":
-                return self._send(b"<html>upstream error</html>")
-            reply = {"id": "x", "object": "chat.completion", "model": body["model"],
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": self._answer(body)},
-                                  "finish_reason": "stop"}]}  # fmt: skip
-            self._send(json.dumps(reply).encode())
-        finally:
-            with server.lock:
-                server.in_flight -= 1
+        with server.lock:
+            server.in_flight -= 1
+        if down:
+            return self._send(b'{"error": "loading"}', 503, {"Retry-After": server.retry_after})
+        if server.behaviour == "broken":
+            return self._send(b"<html>upstream error</html>")
+        reply = {"id": "x", "object": "chat.completion", "model": body["model"],
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": self._answer(body)},
+                              "finish_reason": "stop"}]}  # fmt: skip
+        self._send(json.dumps(reply).encode())
 
     def _answer(self, body):
         prompt = body["messages"][-1]["content"]

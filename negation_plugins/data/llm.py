@@ -18,13 +18,13 @@ the caller to fall back for that item. A server that never answered or does not 
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -115,7 +115,7 @@ class LlmNegator(Negator):
 
     def __init__(self, model: str | None = None, url: str | None = None, api_model: str = "default",
                  api_key: str | None = None, mode: str = "contextual", temperature: float = 0.6, top_p: float = 0.9,
-                 max_new_tokens: int = 48, batch_size: int = 8, concurrency: int = 64, retries: int = 3,
+                 max_new_tokens: int = 48, batch_size: int = 8, concurrency: int = 128, retries: int = 3,
                  retry_seconds: float = 300.0, timeout: float = 60.0, seed: int = 0, device: str | None = None,
                  dtype: str | None = None, context_length: int = CONTEXT_LENGTH):  # fmt: skip
         """``batch_size``: prompts per generate() call of a local model. ``concurrency``: requests in flight to a
@@ -137,6 +137,7 @@ class LlmNegator(Negator):
         self._lock = threading.Lock()  # stats are updated from the request threads
         self._answered = False  # a connection error is transient only once the server has answered
         self._cancelled = threading.Event()
+        self._local = threading.local()  # each request thread keeps its own connection alive
         if model is not None:
             self._load_local(model, device, dtype)
 
@@ -223,24 +224,23 @@ class LlmNegator(Negator):
         jitter = random.Random()  # spreads the retries of many waiting requests (timing only, not the output)
         while True:
             attempts += 1
-            request = urllib.request.Request(self._endpoint(), data=body, headers=headers, method="POST")
             wait = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-                content = payload["choices"][0]["message"]["content"]
-                if not isinstance(content, str):
-                    raise TypeError(f"message content is {type(content).__name__}")
-                self._answered = True
-                return content
-            except urllib.error.HTTPError as e:
-                problem, transient = f"HTTP {e.code} {e.reason}", e.code in (408, 429) or e.code >= 500
-                wait = retry_after_seconds(e.headers.get("Retry-After"))
-                if 400 <= e.code < 500 and not transient:  # the request itself is wrong: retrying will not help
-                    self._count("server_failures")
-                    raise LlmError(f"LLM server {self._endpoint()}: {problem} (request refused)") from None
-            except (urllib.error.URLError, OSError) as e:
-                problem, transient = f"cannot connect ({getattr(e, 'reason', e)})", self._answered
+                status, reason, response_headers, data = self._exchange(body, headers)
+                if status >= 400:
+                    problem, transient = f"HTTP {status} {reason}", status in (408, 429) or status >= 500
+                    wait = retry_after_seconds(response_headers.get("Retry-After"))
+                    if not transient:  # the request itself is wrong: retrying will not help
+                        self._count("server_failures")
+                        raise LlmError(f"LLM server {self._endpoint()}: {problem} (request refused)")
+                else:
+                    content = json.loads(data.decode("utf-8"))["choices"][0]["message"]["content"]
+                    if not isinstance(content, str):
+                        raise TypeError(f"message content is {type(content).__name__}")
+                    self._answered = True
+                    return content
+            except (http.client.HTTPException, OSError) as e:
+                problem, transient = f"cannot connect ({e or type(e).__name__})", self._answered
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
                 problem, transient = f"not an OpenAI chat completion response ({type(e).__name__}: {e})", False
             backoff = min(30.0, 0.2 * 2 ** min(attempts, 8)) * (0.5 + jitter.random())
@@ -260,6 +260,31 @@ class LlmNegator(Negator):
             self._count("server_retries")
             if self._cancelled.wait(wait):
                 raise LlmError(f"LLM server {self._endpoint()}: cancelled while retrying ({problem})")
+
+    def _exchange(self, body: bytes, headers: dict) -> tuple[int, str, object, bytes]:
+        """One POST on this thread's keep-alive connection (reopened once when the server closed it meanwhile)."""
+        url = urllib.parse.urlsplit(self._endpoint())
+        target = url.path + (f"?{url.query}" if url.query else "")
+        while True:
+            connection = getattr(self._local, "connection", None)
+            reused = connection is not None
+            if connection is None:
+                kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+                connection = self._local.connection = kind(url.hostname, url.port, timeout=self.timeout)
+            try:
+                connection.request("POST", target, body, headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (http.client.HTTPException, OSError):
+                connection.close()
+                self._local.connection = None
+                if reused:
+                    continue
+                raise
+            if response.will_close:
+                connection.close()
+                self._local.connection = None
+            return response.status, response.reason, response.headers, data
 
     def _load_local(self, model: str, device: str | None, dtype: str | None) -> None:
         import torch

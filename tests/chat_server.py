@@ -20,11 +20,11 @@ class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512  # many clients connect at once
 
-    def __init__(self, behaviour="good", latency=0.0, outage=0.0, retry_after="1"):
-        super().__init__(("127.0.0.1", 0), ChatHandler)
+    def __init__(self, behaviour="good", latency=0.0, outage=0.0, retry_after="1", port=0):
+        super().__init__(("127.0.0.1", port), ChatHandler)
         self.behaviour, self.latency, self.outage, self.retry_after = behaviour, latency, outage, retry_after
         self.requests, self.refused, self.in_flight, self.max_in_flight = [], 0, 0, 0
-        self.first_request = None
+        self.first_request, self.closed = None, False
         self.lock = threading.Lock()
 
     @property
@@ -43,6 +43,7 @@ class ChatServer(ThreadingHTTPServer):
     def __exit__(self, *exc):
         self.shutdown()
         self.server_close()
+        self.closed = True  # handlers of kept-alive connections hang up instead of answering
 
 
 def serve(ports, **settings):
@@ -68,6 +69,9 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         server = self.server
+        if server.closed:  # a stopped server: the client sees the connection drop
+            self.close_connection = True
+            return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with server.lock:
             server.in_flight += 1
@@ -108,5 +112,6 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+
         self.end_headers()
         self.wfile.write(data)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -253,3 +254,51 @@ def test_llm_shards_merged_equal_the_unsharded_run(tmp_path):
     result = CliRunner().invoke(cli, ["generate", "merge", *map(str, parts), "--out", str(tmp_path / "merged.jsonl")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "all.jsonl").read_bytes()
+
+
+def test_caption_tasks_share_the_verifier_in_batches(tmp_path):
+    from negation_plugins.data.generate import generate
+    from negation_plugins.data.io import read_captions
+    from negation_plugins.data.verifiers import AnnotationVerifier
+
+    class SlowRecordingVerifier(AnnotationVerifier):
+        """Ground truth that takes 50 ms per call (like a GPU batch) and records its batch sizes."""
+
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def _absent(self, items, objects):
+            self.sizes.append(len(items))
+            time.sleep(0.05)
+            return super()._absent(items, objects)
+
+    caption_set = read_captions(*_captions(tmp_path, 32))
+    verifiers = {}
+    with ChatServer(latency=0.1) as server:
+        for concurrency in (32, 1):
+            verifiers[concurrency] = SlowRecordingVerifier()
+            generate(caption_set, tmp_path / f"c{concurrency}.jsonl", LlmNegator(url=server.url, concurrency=concurrency),
+                     verifiers[concurrency], vocabulary=["dog", "couch", "cat"], progress=False)  # fmt: skip
+            server.latency = 0.0
+    assert sum(verifiers[32].sizes) == sum(verifiers[1].sizes) == 32
+    assert max(verifiers[32].sizes) >= 8 and set(verifiers[1].sizes) == {1}
+    assert (tmp_path / "c32.jsonl").read_bytes() == (tmp_path / "c1.jsonl").read_bytes()
+
+
+def test_server_restart_after_it_answered_is_waited_out():
+    user = [{"role": "user", "content": "Name ONE random everyday physical object."}]
+    with ChatServer() as first:
+        negator = LlmNegator(url=first.url, retry_seconds=30)
+        assert negator.chat([user]) == ["An umbrella."]
+        port = first.server_address[1]
+    restarted = []
+
+    def restart_later():  # until then nothing listens on the port: connections are refused
+        time.sleep(1.0)
+        restarted.append(ChatServer(port=port).__enter__())
+
+    threading.Thread(target=restart_later, daemon=True).start()
+    assert negator.chat([user]) == ["An umbrella."]
+    restarted[0].__exit__()
+    assert negator.stats["server_retries"] >= 1 and len(restarted[0].requests) == 1

@@ -152,15 +152,42 @@ class _WithFallback:
             return getattr(self.template, method)(*args)
 
 
-class _LockedVerifier:
-    """One caller at a time (the caption tasks share the verifier's model)."""
+class _SharedVerifier:
+    """The caption tasks' way to the verifier: whoever finds it idle asks for everything queued so far in one
+    batch (so a GPU verifier sees batches while the tasks wait on the server), the others wait for their verdicts."""
 
     def __init__(self, verifier: Verifier):
-        self.name, self.verifier, self.lock = verifier.name, verifier, threading.Lock()
+        self.name, self.verifier = verifier.name, verifier
+        self.turn = threading.Condition()
+        self.queue: list[list] = []  # [item, object, verdict or None, error or None]
+        self.busy = False
 
     def absent(self, items, objects):
-        with self.lock:
-            return self.verifier.absent(items, objects)
+        mine = [[item, obj, None, None] for item, obj in zip(items, objects)]
+        with self.turn:
+            self.queue += mine
+            while any(entry[2] is None and entry[3] is None for entry in mine):
+                if self.busy:
+                    self.turn.wait()
+                    continue
+                batch, self.queue, self.busy = self.queue, [], True
+                self.turn.release()
+                try:
+                    verdicts = self.verifier.absent([e[0] for e in batch], [e[1] for e in batch])
+                except BaseException as error:
+                    verdicts = [None] * len(batch)
+                    for entry in batch:
+                        entry[3] = error
+                finally:
+                    self.turn.acquire()
+                    self.busy = False
+                    self.turn.notify_all()
+                for entry, verdict in zip(batch, verdicts):
+                    entry[2] = verdict
+        for entry in mine:
+            if entry[3] is not None:
+                raise entry[3]
+        return [entry[2] for entry in mine]
 
 
 Chunk = tuple[int, list[NegationRecord], list[dict], Counter]
@@ -185,7 +212,7 @@ def _one_caption(index, item, vocabulary, negator, template, verifier, kinds, se
 def _concurrent_chunks(items, chunks: range, chunk_size, vocabulary, negator, verifier, kinds, seed) -> Iterator[Chunk]:
     """Chunks in order, computed by ``negator.concurrency`` caption tasks that run ahead across chunk boundaries."""
     template = TemplateNegator(context_length=negator.context_length)
-    verifier = _LockedVerifier(verifier) if verifier is not None else None
+    verifier = _SharedVerifier(verifier) if verifier is not None else None
     todo = iter(range(chunks.start * chunk_size, min(len(items), chunks.stop * chunk_size)))
     window = max(chunk_size, 4 * negator.concurrency)  # submitted but not yet written
     pending: deque = deque()

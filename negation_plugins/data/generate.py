@@ -53,8 +53,15 @@ def _sidecar(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
 
 
+# Options that say where and how fast a run goes, not what it writes: a resume or a shard may change them.
+PLACEMENT_OPTIONS = frozenset({"device", "workers", "cache", "concurrency", "retries", "retry_seconds", "timeout",
+                               "api_key"})  # fmt: skip
+
+
 def _fingerprint(caption_set: CaptionSet, settings: dict) -> str:
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    options = {part: {k: v for k, v in values.items() if k not in PLACEMENT_OPTIONS}
+               for part, values in settings["options"].items()}  # fmt: skip
+    digest = hashlib.sha256(json.dumps({**settings, "options": options}, sort_keys=True).encode())
     for item in caption_set.items:
         digest.update(f"{item.image}\t{item.caption}\t{item.objects}\n".encode())
     return digest.hexdigest()
@@ -255,7 +262,8 @@ def generate(
 ) -> dict:
     """Write negation records for every caption (of one shard) to ``out``; resumes a killed run. Returns the summary.
 
-    ``options`` (the negator's/verifier's settings) join the fingerprint that a resumed run must match.
+    ``options`` (the negator's/verifier's settings, but not :data:`PLACEMENT_OPTIONS`) join the fingerprint that
+    a resumed run and the other shards must match.
     """
     out = Path(out)
     bad = [k for k in kinds if k not in KINDS]

@@ -161,8 +161,9 @@ def test_option_errors_are_one_line_and_name_the_plugin(world_coco, tmp_path):
         ),
         (["--negator-option", "x"], "expected KEY=VALUE, got 'x'"),
         (["--kinds", "absence,maybe"], "kinds must be among absence, presence"),
-        (["--shard", "3/2"], "Invalid value for '--shard': expected I/N with 0 <= I < N (e.g. 0/4), got '3/2'"),
-        (["--shard", "x"], "Invalid value for '--shard': expected I/N with 0 <= I < N (e.g. 0/4), got 'x'"),
+        (["--shard", "3/2"], "Invalid value for '--shard': expected I/N with 0 <= I < N (e.g. 0/4) or auto, got '3/2'"),
+        (["--shard", "x"], "Invalid value for '--shard': expected I/N with 0 <= I < N (e.g. 0/4) or auto, got 'x'"),
+        (["--shard", "auto"], "Invalid value for '--shard': 'auto' needs RANK and WORLD_SIZE"),
         (["--shard", "0/2"], "a shard writes JSONL records: give --out NAME.jsonl"),
     ]
     for extra, message in cases:
@@ -178,10 +179,20 @@ def test_shards_merged_equal_the_unsharded_output_byte_for_byte(world_coco, tmp_
     assert _generate(*common, "--out", tmp_path / "all.jsonl").exit_code == 0
     assert _generate(*common, "--out", tmp_path / "all.json").exit_code == 0
     parts = [tmp_path / f"part{i}.jsonl" for i in range(2)]
-    for i, part in enumerate(parts):
-        result = _generate(*common, "--shard", f"{i}/2", "--out", part)
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.output.splitlines()[-1])["shard"] == f"{i}/2"
+    result = _generate(*common, "--shard", "0/2", "--out", parts[0])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["shard"] == "0/2"
+    # As one process of `accelerate launch` / torchrun would run it.
+    auto = ["generate", "--no-progress", *map(str, common), "--shard", "auto"]
+    result = CliRunner().invoke(
+        cli, [*auto, "--out", str(tmp_path / "part.jsonl")], env={"RANK": "1", "WORLD_SIZE": "2"}
+    )
+    assert result.exit_code != 0 and "Invalid value for '--out': with --shard auto, put {shard} in" in result.output
+    result = CliRunner().invoke(
+        cli, [*auto, "--out", str(tmp_path / "part{shard}.jsonl")], env={"RANK": "1", "WORLD_SIZE": "2"}
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["shard"] == "1/2"
     assert 0 < parts[0].stat().st_size < (tmp_path / "all.jsonl").stat().st_size
     merge = ["generate", "merge", *map(str, reversed(parts))]  # any order
     result = CliRunner().invoke(cli, [*merge, "--out", str(tmp_path / "merged.jsonl")])

@@ -128,6 +128,12 @@ def test_tiny_local_causal_lm_batched_with_chat_template(tmp_path):
         [{"role": "user", "content": "a much longer prompt " * 5}],
     ]
     assert negator.chat(conversations) == [negator.chat([c])[0] for c in conversations]
+    expected = ("cuda:0", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    assert (negator.device, negator.model.dtype) == expected  # picked automatically
+    half = LlmNegator(model=str(tmp_path / "lm"), batch_size=2, max_new_tokens=3, device="cpu", dtype="bfloat16")
+    assert half.model.dtype == torch.bfloat16 and len(half.chat(conversations)) == 2
+    with pytest.raises(ValueError, match="negator 'llm': dtype must be a torch dtype name"):
+        LlmNegator(model=str(tmp_path / "lm"), dtype="half-ish")
     with pytest.raises(ValueError, match="exactly one of model="):
         LlmNegator()
     with pytest.raises(LlmError, match="cannot connect"):

@@ -221,7 +221,7 @@ def test_model_verifiers_pick_device_and_dtype_and_decode_in_workers(tmp_path):
     images, items = _items(tmp_path, 5)
     vqa = plugins.get_one("verifiers", "vqa")
     auto = vqa(images=images, model=str(folder), batch_size=2, workers=2)
-    expected = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    expected = ("cuda:0", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
     assert (auto.device, auto.dtype, next(auto.model.parameters()).dtype) == (*expected, expected[1])
     batches = [(list(batch), len(images)) for batch, images in auto.image_batches(items)]
     assert batches == [([0, 1], 2), ([2, 3], 2), ([4], 1)]  # in order, through 2 worker processes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 from pathlib import Path
 
@@ -39,13 +40,20 @@ def _build(what: str, plugin_class, options: dict):
     return plugin_class(**options)
 
 
-def _shard(ctx, param, value):
-    """``I/N`` -> (I, N) with 0 <= I < N."""
+def _shard(value: str | None) -> tuple[int, int]:
+    """``I/N`` -> (I, N) with 0 <= I < N; ``auto``: this process's RANK/WORLD_SIZE (torchrun, accelerate launch)."""
     if value is None:
         return (0, 1)
+    if value.strip() == "auto":
+        try:
+            return _shard(f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}")
+        except KeyError:
+            raise click.BadParameter("'auto' needs RANK and WORLD_SIZE (set by torchrun / accelerate launch)",
+                                     param_hint="'--shard'") from None  # fmt: skip
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if not match or not int(match[1]) < int(match[2]):
-        raise click.BadParameter(f"expected I/N with 0 <= I < N (e.g. 0/4), got {value!r}")
+        raise click.BadParameter(f"expected I/N with 0 <= I < N (e.g. 0/4) or auto, got {value!r}",
+                                 param_hint="'--shard'")  # fmt: skip
     return int(match[1]), int(match[2])
 
 
@@ -123,9 +131,9 @@ class _GenerateGroup(click.Group):
 @click.option(
     "--shard",
     default=None,
-    metavar="I/N",
-    callback=_shard,
-    help="Process only the I-th of N shards (0-based; whole chunks); join them with `negclip generate merge`.",
+    metavar="I/N|auto",
+    help="Process only the I-th of N shards (0-based; whole chunks; auto: RANK/WORLD_SIZE of torchrun or accelerate "
+    "launch, with --out containing {shard}); join them with `negclip generate merge`.",
 )
 @click.pass_context
 def generate_command(ctx, captions, instances, images, out, negator, negator_option, verifier, verifier_option, kinds,
@@ -133,6 +141,12 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
     """Generate negated captions (absence: stays true; presence: becomes false) as JSONL records."""
     if ctx.invoked_subcommand is not None:
         return
+    shard_spec, shard, out = shard, _shard(shard), str(out)
+    if "{shard}" in out:
+        out = out.replace("{shard}", str(shard[0]))
+    elif shard_spec == "auto" and shard[1] > 1:
+        raise click.BadParameter("with --shard auto, put {shard} in the name (e.g. parts/negations-{shard}.jsonl) so "
+                                 "each process writes its own file", param_hint="'--out'")  # fmt: skip
     from .. import plugins
     from .generate import generate
     from .io import DataError, read_captions

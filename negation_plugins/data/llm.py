@@ -28,6 +28,7 @@ import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from ..devices import pick_device
 from .language import count_negations, mention_pattern, mentions, strip_caption
 from .negators import (
     CONTEXT_LENGTH,
@@ -287,18 +288,14 @@ class LlmNegator(Negator):
             return response.status, response.reason, response.headers, data
 
     def _load_local(self, model: str, device: str | None, dtype: str | None) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"negator 'llm': dtype must be a torch dtype name such as bfloat16, got {dtype!r}")
+        self.device, self.dtype = pick_device(device, dtype, "negator 'llm'")
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"  # batched generation continues every prompt at the same position
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
 
     def _prompt_text(self, messages: list[dict]) -> str:
         if getattr(self.tokenizer, "chat_template", None):

@@ -24,20 +24,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..devices import pick_device
 from ..hookspecs import hookimpl
 from .io import CaptionItem, DataError
 from .language import with_article
-
-
-def pick_device(device: str | None, dtype: str | None, what: str):
-    """``(device, torch dtype)``: CUDA and bfloat16 when present, else CPU and float32, unless given."""
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    if not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise ValueError(f"{what}: dtype must be a torch dtype name such as bfloat16 or float32, got {dtype!r}")
-    return device, getattr(torch, dtype)
 
 
 class VerdictCache:

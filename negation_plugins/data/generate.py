@@ -361,7 +361,7 @@ def generate(
         "out": str(out),
         "captions": stop - first,
         "skipped_bad_images": caption_set.skipped_bad_images,
-        "resumed_from_chunk": resumed_from,
+        "resumed_from_chunk": resumed_from - chunks.start,  # chunks of this shard done by an earlier run
         "seconds": round(seconds, 3),
         "captions_per_second": round((stop - first) / seconds, 1),
         **final_stats,

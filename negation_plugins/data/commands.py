@@ -58,16 +58,15 @@ def _shard(value: str | None) -> tuple[int, int]:
 
 
 def _summary_lines(summary: dict) -> None:
-    click.echo(
+    line = (
         f"wrote {summary['out']}: {summary.get('absence', 0)} absence + {summary.get('presence', 0)} presence records "
         f"from {summary['captions']} captions in {summary['seconds']} s"
-        + (f" ({summary['captions_per_second']} captions/s)" if "captions_per_second" in summary else "")
-        + (
-            f"; {summary['fallbacks']} step(s) fell back to templates, listed in {summary['fallbacks_file']}"
-            if summary.get("fallbacks")
-            else ""
-        )  # fmt: skip
     )
+    if "captions_per_second" in summary:
+        line += f" ({summary['captions_per_second']} captions/s)"
+    if summary.get("fallbacks"):
+        line += f"; {summary['fallbacks']} step(s) fell back to templates, listed in {summary['fallbacks_file']}"
+    click.echo(line)
     click.echo(json.dumps(summary, sort_keys=True))
 
 

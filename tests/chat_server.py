@@ -1,7 +1,7 @@
 """A loopback OpenAI-compatible chat server (POST /v1/chat/completions, as vLLM serves it) for tests and benchmarks.
 
 ``behaviour``: 'good' (a rule-following 'model'), 'garbage' (chatty answers that do not follow instructions),
-'broken' (HTTP 200 with a non-JSON body). ``latency``: seconds each answer takes. ``outage``: seconds, counted
+'broken' (HTTP 200 with a non-JSON body). A prompt with the word 'enormous' gets HTTP 400 (too long). ``latency``: seconds each answer takes. ``outage``: seconds, counted
 from the first request, during which every request gets ``503`` with ``Retry-After`` (``math.inf``: it never
 recovers). The server counts requests, refusals and the most requests it held at once (``max_in_flight``).
 """
@@ -89,6 +89,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send(b'{"error": "loading"}', 503, {"Retry-After": server.retry_after})
         if server.behaviour == "broken":
             return self._send(b"<html>upstream error</html>")
+        if "enormous" in body["messages"][-1]["content"]:  # as a prompt over the model's context length
+            return self._send(b'{"error": "maximum context length exceeded"}', 400)
         reply = {"id": "x", "object": "chat.completion", "model": body["model"],
                  "choices": [{"index": 0, "message": {"role": "assistant", "content": self._answer(body)},
                               "finish_reason": "stop"}]}  # fmt: skip

@@ -310,3 +310,15 @@ def test_server_restart_after_it_answered_is_waited_out():
     assert negator.chat([user]) == ["An umbrella."]
     restarted[0].__exit__()
     assert negator.stats["server_retries"] >= 1 and len(restarted[0].requests) == 1
+
+
+def test_one_refused_request_falls_back_for_that_caption_only(tmp_path):
+    annotations = [{"id": 100 + i, "image_id": 1, "caption": c}
+                   for i, c in enumerate(["a dog on a couch.", "a dog on a couch again.", "an enormous dog."])]  # fmt: skip
+    inputs = _coco(tmp_path, annotations=annotations)
+    with ChatServer() as server:
+        summary = _generate_llm(inputs, server.url, tmp_path / "out.jsonl", "concurrency=1")
+    listed = [json.loads(line) for line in Path(summary["fallbacks_file"]).read_text().splitlines()]
+    assert [(x["index"], x["step"]) for x in listed] == [(2, "object"), (2, "absence"), (2, "presence")]
+    assert all("HTTP 400" in x["error"] and "request refused" in x["error"] for x in listed)
+    assert summary["absence"] == summary["presence"] == 3 and summary["negator_llm_caption"] == 4

@@ -10,8 +10,9 @@ and is counted in ``stats`` (``fallback_object``/``fallback_caption``).
 
 Against a server, ``negclip generate`` runs one task per caption with ``concurrency`` requests in flight. Transient
 failures (HTTP 408/429/5xx, and lost connections once the server has answered) are retried with jittered
-exponential backoff that honours ``Retry-After`` for up to ``retry_seconds``; then :class:`LlmUnavailable` tells
-the caller to fall back for that item. A server that never answered or does not speak the protocol is a clear
+exponential backoff that honours ``Retry-After`` for up to ``retry_seconds``; then (or at once when the server
+refuses one request, e.g. a prompt too long, after answering others) :class:`LlmUnavailable` tells the caller to
+fall back for that item. A server that never answered or does not speak the protocol is a clear
 :class:`LlmError` after ``retries`` attempts. A local transformers model generates in batches (bf16 on CUDA).
 """
 
@@ -66,7 +67,8 @@ class LlmError(RuntimeError):
 
 
 class LlmUnavailable(LlmError):
-    """The server kept failing transiently for ``retry_seconds``: the caller falls back for this item."""
+    """The server kept failing transiently for ``retry_seconds``, or refused this one request (HTTP 4xx) after
+    answering others: the caller falls back for this item."""
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -233,7 +235,8 @@ class LlmNegator(Negator):
                     wait = retry_after_seconds(response_headers.get("Retry-After"))
                     if not transient:  # the request itself is wrong: retrying will not help
                         self._count("server_failures")
-                        raise LlmError(f"LLM server {self._endpoint()}: {problem} (request refused)")
+                        refused = LlmUnavailable if self._answered else LlmError  # this item, or every request
+                        raise refused(f"LLM server {self._endpoint()}: {problem} (request refused)")
                 else:
                     content = json.loads(data.decode("utf-8"))["choices"][0]["message"]["content"]
                     if not isinstance(content, str):

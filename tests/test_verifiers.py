@@ -190,7 +190,7 @@ def test_verdict_cache_answers_reruns_without_asking(tmp_path):
     other.absent(items[:1], objects[:1])
     assert other.stats["cached"] == 0  # another question is another verifier
     (tmp_path / "bad.sqlite").write_text("not a database at all, certainly not sqlite" * 10)
-    with pytest.raises(DataError, match="bad.sqlite: not a verdict cache"):
+    with pytest.raises(DataError, match="bad.sqlite: cannot use it as the verdict cache"):
         vqa(images=images, model=str(folder), cache=str(tmp_path / "bad.sqlite")).absent(items[:1], ["dog"])
 
 

@@ -46,7 +46,9 @@ class VerdictCache:
                     "PRIMARY KEY (verifier, image, object))"
                 )
         except sqlite3.DatabaseError as e:
-            raise DataError(f"{self.path}: not a verdict cache ({e}); delete it or pass another cache=") from None
+            raise DataError(
+                f"{self.path}: cannot use it as the verdict cache ({e}); delete it or pass another cache="
+            ) from None
 
     def get(self, verifier: str, keys: Sequence[tuple[str, str]]) -> list[bool | None]:
         with self.lock:

@@ -30,7 +30,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..devices import pick_device
-from .language import count_negations, mention_pattern, mentions, strip_caption
+from ..hookspecs import hookimpl
+from ..lexicon import count_negations
+from .language import mention_pattern, mentions, strip_caption
 from .negators import (
     CONTEXT_LENGTH,
     Negator,
@@ -322,3 +324,8 @@ class LlmNegator(Negator):
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         return self.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@hookimpl
+def register_negators(register):
+    register(LlmNegator)

@@ -13,12 +13,15 @@ import argparse
 import inspect
 import json
 import multiprocessing
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the loopback server lives in tests/
 
 from negation_plugins.data.generate import generate
 from negation_plugins.data.io import read_captions

@@ -1,6 +1,6 @@
 """Compare objectives and tuning modes on the synthetic world; prints the README table.
 
-    python benchmarks/compare_objectives.py --workdir /tmp/compare --steps 1000
+    python perf/compare_objectives.py --workdir /tmp/compare --steps 1000
 
 Same world, same base model (pretrained on affirmative captions, cached), same template-negation records and the
 same number of steps for every row; scores on held-out scenes: NegBench-style MCQ accuracy (overall and per type)
@@ -42,7 +42,7 @@ def prepare(workdir: Path, seed: int):
     from negation_plugins.data.io import read_coco_captions
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
-    from negation_plugins.world.pretrain import PretrainConfig, pretrain
+    from trainers.pretrain_world import PretrainConfig, pretrain
 
     world_dir = workdir / "world"
     world = (

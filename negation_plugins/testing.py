@@ -92,13 +92,10 @@ def _vae():
     )
 
 
-def tiny_sd_pipeline(cross_attention_dim: int = 64, seed: int = 0):
-    """A real StableDiffusionPipeline from configs (stock encoder random, width = cross_attention_dim)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+def _unet(cross_attention_dim: int, **sdxl_conditioning):
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -109,7 +106,17 @@ def tiny_sd_pipeline(cross_attention_dim: int = 64, seed: int = 0):
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=2,
         norm_num_groups=8,
+        **sdxl_conditioning,
     )
+
+
+def tiny_sd_pipeline(cross_attention_dim: int = 64, seed: int = 0):
+    """A real StableDiffusionPipeline from configs (stock encoder random, width = cross_attention_dim)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = _unet(cross_attention_dim)
     pipe = StableDiffusionPipeline(
         vae=_vae(),
         text_encoder=CLIPTextModel(text_config(cross_attention_dim)).eval(),
@@ -126,26 +133,13 @@ def tiny_sd_pipeline(cross_attention_dim: int = 64, seed: int = 0):
 
 def tiny_sdxl_pipeline(width_1: int = 32, width_2: int = 48, projection_dim: int = 24, seed: int = 0):
     """A real StableDiffusionXLPipeline from configs: text_encoder width_1, text_encoder_2 width_2 (+ projection)."""
-    from diffusers import (
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     time_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=width_1 + width_2,
-        attention_head_dim=2,
-        norm_num_groups=8,
+    unet = _unet(
+        width_1 + width_2,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=projection_dim + 6 * time_dim,

@@ -21,12 +21,10 @@ import torch
 
 
 def setup(workdir: Path, n_images: int, seed: int):
-    from negation_plugins import plugins
-    from negation_plugins.data.generate import generate
-    from negation_plugins.data.io import read_coco_captions
     from negation_plugins.testing import tiny_model_dir
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
+    from trainers.demo import negation_records
     from trainers.pretrain_world import PretrainConfig
 
     world_dir = workdir / "world"
@@ -40,18 +38,7 @@ def setup(workdir: Path, n_images: int, seed: int):
         tiny_model_dir(model_dir, seed, model_cfg=PretrainConfig(seed=seed).model_cfg(32))
     records = workdir / "records.jsonl"
     if not records.is_file():
-        captions = read_coco_captions(world.captions, world.instances, world.images)
-        generate(
-            captions,
-            records,
-            plugins.get_one("negators", "template")(),
-            plugins.get_one("verifiers", "annotations")(images=str(world.images)),
-            ("absence", "presence"),
-            captions.categories,
-            seed=seed,
-            overwrite=True,
-            progress=False,
-        )
+        negation_records(world, records, seed=seed, progress=False)
     return world, f"local-dir:{model_dir}", records
 
 

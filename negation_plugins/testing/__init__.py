@@ -13,7 +13,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from .factory import ClipBundle
+from ..factory import ClipBundle
 
 # A tiny open_clip CLIP: 32 wide, one vision layer (one 8x8-patch grid over 32-pixel images), two text layers.
 TINY_CFG = {
@@ -26,7 +26,7 @@ TINY_CFG = {
 def tiny_model_dir(out: str | Path, seed: int = 0, model_cfg: dict | None = None, **text_overrides) -> str:
     """A randomly initialised CLIP (``model_cfg``, default :data:`TINY_CFG` with ``text_overrides``) saved as an
     open_clip folder; returns its ``local-dir:`` spec."""
-    from .convert import save_open_clip
+    from ..convert import save_open_clip
 
     cfg = json.loads(json.dumps(model_cfg or TINY_CFG))
     cfg["text_cfg"].update(text_overrides)
@@ -40,7 +40,7 @@ def tiny_model_dir(out: str | Path, seed: int = 0, model_cfg: dict | None = None
 @functools.lru_cache(maxsize=1)
 def tokenizer():
     """The real CLIP BPE tokenizer (transformers), built once."""
-    from .tokenizer import clip_tokenizer
+    from ..tokenizer import clip_tokenizer
 
     return clip_tokenizer()
 

@@ -1,7 +1,7 @@
 """README figures for the world's base model: wall time, val retrieval R@1 (``coco-retrieval``) and MCQ accuracy per
 type.
 
-    .venv/bin/python benchmarks/bench_world_pretrain.py [--n-images 2000] [--steps 3000] [--threads 2]
+    .venv/bin/python perf/bench_world_pretrain.py [--n-images 2000] [--steps 3000] [--threads 2]
 
 Always trains from scratch (no cache) so the wall time is real.
 """
@@ -19,7 +19,7 @@ import torch
 import negation_plugins as npl
 from negation_plugins.benchmarks.mcq import run_mcq
 from negation_plugins.world import WorldConfig, make_world
-from negation_plugins.world.pretrain import PretrainConfig, pretrain
+from trainers.pretrain_world import PretrainConfig, pretrain
 
 
 def main() -> None:

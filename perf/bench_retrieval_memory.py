@@ -1,6 +1,6 @@
 """Peak memory of retrieval scoring: ``retrieval_recalls`` in blocks (the default) vs one block of every score.
 
-    .venv/bin/python benchmarks/bench_retrieval_memory.py [--images 4000] [--captions 20000] [--dim 64]
+    .venv/bin/python perf/bench_retrieval_memory.py [--images 4000] [--captions 20000] [--dim 64]
 
 Each mode runs in a fresh process on random normalized embeddings; the figure is the growth of peak resident memory
 while scoring (both directions), next to the size of the full images x captions score matrix. Prints one line per

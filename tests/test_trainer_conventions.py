@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from negation_plugins.testing import tiny_model_dir
 from tests.test_trainer_accelerate import ROOT, environment, free_port, metrics, trainer_args
-from tests.test_trainer_support import tiny_model_dir, write_records
+from tests.test_trainer_support import write_records
 from trainers.config import ConfigError, parse_config, validate
 from trainers.finetune import train
 

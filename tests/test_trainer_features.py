@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from negation_plugins.testing import tiny_model_dir
 from tests.test_trainer_accelerate import ROOT, environment, free_port, metrics, trainer_args
-from tests.test_trainer_support import tiny_model_dir, write_records
+from tests.test_trainer_support import write_records
 from trainers.config import parse_config
 from trainers.finetune import train
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.test_trainer_support import TINY_CFG
+from negation_plugins.testing import TINY_CFG
 from trainers.config import ConfigError, TrainConfig, build_config, parse_config
 from trainers.finetune import main
 from trainers.recipes import RECIPES

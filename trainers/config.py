@@ -2,7 +2,7 @@
 
 Defaults <- ``--recipe NAME`` (trainers/recipes.py) <- YAML file <- flags. Without a recipe the defaults are safe for
 a web-pretrained CLIP: the learning rate is the papers' 1e-6 for full/front tuning (1e-4 for LoRA adapters) unless
-set. ``--recipe world`` is the best configuration measured on the synthetic world (compare_objectives.py).
+set. ``--recipe world`` is the best configuration measured on the synthetic world (``perf/compare_objectives.py``).
 Everything that can be checked without training is checked in :func:`validate`, so a bad config fails in
 seconds with a message naming the bad setting.
 """
@@ -35,108 +35,113 @@ class ConfigError(ValueError):
     """A setting that cannot work; raised before any training starts."""
 
 
+def setting(default, help: str):
+    """A config field and its flag's help text: the flags are generated from the fields (:func:`build_parser`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    recipe: str | None = None
-    model: str = ""
-    train: str = ""
-    images: str = ""
-    output: str = ""
-    instances: str | None = None
-    negation: str = "records"
-    objective: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
-    tuning: str = "full"
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_targets: str = DEFAULT_LORA_TARGETS
-    freeze: str = ""
-    max_steps: int | None = None
-    epochs: float = 5.0
-    batch_size: int = 64
-    lr: float | None = None
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    seed: int = 0
-    val_fraction: float = 0.1
-    eval_every: int | None = None
-    val_max_batches: int | None = None
-    eval_mcq: str | None = None
-    eval_mcq_images: str | None = None
-    select_by: str = "val-loss"
-    patience: int | None = None
-    mixed_precision: str | None = None
-    gradient_accumulation_steps: int = 1
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    resume: str | None = None
-    gradient_checkpointing: bool = False
-    gather_negatives: bool = False
-    cache_image_features: bool = True
-    feature_store: str | None = None
-    dataloader_num_workers: int = 2
-    log_every: int = 10
-    push_to_hub: str | None = None
-    hub_private: bool = False
-    export_transformers: bool = True
-    log_with: str = "tensorboard"
-    progress: bool = True
+    recipe: str | None = setting(
+        None, "fill settings from a named preset (see `negclip recipes`); flags and --config still override it"
+    )
+    model: str = setting(
+        "", "CLIP to fine-tune: open_clip name, hf-hub:ORG/REPO, local-dir:PATH, NegationCLIP .pth, transformers folder"
+    )
+    train: str = setting(
+        "",
+        "negation records JSONL, NegationCLIP updated_caption JSON, or COCO captions JSON (with --negation on-the-fly)",
+    )
+    images: str = setting("", "folder the records' image paths are relative to")
+    output: str = setting("", "folder for the trained model, adapters, model card, logs and checkpoints")
+    instances: str | None = setting(None, "COCO instances JSON (objects per image) for --negation on-the-fly")
+    negation: str = setting(
+        "records", "records: negated captions come from --train; on-the-fly: TNG-CLIP templates inside the step"
+    )
+    objective: list[str] = setting(
+        list(DEFAULT_OBJECTIVES),
+        "NAME[:WEIGHT], repeatable (see `negclip plugins`); default: " + " + ".join(DEFAULT_OBJECTIVES),
+    )
+    tuning: str = setting(
+        "full",
+        "full (whole text tower), lora (peft adapters on the text tower), front:A-B (text layers A..B inclusive)",
+    )
+    lora_rank: int = setting(16, "LoRA rank r")
+    lora_alpha: float = setting(32.0, "LoRA alpha (scale = alpha / r)")
+    lora_targets: str = setting(
+        DEFAULT_LORA_TARGETS, "comma list of attn, mlp, or regexes over the text tower's module names"
+    )
+    freeze: str = setting("", "comma list of text-tower parameters kept frozen under full/front tuning (e.g. ln_final)")
+    max_steps: int | None = setting(None, "optimizer steps (overrides --epochs)")
+    epochs: float = setting(5.0, "passes over the training examples (fractions allowed)")
+    batch_size: int = setting(64, "examples per process per micro-batch")
+    lr: float | None = setting(
+        None, "peak learning rate (AdamW, linear warmup, cosine decay); default 1e-6 (full/front) or 1e-4 (lora)"
+    )
+    weight_decay: float = setting(0.01, "AdamW weight decay on matrices")
+    warmup_steps: int = setting(20, "linear warmup steps")
+    grad_clip: float = setting(1.0, "max gradient norm (0 disables)")
+    seed: int = setting(0, "seed for the split, batches, negation sampling and LoRA init")
+    val_fraction: float = setting(0.1, "share of images held out for validation (0 disables validation)")
+    eval_every: int | None = setting(None, "validate every N optimizer steps (default: once per epoch)")
+    val_max_batches: int | None = setting(
+        None,
+        "validation batches per evaluation, split across processes (default: eval-every // 10, at most 50: "
+        "validation stays under ~5%% of the training time)",
+    )
+    eval_mcq: str | None = setting(
+        None, "NegBench-format MCQ CSV evaluated before/after training and at each validation"
+    )
+    eval_mcq_images: str | None = setting(None, "image root of --eval-mcq (default: --images)")
+    select_by: str = setting("val-loss", "keep the best checkpoint by val-loss or by mcq accuracy")
+    patience: int | None = setting(None, "stop after this many validations without improvement")
+    mixed_precision: str | None = setting(
+        None, "no, bf16 or fp16 (fp16 needs a GPU); default: what `accelerate launch`/`accelerate config` say"
+    )
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
+    checkpointing_steps: int = setting(
+        500, "write a resumable accelerate checkpoint every N steps into OUTPUT/checkpoints (0: never)"
+    )
+    checkpoints_total_limit: int | None = setting(None, "keep only the newest N checkpoints (default: all)")
+    resume: str | None = setting(
+        None, "latest (newest checkpoint in OUTPUT/checkpoints; the default for a bare --resume) or a checkpoint PATH"
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute the text tower's activations in backward (less memory, ~30%% more compute)"
+    )
+    gather_negatives: bool = setting(
+        False,
+        "contrastive losses and TNG hard-object mining over the global batch of all processes (open_clip's "
+        "gather_with_grad) instead of each process's own; off by default",
+    )
+    cache_image_features: bool = setting(
+        True,
+        "use the image-feature store: each image embedded once by the frozen vision tower, kept on disk and "
+        "reused by later runs (default on; off: images decoded and embedded every step)",
+    )
+    feature_store: str | None = setting(
+        None,
+        "folder of the image-feature store (default: $NEGCLIP_FEATURE_STORE or ~/.cache/negation-"
+        "plugins/image-features); must be visible to every process",
+    )
+    dataloader_num_workers: int = setting(
+        2,
+        "DataLoader worker processes preparing batches (tokenizing, MCQ options, on-the-fly negation, image "
+        "decoding); 0: in the training process",
+    )
+    log_every: int = setting(
+        10, "write losses to metrics.jsonl and the trackers every N steps (one host sync per N steps)"
+    )
+    push_to_hub: str | None = setting(None, "after training, push OUTPUT to this Hub repo id")
+    hub_private: bool = setting(False, "create the Hub repo as private")
+    export_transformers: bool = setting(True, "also write transformers CLIPModel / CLIPTextModel folders")
+    log_with: str = setting("tensorboard", "accelerate tracker: tensorboard, wandb, all or none")
+    progress: bool = setting(True, "show a tqdm progress bar on the main process")
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-FLAG_HELP = {
-    "recipe": "fill settings from a named preset (see `negclip recipes`); flags and --config still override it",
-    "model": "CLIP to fine-tune: open_clip name, hf-hub:ORG/REPO, local-dir:PATH, NegationCLIP .pth, transformers folder",
-    "train": "negation records JSONL, NegationCLIP updated_caption JSON, or COCO captions JSON (with --negation on-the-fly)",
-    "images": "folder the records' image paths are relative to",
-    "output": "folder for the trained model, adapters, model card, logs and checkpoints",
-    "instances": "COCO instances JSON (objects per image) for --negation on-the-fly",
-    "negation": "records: negated captions come from --train; on-the-fly: TNG-CLIP templates inside the step",
-    "objective": "NAME[:WEIGHT], repeatable (see `negclip plugins`); default: " + " + ".join(DEFAULT_OBJECTIVES),
-    "tuning": "full (whole text tower), lora (peft adapters on the text tower), front:A-B (text layers A..B inclusive)",
-    "lora_rank": "LoRA rank r",
-    "lora_alpha": "LoRA alpha (scale = alpha / r)",
-    "lora_targets": "comma list of attn, mlp, or regexes over the text tower's module names",
-    "freeze": "comma list of text-tower parameters kept frozen under full/front tuning (e.g. ln_final)",
-    "max_steps": "optimizer steps (overrides --epochs)",
-    "epochs": "passes over the training examples (fractions allowed)",
-    "batch_size": "examples per process per micro-batch",
-    "lr": "peak learning rate (AdamW, linear warmup, cosine decay); default 1e-6 (full/front) or 1e-4 (lora)",
-    "weight_decay": "AdamW weight decay on matrices",
-    "warmup_steps": "linear warmup steps",
-    "grad_clip": "max gradient norm (0 disables)",
-    "seed": "seed for the split, batches, negation sampling and LoRA init",
-    "val_fraction": "share of images held out for validation (0 disables validation)",
-    "eval_every": "validate every N optimizer steps (default: once per epoch)",
-    "val_max_batches": "validation batches per evaluation, split across processes (default: eval-every // 10, "
-    "at most 50: validation stays under ~5%% of the training time)",
-    "eval_mcq": "NegBench-format MCQ CSV evaluated before/after training and at each validation",
-    "eval_mcq_images": "image root of --eval-mcq (default: --images)",
-    "select_by": "keep the best checkpoint by val-loss or by mcq accuracy",
-    "patience": "stop after this many validations without improvement",
-    "mixed_precision": "no, bf16 or fp16 (fp16 needs a GPU); default: what `accelerate launch`/`accelerate config` say",
-    "gradient_accumulation_steps": "micro-batches per optimizer step",
-    "checkpointing_steps": "write a resumable accelerate checkpoint every N steps into OUTPUT/checkpoints (0: never)",
-    "checkpoints_total_limit": "keep only the newest N checkpoints (default: all)",
-    "resume": "latest (newest checkpoint in OUTPUT/checkpoints; the default for a bare --resume) or a checkpoint PATH",
-    "gradient_checkpointing": "recompute the text tower's activations in backward (less memory, ~30%% more compute)",
-    "gather_negatives": "contrastive losses and TNG hard-object mining over the global batch of all processes "
-    "(open_clip's gather_with_grad) instead of each process's own; off by default",
-    "cache_image_features": "use the image-feature store: each image embedded once by the frozen vision tower, "
-    "kept on disk and reused by later runs (default on; off: images decoded and embedded every step)",
-    "feature_store": "folder of the image-feature store (default: $NEGCLIP_FEATURE_STORE or "
-    "~/.cache/negation-plugins/image-features); must be visible to every process",
-    "dataloader_num_workers": "DataLoader worker processes preparing batches (tokenizing, MCQ options, on-the-fly "
-    "negation, image decoding); 0: in the training process",
-    "log_every": "write losses to metrics.jsonl and the trackers every N steps (one host sync per N steps)",
-    "push_to_hub": "after training, push OUTPUT to this Hub repo id",
-    "hub_private": "create the Hub repo as private",
-    "export_transformers": "also write transformers CLIPModel / CLIPTextModel folders",
-    "log_with": "accelerate tracker: tensorboard, wandb, all or none",
-    "progress": "show a tqdm progress bar on the main process",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         flags = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, ())]
         flag = flags[0]
-        help_text = FLAG_HELP[f.name]
+        help_text = f.metadata["help"]
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name == "resume":

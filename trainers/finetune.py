@@ -26,6 +26,7 @@ from .batches import BatchPlan, Example, absent_object_index, load_examples, spl
 from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
 from .data import ON_THE_FLY_KEYS, EvalPlan, MicroBatches, TokenCache, batch_loader, negate_on_the_fly, on_the_fly_seed
 from .features import autocast_bf16, build_feature_table, default_root
+from .optim import adamw, warmup_cosine
 from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model
 
 logger = logging.getLogger("trainers.finetune")
@@ -34,6 +35,7 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 BEST_FILE = "best_trainable.safetensors"
 METRICS_FILE = "metrics.jsonl"
+MIN_LR_RATE = 0.1  # the cosine ends at 10% of the peak learning rate
 
 
 class TextEncoder(nn.Module):
@@ -166,25 +168,6 @@ def check_model_and_tokenizer(bundle, examples: list[Example]) -> None:
         )
     if not bundle.has_vision:
         raise ConfigError(f"--model {bundle.spec} has no vision tower; training needs image embeddings")
-
-
-def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Linear warmup then cosine decay to 10% of the peak."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -332,14 +315,17 @@ def train(config: TrainConfig) -> dict:
     images = ImageSource(clip, table, accelerator.device)
 
     encoder = TextEncoder(model)
-    optimizer = build_optimizer(encoder, config)
-    encoder, optimizer = accelerator.prepare(encoder, optimizer)
-    device = accelerator.device
+    optimizer = adamw(encoder, config.lr, config.weight_decay)
     plan = BatchPlan(len(train_set), config.batch_size, accelerator.num_processes, config.seed)
     accum = config.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(plan.micro_batches_per_epoch() / accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.micro_batches_per_epoch() / accum))
     eval_every, val_batches = eval_schedule(config, steps_per_epoch)
+    # Stepped here once per optimizer step (accelerate's prepared scheduler steps once per process per step);
+    # its state travels in STATE_FILE (plain JSON, no pickle to load on resume).
+    schedule = warmup_cosine(optimizer, config.warmup_steps, total_steps, min_lr_rate=MIN_LR_RATE)
+    encoder, optimizer = accelerator.prepare(encoder, optimizer)
+    device = accelerator.device
     state = {"model": model, "objective": objective, "bundle": bundle}
 
     def micro_batches(split_examples, split_plan, split, gather_split):
@@ -387,6 +373,7 @@ def train(config: TrainConfig) -> dict:
         accelerator.load_state(str(checkpoint))
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         step, best, bad_evals, history = saved["step"], saved["best"], saved["bad_evals"], saved["history"]
+        schedule.load_state_dict(saved["schedule"])
         results_before = saved["results_before"]
         if (checkpoint / BEST_FILE).is_file():
             from safetensors.torch import load_file
@@ -433,8 +420,6 @@ def train(config: TrainConfig) -> dict:
     stopped_early = False
     loader = iter(batch_loader(train_data, step * accum, total_steps * accum, config.dataloader_num_workers))
     while step < total_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config, total_steps)
         loss_sum, parts_sum = torch.zeros((), device=device), {}
         for micro in range(accum):
             micro_batch = step * accum + micro
@@ -457,6 +442,7 @@ def train(config: TrainConfig) -> dict:
         clamp_logit_scale(model)
         step += 1
         pending.append((step, optimizer.param_groups[0]["lr"], loss_sum, parts_sum))
+        schedule.step()
         bar.update(1)
 
         extra, results = {}, None
@@ -487,6 +473,7 @@ def train(config: TrainConfig) -> dict:
                     "bad_evals": bad_evals,
                     "history": history,
                     "results_before": results_before,
+                    "schedule": schedule.state_dict(),
                 },
                 best_state,
             )

@@ -1,7 +1,7 @@
 """GPU check (run on a GPU machine; never by CI): bf16 step time and peak memory of the trainer's text-tower step.
 
-    python benchmarks/gpu_check.py                      # ViT-B-32 and ViT-L-14, batch 128, with/without checkpointing
-    python benchmarks/gpu_check.py --device cpu --batch-size 4 --steps 2 --models ViT-B-32   # smoke run
+    python perf/gpu_check.py                      # ViT-B-32 and ViT-L-14, batch 128, with/without checkpointing
+    python perf/gpu_check.py --device cpu --batch-size 4 --steps 2 --models ViT-B-32   # smoke run
 
 Models are built from open_clip's configs with random weights (speed and memory do not depend on the values). One
 step = the trainer's step with the default objectives (negbench-mcq + clip:0.5: 5 texts per example, one text-tower
@@ -14,11 +14,8 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def step_figures(name: str, batch_size: int, checkpointing: bool, steps: int, device: torch.device) -> dict:
@@ -26,7 +23,8 @@ def step_figures(name: str, batch_size: int, checkpointing: bool, steps: int, de
 
     from negation_plugins.losses import parse_objectives
     from trainers.config import DEFAULT_OBJECTIVES, build_config
-    from trainers.finetune import TextEncoder, build_optimizer, split_text_features
+    from trainers.finetune import TextEncoder, split_text_features
+    from trainers.optim import adamw
     from trainers.tuning import apply_tuning, enable_gradient_checkpointing
 
     model = open_clip.create_model(name, pretrained=None).to(device)
@@ -34,7 +32,8 @@ def step_figures(name: str, batch_size: int, checkpointing: bool, steps: int, de
     if checkpointing:
         enable_gradient_checkpointing(model)
     encoder = TextEncoder(model)
-    optimizer = build_optimizer(encoder, build_config(tuning="full"))
+    defaults = build_config(tuning="full")
+    optimizer = adamw(encoder, defaults.lr, defaults.weight_decay)
     objective = parse_objectives(list(DEFAULT_OBJECTIVES))
     dim = model.text_projection.shape[1]
     context = model.positional_embedding.shape[0]

@@ -1,6 +1,6 @@
 """The trainer at scale, as ratios measured in one run (issue 13); prints the README's figures.
 
-    python benchmarks/bench_scale.py --workdir /tmp/negclip-bench-scale
+    python perf/bench_scale.py --workdir /tmp/negclip-bench-scale
 
 1. image features, images/s: the old path (PIL in the training thread, fp32, one rank) vs the store through a
    DataLoader with 0 and 2 workers, 1 vs 2 processes (gloo), and a second run that finds everything in the store;
@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def old_path_images_per_second(clip, preprocess, files: list[Path]) -> float:
@@ -87,12 +86,8 @@ def store_images_per_second(spec: str, images: Path, files: list[str], store: Pa
     return len(files) / result["seconds"], result
 
 
-def large_records(world, path: Path, n_examples: int) -> None:
+def large_records(base: Path, path: Path, n_examples: int) -> None:
     """n_examples distinct (image, caption) examples: the world's records, captions numbered per repeat."""
-    from tests.test_trainer_support import write_records
-
-    base = path.with_suffix(".base.jsonl")
-    write_records(world, base)
     rows = [json.loads(line) for line in base.read_text().splitlines()]
     examples = {(r["image"], r["caption"]) for r in rows}
     repeats = -(-n_examples // len(examples))
@@ -107,12 +102,12 @@ def large_records(world, path: Path, n_examples: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in out))
 
 
-def validation_share(spec: str, world, workdir: Path, n_examples: int, epochs: float) -> dict:
+def validation_share(spec: str, world, base_records: Path, workdir: Path, n_examples: int, epochs: float) -> dict:
     from trainers.config import build_config
     from trainers.finetune import train
 
     records = workdir / "records-20k.jsonl"
-    large_records(world, records, n_examples)
+    large_records(base_records, records, n_examples)
     config = build_config(
         "world",
         model=spec,
@@ -239,7 +234,7 @@ def main() -> int:
         )
 
     if "validation" not in skip:
-        share = validation_share(spec, world, workdir, args.val_examples, args.val_epochs)
+        share = validation_share(spec, world, records, workdir, args.val_examples, args.val_epochs)
         print(
             f"\n[validation] defaults (--recipe world) on {share['train_examples']} training examples of {args.val_examples}:"
         )

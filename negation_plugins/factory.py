@@ -7,7 +7,7 @@ benchmarks and integrations deal with one module layout; other formats are conve
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,14 @@ class ClipBundle:
     @property
     def context_length(self) -> int:
         return int(getattr(self.tokenizer, "context_length", 77))
+
+    def with_corrections(self, corrections) -> ClipBundle:
+        """The same model with training-free corrections (specs or objects) stacked on, labelled ``SPEC + ...``."""
+        from .corrections import parse_corrections
+
+        added = parse_corrections(corrections)
+        label = " + ".join([self.spec, *(c.describe() for c in added)])
+        return replace(self, corrections=[*self.corrections, *added], spec=label)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)

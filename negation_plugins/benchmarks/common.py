@@ -113,6 +113,8 @@ def model_fingerprint(clip: ClipBundle) -> str:
     """Content hash of the weights and tokenizer settings: equal models share cache entries, any change misses."""
     digest = hashlib.sha256()
     digest.update(f"{type(clip.tokenizer).__name__}:{clip.context_length}".encode())
+    for correction in clip.corrections:  # corrected embeddings must not share entries with plain ones
+        digest.update(correction.describe().encode())
     for name, tensor in sorted(clip.model.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())

@@ -9,7 +9,7 @@ from ..hookspecs import hookimpl
 
 
 def _split_name_and_tag(spec: str) -> tuple[str, str | None]:
-    if spec.startswith(("hf-hub:", "local-dir:")):
+    if spec.startswith("local-dir:"):
         return spec, None
     name, _, tag = spec.partition(":")
     return name, tag or None
@@ -17,10 +17,10 @@ def _split_name_and_tag(spec: str) -> tuple[str, str | None]:
 
 class OpenClipBackend(Backend):
     name = "open_clip"
-    description = "open_clip model names with pretrained tags (ViT-B-32:openai), hf-hub:org/repo, local-dir:/path"
+    description = "open_clip model names with pretrained tags (ViT-B-32:openai), local-dir:/path (hf-hub:ORG/REPO lands here)"
 
     def can_load(self, spec: str) -> bool:
-        if spec.startswith(("hf-hub:", "local-dir:")):
+        if spec.startswith("local-dir:"):
             return True
         name, _ = _split_name_and_tag(spec)
         return name in open_clip.list_models()

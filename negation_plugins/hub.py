@@ -236,7 +236,9 @@ def _download(name: HubName, filename: str, revision=None, *, missing_ok=False, 
     try:
         return hf_hub_download(name.repo_id, filename, revision=revision or name.revision)
     except GatedRepoError:
-        raise HubNameError(f"{name.name}: {name.repo_id} is gated; accept its terms on the Hub and set HF_TOKEN") from None
+        raise HubNameError(
+            f"{name.name}: {name.repo_id} is gated; accept its terms on the Hub and set HF_TOKEN"
+        ) from None
     except RepositoryNotFoundError:
         local = "is not a local path, and " if name.kind == "transformers" else ""
         raise HubNameError(

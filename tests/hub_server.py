@@ -14,6 +14,7 @@ token is refused everywhere. Requests and stored files are kept for assertions.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -266,7 +267,9 @@ class HubHandler(BaseHTTPRequestHandler):
         path = urllib.parse.unquote(path)
         if path not in files:
             # The commit header lets huggingface_hub remember the file's absence in its cache (.no_exist).
-            return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": oid})
+            return self._json(
+                404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": oid}
+            )
         data = files[path]
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -301,3 +304,23 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()
+
+
+@contextlib.contextmanager
+def download_hub(monkeypatch, hf_home, token="hf_TESTtoken0123456789abcdefSECRET"):
+    """A loopback Hub that huggingface_hub downloads from, with a fresh cache under ``hf_home``, online, no xet.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_DISABLE_XET once, at import, into its constants; this sets
+    the constants as those variables would (tests/test_compare.py also runs a process configured by the variables).
+    """
+    from huggingface_hub import constants
+
+    with HubServer(token) as server:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield server

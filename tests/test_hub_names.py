@@ -12,7 +12,7 @@ from huggingface_hub import constants
 import negation_plugins as npl
 from negation_plugins.cli import cli
 from negation_plugins.hub import HubNameError, parse_hub_name
-from tests.hub_server import HubServer
+from tests.hub_server import download_hub
 from tests.test_backends import openai_state_dict
 from tests.test_integrations_helpers import PROMPTS, open_clip_token_states, text_config, tiny_sd_pipeline
 from tests.test_integrations_sd import assert_states_equal, prompt_embeds
@@ -23,16 +23,7 @@ CAPTIONS = ["a street with no cars", "a dog, not a cat", "a red bicycle"]
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    """A loopback Hub and a fresh cache. huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_DISABLE_XET once, at
-    import, into these constants; set them as those variables would (tests/test_compare.py sets the variables)."""
-    with HubServer(TOKEN) as server:
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
+    with download_hub(monkeypatch, tmp_path / "hf_home", TOKEN) as server:
         yield server
 
 
@@ -224,7 +215,9 @@ def test_revisions_branch_tag_and_commit(hub, openai_state, reference):
         bundle = npl.load_clip(f"hf-hub:jerryray/negationclip/m.pth@{revision}")
         assert bundle.info["hub"]["commit"] == first
         assert_close(bundle.encode_text(CAPTIONS), reference.encode_text(CAPTIONS))
-    with pytest.raises(HubNameError, match=r"^hf-hub:jerryray/negationclip/m.pth@v9: jerryray/negationclip has no revision 'v9'$"):
+    with pytest.raises(
+        HubNameError, match=r"^hf-hub:jerryray/negationclip/m.pth@v9: jerryray/negationclip has no revision 'v9'$"
+    ):
         npl.load_clip("hf-hub:jerryray/negationclip/m.pth@v9")
 
 
@@ -297,7 +290,10 @@ def test_hub_names_in_convert_and_apply(hub, openai_state, reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert_close(npl.load_clip(str(tmp_path / "hf")).encode_text(CAPTIONS), reference.encode_text(CAPTIONS))
     missing = CliRunner().invoke(cli, ["convert", "nobody/nothing", str(tmp_path / "x"), "--to", "open_clip"])
-    assert missing.exit_code == 1 and "Error: nobody/nothing: is not a local path, and there is no repository" in missing.output
+    assert (
+        missing.exit_code == 1
+        and "Error: nobody/nothing: is not a local path, and there is no repository" in missing.output
+    )
     assert len(missing.output.strip().splitlines()) == 1
 
     # One apply call puts the published NegationCLIP ViT-L/14 file (64 wide here) into an SD 1.x-shaped pipeline.

@@ -17,7 +17,9 @@ def _split_name_and_tag(spec: str) -> tuple[str, str | None]:
 
 class OpenClipBackend(Backend):
     name = "open_clip"
-    description = "open_clip model names with pretrained tags (ViT-B-32:openai), local-dir:/path (hf-hub:ORG/REPO lands here)"
+    description = (
+        "open_clip model names with pretrained tags (ViT-B-32:openai), local-dir:/path (hf-hub:ORG/REPO lands here)"
+    )
 
     def can_load(self, spec: str) -> bool:
         if spec.startswith("local-dir:"):

@@ -91,6 +91,7 @@ class HubState:
         self.repos: dict[str, Repo] = {}
         self.requests: list[dict] = []  # method, path, body bytes, headers
         self.lock = threading.Lock()
+        self.unavailable = 0  # answer this many more file requests with 503, as an overloaded Hub does
 
     def publish(self, repo_id: str, files: dict[str, bytes], *, summary="upload", private=False, tag=None) -> str:
         """Commit ``files`` to ``repo_id`` (created if new) on main, optionally tagged; return the commit oid."""
@@ -124,7 +125,7 @@ class HubHandler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append(
                 {
-                    "method": method,
+                    "method": self.command,
                     "path": self.path,
                     "body": body,
                     "headers": dict(self.headers.items()),
@@ -257,6 +258,9 @@ class HubHandler(BaseHTTPRequestHandler):
         )
 
     def resolve(self, body, repo, rev, path, head=False):
+        if self.state.unavailable:
+            self.state.unavailable -= 1
+            return self._json(503, {"error": "Service Unavailable"})
         stored = self._repo(repo)
         if stored is None:
             return

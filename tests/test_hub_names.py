@@ -99,6 +99,7 @@ def test_checkpoint_file_in_a_repo(hub, openai_state, reference):
     assert_close(bundle.encode_image(pixels), reference.encode_image(pixels))
     # The HEAD/GET pair went to the resolve endpoint, anonymously (a public repo needs no token).
     assert resolve_requests(hub) == ["/jerryray/negationclip/resolve/main/negationclip_ViT-L14.pth"] * 2
+    assert [r["method"] for r in hub.state.requests if "/resolve/" in r["path"]] == ["HEAD", "GET"]
     assert all("Authorization" not in r["headers"] for r in hub.state.requests)
 
 
@@ -238,6 +239,15 @@ def test_missing_file_repo_and_malformed_names_fail_in_one_line(hub, openai_stat
     hub.state.publish("org/private", {"m.pth": torch_bytes(openai_state)}, private=True)
     with pytest.raises(HubNameError, match="no repository org/private .*or it is private"):
         npl.load_clip("hf-hub:org/private/m.pth")
+
+
+def test_unavailable_hub_is_retried(hub, openai_state, reference):
+    hub.state.publish("jerryray/negationclip", {"m.pth": torch_bytes(openai_state)})
+    hub.state.unavailable = 2
+    bundle = npl.load_clip("hf-hub:jerryray/negationclip/m.pth")
+    assert_close(bundle.encode_text(CAPTIONS), reference.encode_text(CAPTIONS))
+    calls = [r["method"] for r in hub.state.requests if "/resolve/" in r["path"]]
+    assert calls == ["HEAD", "HEAD", "HEAD", "GET"]  # two refused, retried with backoff, then the download
 
 
 def test_private_repo_with_token(hub, openai_state, reference, monkeypatch):

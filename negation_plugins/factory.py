@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import plugins
-from .hub import NAME_GRAMMAR, fetch, parse_hub_name
+from .hub import CHECKPOINT_SUFFIXES, NAME_GRAMMAR, fetch, parse_hub_name
 
 
 @dataclass
@@ -106,13 +106,12 @@ def load_clip(spec: str, *, device: str | torch.device = "cpu", backend: str | N
     """
     spec = str(spec)
     hub_name = parse_hub_name(spec)
-    local = spec
-    if hub_name is not None:
-        local, commit = fetch(hub_name)
+    if hub_name is None:
+        return _load_local(spec, device=device, backend=backend, **options)
+    local, commit = fetch(hub_name)
     bundle = _load_local(local, device=device, backend=backend, **options)
-    if hub_name is not None:
-        bundle.spec = spec
-        bundle.info["hub"] = {"repo_id": hub_name.repo_id, "path": hub_name.path, "commit": commit}
+    bundle.spec = spec
+    bundle.info["hub"] = {"repo_id": hub_name.repo_id, "path": hub_name.path, "commit": commit}
     return bundle
 
 
@@ -123,6 +122,8 @@ def _load_local(spec: str, *, device, backend: str | None, **options) -> ClipBun
     for candidate in backends.values():
         if candidate.can_load(spec):
             return candidate.load(spec, device=device, **options)
+    if spec.endswith(CHECKPOINT_SUFFIXES):
+        raise FileNotFoundError(f"{spec}: no such checkpoint file (one in a Hub repo is named hf-hub:ORG/REPO/FILE)")
     raise ValueError(
         f"no backend can load {spec!r} (registered backends: {', '.join(backends)}). Local names: an open_clip "
         "name ('ViT-B-32:openai'), 'local-dir:/path', an OpenAI-format .pth/.pt/.bin/.safetensors file, a "

@@ -290,6 +290,10 @@ def test_existing_local_folder_wins_over_hub_reading(hub, tmp_path, monkeypatch)
     assert hub.state.requests == []
     with pytest.raises(HubNameError, match="^out/missing: is not a local path, and there is no repository out/missing"):
         npl.load_clip("out/missing")
+    with pytest.raises(
+        FileNotFoundError, match=r"^out/negationclip_ViT-B32.pth: no such checkpoint file \(one in a Hub"
+    ):
+        npl.load_clip("out/negationclip_ViT-B32.pth")
 
 
 def test_hub_names_in_convert_and_apply(hub, openai_state, reference, tmp_path):

@@ -47,6 +47,9 @@ def compare_on_image(clips: dict, image, texts: list[str]) -> dict:
     """Per model: cosine between the image and each text, and the softmax over the texts (CLIP's zero-shot)."""
     import torch
 
+    text_only = [name for name, clip in clips.items() if not clip.has_vision]
+    if text_only:
+        raise ValueError(f"{', '.join(text_only)}: a text-only model (no vision tower); compare it without --image")
     rows = []
     for name, clip in clips.items():
         with torch.no_grad():
@@ -149,9 +152,9 @@ def compare_command(models, image, texts, as_json, device):
 
     texts = list(texts)
     if image is not None and len(texts) < 2:
-        raise click.UsageError("--image needs at least two --text captions to choose between")
+        raise click.ClickException("--image needs at least two --text captions to choose between")
     if image is None and len(texts) == 1:
-        raise click.UsageError("give at least two --text captions to compare (e.g. one with and one without 'no')")
+        raise click.ClickException("give at least two --text captions to compare (e.g. one with and one without 'no')")
     picture = _read_image(image) if image is not None else None
     try:
         clips = {name: load_clip(name, device=device) for name in models}
@@ -176,9 +179,9 @@ def _read_image(path: Path):
         with Image.open(path) as opened:
             return opened.convert("RGB")
     except (FileNotFoundError, IsADirectoryError):
-        raise click.UsageError(f"--image {path}: no such file") from None
+        raise click.ClickException(f"--image {path}: no such file") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise click.UsageError(f"--image {path}: not a readable image ({err})") from None
+        raise click.ClickException(f"--image {path}: not a readable image ({err})") from None
 
 
 @hookimpl

@@ -240,9 +240,8 @@ def _download(name: HubName, filename: str, revision=None, *, missing_ok=False, 
             f"{name.name}: {name.repo_id} is gated; accept its terms on the Hub and set HF_TOKEN"
         ) from None
     except RepositoryNotFoundError:
-        local = "is not a local path, and " if name.kind == "transformers" else ""
         raise HubNameError(
-            f"{name.name}: {local}there is no repository {name.repo_id} on the Hub at {constants.ENDPOINT} "
+            f"{name.name}: {_not_local(name)}there is no repository {name.repo_id} on the Hub at {constants.ENDPOINT} "
             "(or it is private and HF_TOKEN does not grant access)"
         ) from None
     except RevisionNotFoundError:
@@ -269,9 +268,14 @@ def _offline_message(name: HubName) -> str:
     from huggingface_hub import constants
 
     return (
-        f"{name.name}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
-        "load it once online (or unset HF_HUB_OFFLINE)"
+        f"{name.name}: {_not_local(name)}not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
+        "is set; load it once online (or unset HF_HUB_OFFLINE)"
     )
+
+
+def _not_local(name: HubName) -> str:
+    """An unprefixed name may be a mistyped local path: say that it was looked for there too."""
+    return "not a local path, and " if name.kind == "transformers" else ""
 
 
 def _not_open_clip_hint(name: HubName) -> str:

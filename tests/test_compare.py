@@ -96,8 +96,12 @@ def test_text_pairs_and_probe_without_image(world_model):
     assert f"{expected['cosine']['mean']:.4f}" in table.output
 
 
-def test_bad_input_fails_in_one_line(world_model, val_scene, tmp_path):
-    image, _ = val_scene
+def test_bad_input_fails_in_one_line(tmp_path):
+    from PIL import Image
+
+    model, image = tmp_path / "negationclip_ViT-B32.pth", tmp_path / "red.png"
+    torch.save(openai_state_dict(), model)
+    Image.new("RGB", (32, 32), "red").save(image)
     (tmp_path / "notes.txt").write_text("not an image")
     cases = {
         ("--image", str(tmp_path / "missing.png"), "--text", "a", "--text", "b"): "missing.png: no such file",
@@ -106,11 +110,17 @@ def test_bad_input_fails_in_one_line(world_model, val_scene, tmp_path):
         ("--text", "only one"): "give at least two --text captions",
     }
     for args, message in cases.items():
-        result = compare(world_model, *args)
-        assert result.exit_code == 2 and message in result.output, result.output
-        assert sum(line.startswith("Error:") for line in result.output.splitlines()) == 1
-    missing = compare("nobody/nothing-here", "--text", "a", "--text", "b")
-    assert missing.exit_code == 1 and missing.output.count("\n") == 1 and missing.output.startswith("Error: nobody/")
+        result = compare(str(model), *args)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    missing = compare(str(model), "nobody/nothing-here", "--text", "a", "--text", "b")
+    assert missing.exit_code == 1 and missing.output.count("\n") == 1
+    assert missing.output.startswith("Error: nobody/nothing-here: not a local path, and ")
+    text_only = tmp_path / "text_only.pth"
+    torch.save(openai_state_dict(vision=False), text_only)
+    result = compare(str(text_only), "--image", str(image), "--text", "a", "--text", "b")
+    assert result.exit_code == 1
+    assert result.output == f"Error: {text_only}: a text-only model (no vision tower); compare it without --image\n"
 
 
 OFFLINE_SCRIPT = """

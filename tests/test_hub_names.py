@@ -228,7 +228,7 @@ def test_missing_file_repo_and_malformed_names_fail_in_one_line(hub, openai_stat
         "hf-hub:jerryray/negationclip/negationclip_ViT-H14.pth": "jerryray/negationclip has no file negationclip_ViT-H14.pth",
         "hf-hub:jerryray/negationclip": "has no file open_clip_config.json: not an open_clip repo. Name one checkpoint",
         "jerryray/negationclip": "has no file config.json: not a transformers model folder",
-        "nobody/nothing": "is not a local path, and there is no repository nobody/nothing on the Hub at http://127.0.0.1",
+        "nobody/nothing": "not a local path, and there is no repository nobody/nothing on the Hub at http://127.0.0.1",
         "hf-hub:nobody/nothing/x.pth": "there is no repository nobody/nothing",
     }
     for name, message in cases.items():
@@ -276,7 +276,10 @@ def test_offline_loads_from_cache_and_fails_in_one_line_without(hub, openai_stat
         with pytest.raises(HubNameError) as error:
             npl.load_clip(name)
         message = str(error.value)
-        assert message.startswith(f"{name}: not in the Hugging Face cache (") and "HF_HUB_OFFLINE is set" in message
+        local = "not a local path, and " if not name.startswith("hf-hub:") else ""
+        assert (
+            message.startswith(f"{name}: {local}not in the Hugging Face cache (") and "HF_HUB_OFFLINE is set" in message
+        )
         assert "\n" not in message
 
 
@@ -288,7 +291,7 @@ def test_existing_local_folder_wins_over_hub_reading(hub, tmp_path, monkeypatch)
     bundle = npl.load_clip("out/te")
     assert bundle.info["backend"] == "transformers" and "hub" not in bundle.info
     assert hub.state.requests == []
-    with pytest.raises(HubNameError, match="^out/missing: is not a local path, and there is no repository out/missing"):
+    with pytest.raises(HubNameError, match="^out/missing: not a local path, and there is no repository out/missing"):
         npl.load_clip("out/missing")
     with pytest.raises(
         FileNotFoundError, match=r"^out/negationclip_ViT-B32.pth: no such checkpoint file \(one in a Hub"
@@ -306,7 +309,7 @@ def test_hub_names_in_convert_and_apply(hub, openai_state, reference, tmp_path):
     missing = CliRunner().invoke(cli, ["convert", "nobody/nothing", str(tmp_path / "x"), "--to", "open_clip"])
     assert (
         missing.exit_code == 1
-        and "Error: nobody/nothing: is not a local path, and there is no repository" in missing.output
+        and "Error: nobody/nothing: not a local path, and there is no repository" in missing.output
     )
     assert len(missing.output.strip().splitlines()) == 1
 

@@ -283,13 +283,19 @@ def test_offline_loads_from_cache_and_fails_in_one_line_without(hub, openai_stat
         assert "\n" not in message
 
 
-def test_existing_local_folder_wins_over_hub_reading(hub, tmp_path, monkeypatch):
+def test_existing_local_folder_wins_over_hub_reading(hub, reference, tmp_path, monkeypatch):
     from transformers import CLIPTextModel
+
+    from negation_plugins.convert import save_open_clip
 
     monkeypatch.chdir(tmp_path)
     CLIPTextModel(text_config(32)).save_pretrained(tmp_path / "out" / "te")
     bundle = npl.load_clip("out/te")
     assert bundle.info["backend"] == "transformers" and "hub" not in bundle.info
+    save_open_clip(reference, tmp_path / "runs" / "model")  # what the trainer's --output holds at its top level
+    bundle = npl.load_clip("runs/model")
+    assert bundle.info["backend"] == "open_clip" and bundle.spec == "runs/model"
+    assert_close(bundle.encode_text(CAPTIONS), reference.encode_text(CAPTIONS))
     assert hub.state.requests == []
     with pytest.raises(HubNameError, match="^out/missing: not a local path, and there is no repository out/missing"):
         npl.load_clip("out/missing")

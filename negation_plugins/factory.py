@@ -29,6 +29,7 @@ class ClipBundle:
     preprocess: Callable[[Any], torch.Tensor] | None
     spec: str
     info: dict = field(default_factory=dict)
+    corrections: list = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -50,14 +51,25 @@ class ClipBundle:
         return self.tokenizer(list(texts)).to(self.device)
 
     @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
-        """Embed captions (no grad, eval mode); normalized by default."""
+    def encode_text(
+        self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256, corrected: bool = True
+    ) -> torch.Tensor:
+        """Embed captions (no grad, eval mode); normalized by default; the bundle's corrections applied unless
+        ``corrected=False`` (a correction works on unit vectors; unnormalized output keeps each raw norm)."""
         self.model.eval()
         chunks = [
-            self.model.encode_text(self.tokenize(texts[i : i + batch_size]), normalize=normalize)
-            for i in range(0, len(texts), batch_size)
+            self.model.encode_text(self.tokenize(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)
         ]
-        return torch.cat(chunks) if chunks else torch.empty(0)
+        if not chunks:
+            return torch.empty(0)
+        raw = torch.cat(chunks)
+        norms = raw.norm(dim=-1, keepdim=True)
+        unit = raw / norms
+        if corrected and self.corrections:
+            from .corrections import apply_corrections
+
+            unit = apply_corrections(self.corrections, self, list(texts), unit)
+        return unit if normalize else unit * norms
 
     @torch.no_grad()
     def encode_image(
@@ -89,7 +101,9 @@ class Backend:
         raise NotImplementedError
 
 
-def load_clip(spec: str, *, device: str | torch.device = "cpu", backend: str | None = None, **options) -> ClipBundle:
+def load_clip(
+    spec: str, *, device: str | torch.device = "cpu", backend: str | None = None, correction=None, **options
+) -> ClipBundle:
     """Load any CLIP the registered backends understand, from a local path or the Hugging Face Hub.
 
     Local: open_clip names with a pretrained tag (``ViT-B-32:openai``), ``local-dir:/path`` (an open_clip
@@ -102,16 +116,23 @@ def load_clip(spec: str, *, device: str | torch.device = "cpu", backend: str | N
     repo, e.g. ``openai/clip-vit-large-patch14``), ``ORG/REPO/SUBFOLDER`` (a diffusers ``text_encoder``), each
     with an optional ``@REVISION``. The bundle keeps the name as ``spec``; ``info["hub"]`` says what was fetched.
 
-    ``backend`` forces one backend by name instead of asking each in turn.
+    ``backend`` forces one backend by name instead of asking each in turn. ``correction``: one or more
+    training-free corrections applied in :meth:`ClipBundle.encode_text` (``"span-subtraction"``,
+    ``"steering:FILE"``; see :mod:`negation_plugins.corrections`).
     """
+    from .corrections import parse_corrections
+
     spec = str(spec)
+    corrections = parse_corrections(correction)
     hub_name = parse_hub_name(spec)
     if hub_name is None:
-        return _load_local(spec, device=device, backend=backend, **options)
-    local, commit = fetch(hub_name)
-    bundle = _load_local(local, device=device, backend=backend, **options)
-    bundle.spec = spec
-    bundle.info["hub"] = {"repo_id": hub_name.repo_id, "path": hub_name.path, "commit": commit}
+        bundle = _load_local(spec, device=device, backend=backend, **options)
+    else:
+        local, commit = fetch(hub_name)
+        bundle = _load_local(local, device=device, backend=backend, **options)
+        bundle.spec = spec
+        bundle.info["hub"] = {"repo_id": hub_name.repo_id, "path": hub_name.path, "commit": commit}
+    bundle.corrections = corrections
     return bundle
 
 

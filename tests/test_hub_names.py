@@ -12,9 +12,10 @@ from huggingface_hub import constants
 import negation_plugins as npl
 from negation_plugins.cli import cli
 from negation_plugins.hub import HubNameError, parse_hub_name
+from negation_plugins.testing import text_config, tiny_sd_pipeline
 from tests.hub_server import download_hub
 from tests.test_backends import openai_state_dict
-from tests.test_integrations_helpers import PROMPTS, open_clip_token_states, text_config, tiny_sd_pipeline
+from tests.test_integrations_helpers import PROMPTS, open_clip_token_states
 from tests.test_integrations_sd import assert_states_equal, prompt_embeds
 
 TOKEN = "hf_TESTtoken0123456789abcdefSECRET"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .corrections import parse_corrections
 from .hookspecs import hookimpl
 
 
@@ -139,7 +140,15 @@ def format_probe_table(result: dict) -> str:
 @click.option("--text", "texts", multiple=True, help="A caption; repeat for each (e.g. one with and one without 'no').")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--device", default="cpu", show_default=True)
-def compare_command(models, image, texts, as_json, device):
+@click.option(
+    "--correction",
+    "corrections",
+    multiple=True,
+    metavar="SPEC",
+    help="Also show each model with this training-free correction stacked on (repeat to stack), "
+    "e.g. span-subtraction or steering:FILE.",
+)
+def compare_command(models, image, texts, as_json, device, corrections):
     """Does my model get "no"? Compare MODELS (any load_clip name, local or Hub) side by side.
 
     With --image: each model's probabilities (softmax over the --text captions) and cosines, the pick marked.
@@ -157,7 +166,14 @@ def compare_command(models, image, texts, as_json, device):
         raise click.ClickException("give at least two --text captions to compare (e.g. one with and one without 'no')")
     picture = _read_image(image) if image is not None else None
     try:
-        clips = {name: load_clip(name, device=device) for name in models}
+        parse_corrections(corrections)  # a bad spec fails before any model loads
+        clips = {}
+        for name in models:
+            clip = load_clip(name, device=device)
+            clips[name] = clip
+            if corrections:
+                corrected = clip.with_corrections(corrections)
+                clips[corrected.spec] = corrected
         if picture is not None:
             result = compare_on_image(clips, picture, texts) | {"image": str(image)}
             table = format_image_table(result, str(image))

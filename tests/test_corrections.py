@@ -204,3 +204,21 @@ def test_eval_refuses_a_bad_correction_before_loading_a_model(tmp_path):
     result = CliRunner().invoke(cli, [*args, "--correction", "steering:/no/file.safetensors"])
     assert result.exit_code == 2 and "steering file not found" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_shows_each_model_with_and_without_the_correction(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from negation_plugins.cli import cli
+    from negation_plugins.convert import save_open_clip
+
+    folder = save_open_clip(tiny_clip(), tmp_path / "tiny")
+    args = ["compare", f"local-dir:{folder}", "--text", "a street with cars", "--text", "a street without cars"]
+    result = CliRunner().invoke(cli, [*args, "--correction", "span-subtraction", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert f"local-dir:{folder} + span-subtraction:scale=1.9" in json.dumps(shown)
+    bad = CliRunner().invoke(cli, [*args, "--correction", "nope"])
+    assert bad.exit_code == 1 and "no correction named 'nope'" in bad.output

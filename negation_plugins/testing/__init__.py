@@ -156,3 +156,27 @@ def tiny_sdxl_pipeline(width_1: int = 32, width_2: int = 48, projection_dim: int
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_owlvit(intermediate_size: int = 64, seed: int = 0):
+    """A real OWL-ViT detector from configs (32 px images, 16-token queries) and its processor."""
+    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
+
+    from ..tokenizer import clip_tokenizer
+
+    torch.manual_seed(seed)
+    tower = {
+        "hidden_size": 32,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+    config = OwlViTConfig(
+        text_config={**tower, "max_position_embeddings": 16},
+        vision_config={**tower, "image_size": 32, "patch_size": 16},
+        projection_dim=32,
+    )
+    size = {"height": 32, "width": 32}
+    image_processor = OwlViTImageProcessor(size=size, crop_size=size)
+    processor = OwlViTProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(context_length=16))
+    return OwlViTForObjectDetection(config), processor

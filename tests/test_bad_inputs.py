@@ -1,0 +1,182 @@
+"""Bad inputs, tried as a new user would (issue 16): each ends in a one-line error naming the culprit, before any
+expensive work, with nothing half-written. Every case drives the real CLI; the files are written by the tests."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from click.testing import CliRunner
+
+from negation_plugins.cli import cli
+
+
+def listing(root) -> set[str]:
+    """Every path under ``root``, hidden temp files included."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def fails(args, *culprits, codes=(1, 2)):
+    """Run ``negclip ARGS``; assert the exit code (1: bad input, 2: click's usage errors), no traceback and a last
+    line ``Error: ...`` naming every culprit."""
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code in codes, result.output
+    assert "Traceback" not in result.output, result.output
+    assert lines and lines[-1].startswith("Error: "), result.output
+    for culprit in culprits:
+        assert str(culprit) in lines[-1], (culprit, lines[-1])
+    return lines[-1]
+
+
+def succeeds(args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# negclip convert
+
+
+def tiny_clip(heads=4, quick_gelu=False, width=128):
+    """An open_clip CLIP whose heads are 32 wide and whose activation is gelu: not what OpenAI used."""
+    torch.manual_seed(0)
+    return open_clip.model.CLIP(
+        embed_dim=32,
+        vision_cfg={"layers": 1, "width": width, "head_width": width // heads, "patch_size": 8, "image_size": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": width, "heads": heads, "layers": 1},
+        quick_gelu=quick_gelu,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def odd_heads_pth(tmp_path_factory):
+    model = tiny_clip()
+    path = tmp_path_factory.mktemp("odd") / "custom_clip.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_convert_says_what_it_assumed_and_takes_heads_and_activation(odd_heads_pth, tmp_path):
+    from negation_plugins import load_clip
+
+    path, model = odd_heads_pth
+    result = CliRunner().invoke(cli, ["convert", str(path), str(tmp_path / "guess"), "--to", "open_clip"])
+    assert result.exit_code == 0, result.output
+    assert "64-wide attention heads and quick_gelu are assumed" in result.output
+    assert "--text-heads" in result.output and "--activation gelu" in result.output
+
+    out = tmp_path / "right"
+    flags = ["--text-heads", "4", "--vision-heads", "4", "--activation", "gelu"]
+    result = CliRunner().invoke(cli, ["convert", str(path), str(out), "--to", "open_clip", *flags])
+    assert result.exit_code == 0 and "assumed" not in result.output, result.output
+    tokens = open_clip.tokenize(["a street with no cars", "a red cube"])
+    with torch.no_grad():
+        expected = model.encode_text(tokens, normalize=True)
+        got = load_clip(f"local-dir:{out}").model.encode_text(tokens, normalize=True)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_convert_heads_flag_on_a_non_openai_source_is_named(odd_heads_pth, tmp_path):
+    path, _ = odd_heads_pth
+    folder = tmp_path / "oc"
+    succeeds(["convert", path, folder, "--to", "open_clip", "--text-heads", "4", "--vision-heads", "4"])
+    fails(
+        ["convert", f"local-dir:{folder}", tmp_path / "x", "--to", "transformers", "--text-heads", "2"], "--text-heads"
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_convert_in_place_is_refused_before_loading(odd_heads_pth, tmp_path):
+    path, _ = odd_heads_pth
+    full = tmp_path / "full"
+    succeeds(["convert", path, full, "--to", "transformers", "--text-heads", "4", "--vision-heads", "4"])
+    before = listing(full)
+    fails(["convert", full, full, "--to", "transformers", "--kind", "text", "--overwrite"], str(full), "in place")
+    assert listing(full) == before
+    inside = tmp_path / "ckpt"
+    inside.mkdir()
+    (inside / "model.pth").write_bytes(path.read_bytes())
+    fails(["convert", inside / "model.pth", inside, "--to", "open_clip", "--overwrite"], "in place")
+    assert listing(inside) == {"model.pth"}
+
+
+def bad_output(tmp_path, problem: str):
+    """An output path that cannot be written: a file where a folder is wanted (or the reverse), a file in the
+    way of its parent folder, or a folder nobody can create files in (/proc refuses even root)."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir(exist_ok=True)
+    return {
+        "file": tmp_path / "a_file",
+        "dir": tmp_path / "a_dir",
+        "parent-is-file": tmp_path / "a_file" / "sub",
+        "unwritable": "/proc/negclip/out",
+    }[problem]
+
+
+OUTPUT_PROBLEMS = {
+    "file": "is a file",
+    "dir": "is a folder",
+    "parent-is-file": "is a file, not a folder",
+    "unwritable": "cannot create files in /proc",
+}
+
+
+@pytest.mark.parametrize("problem", ["file", "parent-is-file", "unwritable"])
+def test_convert_output_checked_before_loading(odd_heads_pth, tmp_path, problem):
+    path, _ = odd_heads_pth
+    dst, why = bad_output(tmp_path, problem), OUTPUT_PROBLEMS[problem]
+    before = listing(tmp_path)
+    fails(["convert", path, dst, "--to", "open_clip"], "DST", why)
+    assert listing(tmp_path) == before
+
+
+def test_transformers_folder_without_weights(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
+    fails(["convert", folder, tmp_path / "out", "--to", "open_clip"], str(folder), "weights")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# negclip push
+
+
+@pytest.fixture
+def full_output(tmp_path):
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "open_clip_config.json").write_text("{}")
+    (root / "open_clip_model.safetensors").write_bytes(b"")
+    (root / "README.md").write_text("# card\n")
+    return root
+
+
+def test_push_adapter_only_on_a_fully_tuned_output(full_output):
+    fails(["push", full_output, "me/repo", "--adapter-only", "--token", "t"], "--adapter-only", "no adapter files")
+
+
+def test_push_without_token(full_output, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    fails(["push", full_output, "me/repo", "--endpoint", "http://127.0.0.1:9"], "no Hub token", "--token")
+
+
+def test_push_to_a_bad_or_unreachable_endpoint(full_output, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fails(["push", full_output, "me/repo", "--endpoint", "localhost:9", "--token", "t"], "--endpoint", "http")
+    fails(
+        ["push", full_output, "me/repo", "--endpoint", "http://127.0.0.1:9", "--token", "t"],
+        "cannot reach the Hub at http://127.0.0.1:9",
+    )

@@ -4,6 +4,7 @@ expensive work, with nothing half-written. Every case drives the real CLI; the f
 from __future__ import annotations
 
 import json
+import re
 
 import open_clip
 import pytest
@@ -26,8 +27,9 @@ def fails(args, *culprits, codes=(1, 2)):
     assert result.exit_code in codes, result.output
     assert "Traceback" not in result.output, result.output
     assert lines and lines[-1].startswith("Error: "), result.output
-    for culprit in culprits:
-        assert str(culprit) in lines[-1], (culprit, lines[-1])
+    for culprit in culprits:  # a plain string, or a compiled pattern
+        found = culprit.search(lines[-1]) if isinstance(culprit, re.Pattern) else str(culprit) in lines[-1]
+        assert found, (culprit, lines[-1])
     return lines[-1]
 
 
@@ -117,9 +119,9 @@ def bad_output(tmp_path, problem: str):
     }[problem]
 
 
-OUTPUT_PROBLEMS = {
+OUTPUT_PROBLEMS = {  # click's own path checks say "directory", ours "folder"
     "file": "is a file",
-    "dir": "is a folder",
+    "dir": re.compile("is a (folder|directory)"),
     "parent-is-file": "is a file, not a folder",
     "unwritable": "cannot create files in /proc",
 }
@@ -180,3 +182,72 @@ def test_push_to_a_bad_or_unreachable_endpoint(full_output, monkeypatch):
         ["push", full_output, "me/repo", "--endpoint", "http://127.0.0.1:9", "--token", "t"],
         "cannot reach the Hub at http://127.0.0.1:9",
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# negclip generate
+
+
+@pytest.fixture
+def captions(tmp_path):
+    """Two real images and a JSONL caption table naming them."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (16, 16), colour).save(images / name)
+    table = tmp_path / "captions.jsonl"
+    rows = [{"image": "a.png", "caption": "a red cube on a table"}, {"image": "b.png", "caption": "a blue ball"}]
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return table, images
+
+
+def generate_args(captions, out, *extra):
+    table, images = captions
+    return ["generate", "--captions", table, "--images", images, "--out", out, "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_generate_chunk_size_must_be_positive(captions, tmp_path, size):
+    before = listing(tmp_path)
+    fails(generate_args(captions, tmp_path / "out.jsonl", "--chunk-size", size), "--chunk-size", size)
+    assert listing(tmp_path) == before
+
+
+def test_generate_with_nothing_to_negate_writes_nothing(captions, tmp_path):
+    vocabulary = tmp_path / "vocab.txt"
+    vocabulary.write_text("zebra\n")
+    before = listing(tmp_path)
+    args = generate_args(captions, tmp_path / "out.jsonl", "--kinds", "presence", "--vocabulary", vocabulary)
+    fails(args, "captions.jsonl", "none of the 2 captions could be negated", "presence_no_object 2")
+    assert listing(tmp_path) == before
+
+
+def test_generate_with_no_caption_left_writes_nothing(captions, tmp_path):
+    table, images = captions
+    for image in images.iterdir():
+        image.write_bytes(b"not a png")
+    before = listing(tmp_path)
+    fails(generate_args(captions, tmp_path / "out.jsonl", "--skip-bad-images"), "no captions to negate", "2 skipped")
+    assert listing(tmp_path) == before
+
+
+def test_generate_empty_vocabulary_file_is_named(captions, tmp_path):
+    vocabulary = tmp_path / "vocab.txt"
+    vocabulary.write_text("\n  \n")
+    fails(generate_args(captions, tmp_path / "out.jsonl", "--vocabulary", vocabulary), "--vocabulary", "vocab.txt")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("problem", ["dir", "parent-is-file", "unwritable"])
+def test_generate_output_checked_before_reading(captions, tmp_path, problem):
+    out, why = bad_output(tmp_path, problem), OUTPUT_PROBLEMS[problem]
+    before = listing(tmp_path)
+    fails(generate_args(captions, out), "--out", why)
+    assert listing(tmp_path) == before
+
+
+def test_generate_into_a_missing_folder_creates_it(captions, tmp_path):
+    succeeds(generate_args(captions, tmp_path / "new" / "deeper" / "out.jsonl"))
+    assert (tmp_path / "new" / "deeper" / "out.jsonl").stat().st_size > 0

@@ -132,6 +132,13 @@ def generate(
         raise ValueError(f"kinds must be among {', '.join(KINDS)}, got {list(kinds)}")
     if not vocabulary:
         raise ValueError("an object vocabulary is needed to pick objects to negate")
+    if not caption_set.items:
+        skipped = (
+            f" ({caption_set.skipped_bad_images} skipped for bad images)" if caption_set.skipped_bad_images else ""
+        )
+        raise DataError(f"{caption_set.source or 'captions'}: no captions to negate{skipped}; nothing written")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if verifier is not None:
         verifier.set_vocabulary(vocabulary)
     negator.prepare(caption_set.items, vocabulary)
@@ -167,6 +174,7 @@ def generate(
         with open(partial, "r+b") as f:
             f.truncate(state["bytes"])
     else:
+        out.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)
         partial.touch()
     stats = Counter(state["stats"])
@@ -201,6 +209,14 @@ def generate(
     finally:
         bar.close()
     final_stats = _merged_stats(stats, negator, verifier)
+    if not stats["absence"] + stats["presence"]:  # nothing to negate: say why instead of writing an empty file
+        partial.unlink(missing_ok=True)
+        progress_file.unlink(missing_ok=True)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(final_stats.items()) if v) or "no reason recorded"
+        raise DataError(
+            f"{caption_set.source or 'captions'}: none of the {len(items)} captions could be negated "
+            f"({reasons}); check --vocabulary/--kinds; nothing written to {out}"
+        )
     if out.suffix.lower() == ".json":
         records = read_negation_records(partial)
         written = write_negationclip_json(records, out)

@@ -251,3 +251,102 @@ def test_generate_output_checked_before_reading(captions, tmp_path, problem):
 def test_generate_into_a_missing_folder_creates_it(captions, tmp_path):
     succeeds(generate_args(captions, tmp_path / "new" / "deeper" / "out.jsonl"))
     assert (tmp_path / "new" / "deeper" / "out.jsonl").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the trainer (negclip finetune = python -m trainers.finetune)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.test_trainer_support import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def scene(tmp_path, names, presence=True):
+    """Images (32 px squares) and negation records for them: one absence and optionally one presence each."""
+    from PIL import Image
+
+    images = tmp_path / "scene"
+    images.mkdir(exist_ok=True)
+    rows = []
+    for i, name in enumerate(names):
+        Image.new("RGB", (32, 32), (40 * i % 255, 90, 200)).save(images / name)
+        caption = f"a red cube and a blue ball number {i}"
+        rows.append({"image": name, "caption": caption, "negated_caption": f"{caption}, no dog", "kind": "absence"})
+        if presence:
+            rows.append(
+                {"image": name, "caption": caption, "negated_caption": "a blue ball, no cube", "kind": "presence"}
+            )
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return records, images
+
+
+def finetune(model, records, images, out, *extra):
+    return ["finetune", "--model", model, "--train", records, "--images", images, "--output", out, "--batch-size",
+            "4", "--max-steps", "1", "--eval-every", "1", "--no-progress", "--log-with", "none",
+            "--no-export-transformers", *extra]  # fmt: skip
+
+
+def trainer_fails(args, *culprits):
+    """The trainer prints ``error: ...`` on one line and exits 2."""
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    last = [line for line in result.output.strip().splitlines() if line.startswith("error: ")]
+    assert last, result.output
+    for culprit in culprits:
+        assert culprit in last[-1], (culprit, last[-1])
+
+
+@pytest.mark.parametrize("val_fraction", ["0.5", "0"], ids=["one-image-per-split", "one-image-no-val"])
+def test_one_image_per_split_trains(tiny_model, tmp_path, val_fraction):
+    """MCQ options for an image alone in its split are drawn from its own false captions: no endless loop."""
+    names = ["a.png", "b.png"] if val_fraction == "0.5" else ["a.png"]
+    records, images = scene(tmp_path, names)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, [str(a) for a in finetune(tiny_model, records, images, out, "--val-fraction", val_fraction)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "results.json").is_file()
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["train_examples"] == 1 and summary["val_examples"] == len(names) - 1
+
+
+def test_one_image_without_false_captions_fails_clearly(tiny_model, tmp_path):
+    records, images = scene(tmp_path, ["a.png"], presence=False)
+    out = tmp_path / "out"
+    trainer_fails(finetune(tiny_model, records, images, out, "--val-fraction", "0"), "a.png", "no false caption")
+    assert not out.exists()
+
+
+def test_on_the_fly_negation_with_objectives_that_ignore_it(tiny_model, tmp_path):
+    records, images = scene(tmp_path, ["a.png", "b.png"])
+    out = tmp_path / "out"
+    trainer_fails(
+        finetune(tiny_model, records, images, out, "--negation", "on-the-fly"), "--negation on-the-fly", "tng"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cache", ["--cache-image-features", "--no-cache-image-features"])
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image"])
+def test_trainer_names_an_image_it_cannot_decode(tiny_model, tmp_path, cache, damage):
+    records, images = scene(tmp_path, ["a.png", "b.png", "c.png"])
+    data = (images / "b.png").read_bytes()
+    (images / "b.png").write_bytes(data[: len(data) // 2] if damage == "truncated" else b"GIF89a" + b"\0" * 64)
+    out = tmp_path / "out"
+    trainer_fails(finetune(tiny_model, records, images, out, cache), "b.png")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("problem", ["file", "parent-is-file", "unwritable"])
+def test_trainer_output_checked_before_loading(tiny_model, tmp_path, problem):
+    records, images = scene(tmp_path, ["a.png", "b.png"])
+    out, why = bad_output(tmp_path, problem), OUTPUT_PROBLEMS[problem]
+    before = listing(tmp_path)
+    trainer_fails(finetune(tiny_model, records, images, out), "--output", why)
+    assert listing(tmp_path) == before

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..factory import ClipBundle
+from ..images import load_rgb  # noqa: F401 (benchmarks import it from here)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -72,13 +73,6 @@ def resolve_image(name: str, root: str | Path | None, base_dir: str | Path | Non
             return (None, problem) if problem else (candidate, "")
     hint = "" if root is not None else " (pass the image folder with images=DIR)"
     return None, f"image {name!r} not found; tried {', '.join(str(p) for p in dict.fromkeys(tried))}{hint}"
-
-
-def load_rgb(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert("RGB")
 
 
 def model_fingerprint(clip: ClipBundle) -> str:

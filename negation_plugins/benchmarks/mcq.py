@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..factory import ClipBundle
 from ..hookspecs import hookimpl
+from ..images import load_rgb
 from . import Benchmark
 
 MCQ_COLUMNS = (
@@ -77,9 +77,12 @@ def _parse_row(path: Path, number: int, record: dict) -> McqRow:
     if empty:
         raise BenchmarkDataError(f"{where}: empty or missing value for {', '.join(empty)}")
     try:
-        answer = int(float(record["correct_answer"]))
+        value = float(record["correct_answer"])
     except ValueError:
         raise BenchmarkDataError(f"{where}: correct_answer {record['correct_answer']!r} is not a number 0-3") from None
+    if not value.is_integer():  # "1.0" (a spreadsheet's export) is 1; "1.7" names no caption
+        raise BenchmarkDataError(f"{where}: correct_answer {record['correct_answer']!r} is not a whole number 0-3")
+    answer = int(value)
     if not 0 <= answer <= 3:
         raise BenchmarkDataError(
             f"{where}: correct_answer {answer} is out of range (captions are caption_0..caption_3)"
@@ -154,9 +157,7 @@ def _embed_images(clip: ClipBundle, paths: list[Path], batch_size: int, progress
     chunks = []
     for start in tqdm(range(0, len(unique), batch_size), desc="embedding images", disable=not progress):
         batch = []
-        for path in unique[start : start + batch_size]:
-            with Image.open(path) as im:
-                batch.append(im.convert("RGB"))
+        batch = [load_rgb(path) for path in unique[start : start + batch_size]]
         chunks.append(clip.encode_image(batch, batch_size=batch_size))
     embeds = torch.cat(chunks)
     index = {p: i for i, p in enumerate(unique)}

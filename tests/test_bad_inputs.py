@@ -350,3 +350,52 @@ def test_trainer_output_checked_before_loading(tiny_model, tmp_path, problem):
     before = listing(tmp_path)
     trainer_fails(finetune(tiny_model, records, images, out), "--output", why)
     assert listing(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# negclip eval
+
+
+def mcq_csv(tmp_path, answer="1", image="a.png"):
+    records, images = scene(tmp_path, ["a.png", "b.png"])
+    path = tmp_path / "mcq.csv"
+    header = "image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template\n"
+    rows = [f"{image},{answer},a cube,a ball,no cube,a dog,negative\n", "b.png,0,a ball,a cube,a dog,a cat,positive\n"]
+    path.write_text(header + "".join(rows))
+    return path, images
+
+
+def eval_args(model, csv, images, out, *extra):
+    return ["eval", model, "--bench", "mcq", "-o", f"mcq.csv={csv}", "-o", f"mcq.images={images}", "--out", out,
+            "--quiet", "--no-plot", *extra]  # fmt: skip
+
+
+def test_eval_mcq_fractional_answer_is_refused(tiny_model, tmp_path):
+    csv, images = mcq_csv(tmp_path, answer="1.7")
+    fails(eval_args(tiny_model, csv, images, tmp_path / "report"), "mcq.csv: row 1", "correct_answer '1.7'")
+    assert not (tmp_path / "report").exists()
+
+
+def test_eval_mcq_names_an_image_it_cannot_decode(tiny_model, tmp_path):
+    csv, images = mcq_csv(tmp_path)
+    data = (images / "a.png").read_bytes()
+    (images / "a.png").write_bytes(data[: len(data) // 2])
+    fails(eval_args(tiny_model, csv, images, tmp_path / "report"), "a.png")
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("problem", ["file", "parent-is-file", "unwritable"])
+def test_eval_outputs_checked_before_loading(tiny_model, tmp_path, problem):
+    csv, images = mcq_csv(tmp_path)
+    out, why = bad_output(tmp_path, problem), OUTPUT_PROBLEMS[problem]
+    before = listing(tmp_path)
+    fails(eval_args(tiny_model, csv, images, out), "--out", why)
+    card = bad_output(tmp_path, "dir" if problem == "file" else problem)
+    fails(eval_args(tiny_model, csv, images, tmp_path / "report", "--model-card", card), "--model-card")
+    assert listing(tmp_path) == before
+
+
+def test_eval_missing_model_card_is_named_before_the_work(tiny_model, tmp_path):
+    csv, images = mcq_csv(tmp_path)
+    fails(eval_args(tiny_model, csv, images, tmp_path / "report", "--model-card", tmp_path / "nope.md"), "nope.md")
+    assert not (tmp_path / "report").exists()

@@ -25,8 +25,10 @@ def world_group():
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of scenes held out (val MCQ/retrieval).")
 def make_command(out, n_images, seed, image_size, val_fraction):
     """Render scenes and write images/, captions_*.json, instances_*.json, mcq_*.csv and world.json."""
+    from ..checks import output_dir
     from .export import WorldConfig, make_world
 
+    output_dir(out, "--out")
     config = WorldConfig(n_images=n_images, seed=seed, image_size=image_size, val_fraction=val_fraction)
     try:
         files = make_world(out, config)
@@ -56,8 +58,8 @@ def make_command(out, n_images, seed, image_size, val_fraction):
     help="A folder written by `negclip world make`.",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the open_clip folder.")
-@click.option("--steps", default=None, type=int, help="Training steps (default from PretrainConfig).")
-@click.option("--batch-size", default=None, type=int)
+@click.option("--steps", default=None, type=click.IntRange(min=1), help="Training steps (default from PretrainConfig).")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1))
 @click.option("--lr", default=None, type=float)
 @click.option("--seed", default=None, type=int)
 @click.option(
@@ -74,9 +76,11 @@ def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_
 
     from .. import load_clip
     from ..benchmarks.mcq import run_mcq
+    from ..checks import output_dir
     from .export import WorldFiles
     from .pretrain import PretrainConfig, pretrain
 
+    output_dir(out, "--out")
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

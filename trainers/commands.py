@@ -18,9 +18,15 @@ from negation_plugins.hookspecs import hookimpl
     help="Folder for the world, base model, records, fine-tuned model, results, plot and card.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--images", "n_images", default=2000, show_default=True, type=int, help="Scenes in the world.")
-@click.option("--pretrain-steps", default=None, type=int, help="Base model steps (default: the world's 800).")
-@click.option("--max-steps", default=None, type=int, help="Fine-tuning steps (default: the trainer's epochs).")
+@click.option(
+    "--images", "n_images", default=2000, show_default=True, type=click.IntRange(min=2), help="Scenes in the world."
+)
+@click.option(
+    "--pretrain-steps", default=None, type=click.IntRange(min=1), help="Base model steps (default: the world's 800)."
+)
+@click.option(
+    "--max-steps", default=None, type=click.IntRange(min=1), help="Fine-tuning steps (default: the trainer's epochs)."
+)
 @click.option("--no-cache", is_flag=True, help="Retrain the base model even if a cached one exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def demo_command(output, seed, n_images, pretrain_steps, max_steps, no_cache, no_progress):
@@ -28,8 +34,12 @@ def demo_command(output, seed, n_images, pretrain_steps, max_steps, no_cache, no
 
     Writes results.json, before_after.png and README.md (model card) into OUTPUT; about 10 minutes on 2 CPU cores.
     """
+    from negation_plugins.checks import output_dir
+
     from .config import ConfigError
     from .demo import run_demo
+
+    output_dir(output, "--output")
 
     try:
         results = run_demo(

@@ -198,6 +198,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("--select-by mcq needs --eval-mcq CSV")
     if config.eval_mcq and not Path(config.eval_mcq).is_file():
         raise ConfigError(f"--eval-mcq {config.eval_mcq}: file does not exist")
+    if config.eval_mcq_images and not Path(config.eval_mcq_images).is_dir():
+        raise ConfigError(f"--eval-mcq-images {config.eval_mcq_images}: folder does not exist")
     parse_tuning(config.tuning)
     positive = {
         "batch_size": config.batch_size,

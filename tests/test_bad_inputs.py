@@ -399,3 +399,44 @@ def test_eval_missing_model_card_is_named_before_the_work(tiny_model, tmp_path):
     csv, images = mcq_csv(tmp_path)
     fails(eval_args(tiny_model, csv, images, tmp_path / "report", "--model-card", tmp_path / "nope.md"), "nope.md")
     assert not (tmp_path / "report").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the other commands' outputs and counts
+
+
+def other_command(name, tmp_path, out):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a street without cars\n")
+    return {
+        "world make": ["world", "make", "--out", out, "--n-images", "4"],
+        "world pretrain": ["world", "pretrain", "--world", tmp_path, "--out", out],
+        "demo": ["demo", "--output", out],
+        "t2i-eval": ["t2i-eval", "pipe", "--encoder", "enc", "--prompts", prompts, "--judge", "clip:x", "--out", out],
+    }[name]
+
+
+@pytest.mark.parametrize("problem", ["file", "parent-is-file", "unwritable"])
+@pytest.mark.parametrize("command", ["world make", "world pretrain", "demo", "t2i-eval"])
+def test_other_commands_check_their_output_folder_first(tmp_path, command, problem):
+    out, why = bad_output(tmp_path, problem), OUTPUT_PROBLEMS[problem]
+    args = other_command(command, tmp_path, out)
+    before = listing(tmp_path)
+    fails(args, "--out", why)
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["world", "make", "--image-size", "0"], "--image-size"),
+        (["demo", "--max-steps", "0"], "--max-steps"),
+        (["t2i-eval", "pipe", "--encoder", "e", "--judge", "clip:x", "--steps", "0"], "--steps"),
+    ],
+)
+def test_impossible_counts_are_usage_errors(tmp_path, args, flag):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("no cars\n")
+    extra = ["--prompts", prompts] if args[0] == "t2i-eval" else []
+    fails([*args, *extra, "--out" if args[0] != "demo" else "--output", tmp_path / "out"], flag, codes=(2,))
+    assert not (tmp_path / "out").exists()

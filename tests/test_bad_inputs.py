@@ -440,3 +440,47 @@ def test_impossible_counts_are_usage_errors(tmp_path, args, flag):
     extra = ["--prompts", prompts] if args[0] == "t2i-eval" else []
     fails([*args, *extra, "--out" if args[0] != "demo" else "--output", tmp_path / "out"], flag, codes=(2,))
     assert not (tmp_path / "out").exists()
+
+
+def test_valse_names_an_image_it_cannot_decode(tiny_model, tmp_path):
+    records, images = scene(tmp_path, ["a.png", "b.png"])
+    data = (images / "b.png").read_bytes()
+    (images / "b.png").write_bytes(data[: len(data) // 2])
+    existence = tmp_path / "existence.json"
+    items = {
+        str(i): {"image_file": name, "caption": "a cube", "foil": "no cube", "mturk": {"caption": 3}}
+        for i, name in enumerate(["a.png", "b.png"])
+    }
+    existence.write_text(json.dumps(items))
+    args = ["eval", tiny_model, "--bench", "valse-existence", "-o", f"valse-existence.file={existence}", "-o",
+            f"valse-existence.images={images}", "--out", tmp_path / "report", "--quiet"]  # fmt: skip
+    fails(args, "b.png")
+    assert not (tmp_path / "report").exists()
+
+
+def test_trainer_eval_mcq_names_an_image_it_cannot_decode(tiny_model, tmp_path):
+    csv, images = mcq_csv(tmp_path)
+    data = (images / "b.png").read_bytes()
+    (images / "b.png").write_bytes(data[: len(data) // 2])
+    records = tmp_path / "records.jsonl"
+    out = tmp_path / "out"
+    (images / "c.png").write_bytes((images / "a.png").read_bytes())  # training images stay readable
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    records.write_text("".join(json.dumps(r | {"image": "c.png"} if r["image"] == "b.png" else r) + "\n" for r in rows))
+    trainer_fails(finetune(tiny_model, records, images, out, "--eval-mcq", csv), "b.png")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--eval-mcq-images", "--push-to-hub"])
+def test_trainer_refuses_before_training(tiny_model, tmp_path, monkeypatch, flag):
+    from huggingface_hub import constants
+
+    records, images = scene(tmp_path, ["a.png", "b.png"])
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    value = str(tmp_path / "nope") if flag == "--eval-mcq-images" else "me/repo"
+    out = tmp_path / "out"
+    trainer_fails(finetune(tiny_model, records, images, out, flag, value), flag)
+    assert not out.exists()

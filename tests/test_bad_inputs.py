@@ -484,3 +484,13 @@ def test_trainer_refuses_before_training(tiny_model, tmp_path, monkeypatch, flag
     out = tmp_path / "out"
     trainer_fails(finetune(tiny_model, records, images, out, flag, value), flag)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bench", ["mcq", "retrieval-r1"])
+def test_eval_option_typo_is_named_before_any_model_loads(tmp_path, bench):
+    required = {"mcq": ["csv=x.csv"], "retrieval-r1": ["captions=c.json", "images=i"]}[bench]
+    options = [a for pair in required for a in ("-o", f"{bench}.{pair}")]
+    line = fails(["eval", "no-such-model", "--bench", bench, *options, "-o", f"{bench}.batchsize=8", "--out", tmp_path / "r"],
+                 "batchsize")  # fmt: skip
+    assert "no-such-model" not in line and "csv," not in line.split("options:")[0]
+    assert not (tmp_path / "r").exists()

@@ -215,17 +215,35 @@ class McqBenchmark(Benchmark):
     description = "NegBench multiple-choice negation (CSV): overall + affirmation/negation/hybrid accuracy"
 
     def run(
-        self, clip: ClipBundle, *, csv: str, images: str | None = None, skip_missing: bool = False, **options
-    ) -> dict:
-        return run_mcq(clip, csv, images, skip_missing=skip_missing, **options)
+        self,
+        clip: ClipBundle,
+        *,
+        csv: str,
+        images: str | None = None,
+        skip_missing: bool = False,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> dict:  # every option named, so `negclip eval` refuses a misspelt one before loading a model
+        return run_mcq(clip, csv, images, skip_missing=skip_missing, batch_size=batch_size, progress=progress)
 
 
 class RetrievalBenchmark(Benchmark):
     name = "retrieval-r1"
     description = "affirmative image<->text Recall@1 on a COCO captions JSON + image folder"
 
-    def run(self, clip: ClipBundle, *, captions: str, images: str, **options) -> dict:
-        return run_retrieval(clip, captions, images, **options)
+    def run(
+        self,
+        clip: ClipBundle,
+        *,
+        captions: str,
+        images: str,
+        captions_per_image: int | None = None,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> dict:
+        return run_retrieval(
+            clip, captions, images, captions_per_image=captions_per_image, batch_size=batch_size, progress=progress
+        )
 
 
 @hookimpl

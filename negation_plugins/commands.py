@@ -41,6 +41,7 @@ def convert_command(src, dst, target, kind, backend, overwrite, text_heads, visi
     The conversion is exact and checked: both models run on the same inputs before anything is written.
     """
     from . import checks
+    from .atomic import check_replaceable
     from .convert import ConversionError, save_open_clip, save_transformers
     from .factory import load_clip
 
@@ -52,6 +53,10 @@ def convert_command(src, dst, target, kind, backend, overwrite, text_heads, visi
         raise checks.BadInputError(
             f"DST {dst} is or contains SRC {src}: converting in place would delete the source; write to a new folder"
         )
+    try:
+        check_replaceable(dst, overwrite)
+    except FileExistsError as err:
+        raise checks.BadInputError(f"DST {err}") from None
     options = {
         name: value
         for name, value in (("text_heads", text_heads), ("vision_heads", vision_heads), ("activation", activation))

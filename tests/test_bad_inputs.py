@@ -494,3 +494,12 @@ def test_eval_option_typo_is_named_before_any_model_loads(tmp_path, bench):
                  "batchsize")  # fmt: skip
     assert "no-such-model" not in line and "csv," not in line.split("options:")[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_convert_into_a_non_empty_folder_is_refused_before_loading(tmp_path):
+    dst = tmp_path / "taken"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    # SRC does not even exist: the refusal comes first, without loading anything
+    fails(["convert", tmp_path / "missing.pth", dst, "--to", "open_clip"], "DST", "taken", "--overwrite")
+    assert listing(dst) == {"keep.txt"}

@@ -1,7 +1,7 @@
 """Negation-aware text encoders inside the tools people use: diffusers SD/SDXL, LoRA, CLIPSeg, Neg-T2I.
 
-Each toolkit is an integration plugin reached through ``negation_plugins.apply(target, source)``;
-:func:`restore` puts the stock encoder back whatever the target.
+Each toolkit is an integration plugin (a :class:`negation_plugins.Integration` instance) reached through
+``negation_plugins.apply(target, source)``; :func:`restore` puts the stock encoder back whatever the target.
 """
 
 from .pipelines import STOCK_ATTRIBUTE

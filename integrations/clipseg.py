@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from negation_plugins import Integration
 from negation_plugins.hookspecs import hookimpl
 
 from .text_encoders import IncompatibleEncoderError, Slot, text_module_from_source
@@ -43,7 +44,7 @@ def is_clipseg(target) -> bool:
     return isinstance(target, (CLIPSegForImageSegmentation, CLIPSegModel))
 
 
-class ClipSegIntegration:
+class ClipSegIntegration(Integration):
     name = "clipseg"
     description = "transformers CLIPSeg (CLIPSegForImageSegmentation / CLIPSegModel): text tower + projection"
 

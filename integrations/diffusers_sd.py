@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from negation_plugins import Integration
 from negation_plugins.hookspecs import hookimpl
 
 from .pipelines import diffusers_pipeline, put_text_encoder
@@ -38,7 +39,7 @@ def _width_hint(pipe) -> str:
     )
 
 
-class StableDiffusionIntegration:
+class StableDiffusionIntegration(Integration):
     """Any diffusers pipeline with one CLIP ``text_encoder`` + ``tokenizer`` (SD 1.x/2.x and derived pipelines)."""
 
     name = "diffusers-sd"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from negation_plugins import Integration
 from negation_plugins.hookspecs import hookimpl
 
 from .pipelines import (
@@ -34,7 +35,7 @@ from .text_encoders import (
 HINT = "SDXL needs CLIP ViT-L/14 text (768 wide) in text_encoder and OpenCLIP bigG/14 text (1280 wide, projection 1280) in text_encoder_2"
 
 
-class StableDiffusionXLIntegration:
+class StableDiffusionXLIntegration(Integration):
     """Any diffusers pipeline with a ``text_encoder_2`` (SDXL base, refiner, img2img, inpaint...)."""
 
     name = "diffusers-sdxl"

@@ -9,9 +9,10 @@ appear, the negative prompt::
     routed.negative_prompt   # "cars"
     pipe(**routed.pipeline_kwargs())
 
-Rules: a cue word (``without``, ``no``, ``not``, ``never``, ``nor``, ``minus``, ``sans``, ``except``, and
-``with no`` / ``free of`` / ``devoid of`` / ``lacking``; ``not`` also eats a following a/an/any/the/one) is
-followed by the negated phrase: the words up to a comma or other punctuation, a connective (and/but/or/
+Rules: a cue from :mod:`negation_plugins.lexicon` that negates the phrase after it, verbs aside (today
+``without``, ``no``, ``not``, ``never``, ``nor``, ``lacking``, ``with no``, ``free of``, ``devoid of`` and the
+exclusions ``minus``, ``sans``, ``except``; ``not`` also eats a following a/an/any/the/one), is followed by the
+negated phrase: the words up to a comma or other punctuation, a connective (and/but/or/
 while/that/which/who/...) or a preposition (in/on/at/near/with/...). "and" continues the phrase
 ("without cars and trucks") unless it starts a new noun phrase ("without cars and a red bus"). Phrases are
 exact substrings of the prompt.
@@ -27,8 +28,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-CUES = ("without", "no", "not", "never", "nor", "minus", "sans", "except", "lacking")
-TWO_WORD_CUES = (("with", "no"), ("free", "of"), ("devoid", "of"))
+from negation_plugins.lexicon import cue_phrases
+
+ROUTED = cue_phrases(negates="following", kinds=("determiner", "adverb", "conjunction", "preposition", "exclusion"))
+CUES = tuple(phrase for phrase in ROUTED if " " not in phrase)
+# longest first, so a longer cue wins over one it starts with
+MULTI_WORD_CUES = sorted((tuple(phrase.split()) for phrase in ROUTED if " " in phrase), key=len, reverse=True)
 NOT_DETERMINERS = {"a", "an", "any", "the", "one"}
 STOP_WORDS = {
     "and",
@@ -142,9 +147,9 @@ def _is_word(word: str) -> bool:
 
 
 def _cue_length(words: list[str], i: int) -> int:
-    for first, second in TWO_WORD_CUES:
-        if words[i] == first and i + 1 < len(words) and words[i + 1] == second:
-            return 2
+    for phrase in MULTI_WORD_CUES:
+        if tuple(words[i : i + len(phrase)]) == phrase:
+            return len(phrase)
     return 1 if words[i] in CUES else 0
 
 

@@ -19,11 +19,14 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_command(as_json):
     """List every registered extension, by kind, with the plugin it came from."""
-    rows = [
-        {"kind": r.kind, "name": r.name, "plugin": r.plugin, "description": getattr(r.obj, "description", "")}
-        for kind in plugins.KINDS
-        for r in plugins.registered(kind)
-    ]
+    try:
+        rows = [
+            {"kind": r.kind, "name": r.name, "plugin": r.plugin, "description": getattr(r.obj, "description", "")}
+            for kind in plugins.KINDS
+            for r in plugins.registered(kind)
+        ]
+    except plugins.PluginError as error:
+        raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

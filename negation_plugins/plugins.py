@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "negation_plugins.benchmarks.mcq",
     "negation_plugins.benchmarks.suite",
     "negation_plugins.data.negators",
+    "negation_plugins.data.llm",
     "negation_plugins.data.verifiers",
     "negation_plugins.data.commands",
     "negation_plugins.losses",
@@ -39,7 +40,31 @@ DEFAULT_PLUGINS = (
     "integrations.neg_t2i",
 )
 
-KINDS = ("backends", "negators", "verifiers", "objectives", "benchmarks", "integrations")
+
+@dataclass(frozen=True)
+class Contract:
+    """What one kind registers (see :mod:`negation_plugins.hookspecs`): a ``"class"`` the host builds with options or
+    an ``"instance"`` used as is, the methods the host calls and the other attributes it reads (besides ``name``)."""
+
+    registers: str
+    methods: tuple[str, ...]
+    attributes: tuple[str, ...] = ()
+
+
+CONTRACTS = {
+    "backends": Contract("instance", ("can_load", "load")),
+    "negators": Contract("class", ("prepare", "propose", "rewrite")),
+    "verifiers": Contract("class", ("set_vocabulary", "absent")),
+    "objectives": Contract("class", ("forward",), ("requires",)),
+    "benchmarks": Contract("instance", ("run",)),
+    "integrations": Contract("instance", ("matches", "apply")),
+}
+KINDS = tuple(CONTRACTS)
+
+
+class PluginError(TypeError):
+    """A plugin registered something that breaks its kind's contract."""
+
 
 pm = pluggy.PluginManager("negation_plugins")
 pm.add_hookspecs(hookspecs)
@@ -75,6 +100,30 @@ def _load_default_plugins() -> None:
             pm.register(importlib.import_module(module_name), name=module_name)
 
 
+def check_contract(kind: str, obj: Any, plugin: str) -> str:
+    """``obj``'s name if it keeps the contract of ``kind``; else a one-line :class:`PluginError` naming the plugin."""
+    contract, what = CONTRACTS[kind], kind[:-1]
+    label = obj.__name__ if isinstance(obj, type) else f"a {type(obj).__name__} instance"
+    if contract.registers == "class" and not isinstance(obj, type):
+        raise PluginError(
+            f"plugin {plugin!r} registered {label} as a {what}; {kind} are registered as classes "
+            f"(built with the user's options): register({type(obj).__name__})"
+        )
+    if contract.registers == "instance" and isinstance(obj, type):
+        raise PluginError(
+            f"plugin {plugin!r} registered the class {label} as a {what}; {kind} are registered as instances: "
+            f"register({label}())"
+        )
+    name = getattr(obj, "name", None)
+    if not name or not isinstance(name, str):
+        raise PluginError(f"plugin {plugin!r} registered {label} as a {what} without a 'name'")
+    missing = [m for m in contract.methods if not callable(getattr(obj, m, None))]
+    missing += [a for a in contract.attributes if not hasattr(obj, a)]
+    if missing:
+        raise PluginError(f"plugin {plugin!r} registered {what} {name!r} ({label}) without {', '.join(missing)}")
+    return name
+
+
 @dataclass(frozen=True)
 class Registered:
     """A registered extension and the plugin that registered it."""
@@ -95,14 +144,12 @@ def registered(kind: str) -> list[Registered]:
     load_plugins()
     hook = getattr(pm.hook, f"register_{kind}")
     found: dict[str, Registered] = {}
-    # pluggy calls the newest plugin first; reverse so built-ins come first and later ones override.
-    for impl in reversed(hook.get_hookimpls()):
+    # get_hookimpls() lists plugins oldest first (pluggy calls them newest first): built-ins first, later ones override.
+    for impl in hook.get_hookimpls():
         plugin_name = impl.plugin_name
 
         def register(obj, _plugin=plugin_name):
-            name = getattr(obj, "name", None)
-            if not name:
-                raise TypeError(f"plugin {_plugin!r} registered a {kind[:-1]} without a 'name': {obj!r}")
+            name = check_contract(kind, obj, _plugin)
             found.pop(name, None)
             found[name] = Registered(kind, name, _plugin, obj)
 

@@ -1,9 +1,12 @@
-"""Session-wide test setup: offline hub, small thread count, plugin fixtures."""
+"""Session-wide test setup: offline hub, small thread count, built-in plugins only, plugin fixtures."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Installed third-party (entry-point) plugins must not change test results; a test that wants a plugin registers it
+# (``register_plugin``) or, for entry-point loading itself, runs a subprocess with its own environment.
+os.environ["NEGATION_PLUGINS"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

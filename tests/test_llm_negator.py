@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from negation_plugins.cli import cli
 from negation_plugins.data.io import CaptionItem, read_negation_records
-from negation_plugins.data.language import count_negations, mention_pattern
+from negation_plugins.data.language import mention_pattern
 from negation_plugins.data.llm import LlmError, LlmNegator, parse_caption, parse_object
+from negation_plugins.lexicon import count_negations
 from tests.test_data_io import _coco
 
 

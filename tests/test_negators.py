@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from negation_plugins import plugins
 from negation_plugins.data.io import CaptionItem
 from negation_plugins.data.language import (
-    count_negations,
     mention_pattern,
     mentions,
     pluralize,
@@ -24,6 +23,7 @@ from negation_plugins.data.negators import (
     presence,
 )
 from negation_plugins.data.vocabulary import COCO_CATEGORIES
+from negation_plugins.lexicon import count_negations
 
 WORDS = ["a", "the", "man", "red", "dog", "riding", "on", "and", "with", "couch", "two", "cats", "in", "field",
          "next", "to", "tree", "of", "photo", ",", "there", "is", "big", "horse", "no", "not"]  # fmt: skip

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from negation_plugins.data.language import count_negations, mentions
+from negation_plugins.data.language import mentions
 from negation_plugins.data.onthefly import OnTheFlyNegation, caption_nouns
+from negation_plugins.lexicon import count_negations
 
 CAPTIONS = ["a man riding a horse in a field.", "a dog on a couch.", "a red car parked near a tree.",
             "two cats sleeping on a bed."]  # fmt: skip

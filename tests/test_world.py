@@ -14,6 +14,7 @@ from PIL import Image
 import negation_plugins as npl
 from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq, run_retrieval
 from negation_plugins.cli import cli
+from negation_plugins.lexicon import NEGATION_WORDS
 from negation_plugins.world import (
     CATEGORIES,
     WorldConfig,
@@ -21,7 +22,6 @@ from negation_plugins.world import (
     generate_scenes,
     make_world,
 )
-from negation_plugins.world.captions import NEGATION_WORDS
 
 NEGATION_CUE = re.compile(r"\b(no|not|without|nothing)\b", re.IGNORECASE)
 

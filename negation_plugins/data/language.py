@@ -1,4 +1,5 @@
-"""Small English helpers for negation: articles, plurals, negation cues, object mentions and their removal.
+"""Small English helpers for negation: articles, plurals, object mentions and their removal (negation cues are in
+:mod:`negation_plugins.lexicon`).
 
 Rule-based on purpose: they run inside the training step (TNG-CLIP on-the-fly) and must cost microseconds.
 """
@@ -7,39 +8,6 @@ from __future__ import annotations
 
 import functools
 import re
-
-NEGATION_WORDS = frozenset(
-    [
-        "no",
-        "not",
-        "without",
-        "nothing",
-        "none",
-        "never",
-        "neither",
-        "nor",
-        "absent",
-        "lacking",
-        "lacks",
-        "lack",
-        "free",
-        "nobody",
-        "nowhere",
-        "isn't",
-        "aren't",
-        "wasn't",
-        "weren't",
-        "doesn't",
-        "don't",
-        "didn't",
-        "can't",
-        "cannot",
-        "won't",
-        "hasn't",
-        "haven't",
-    ]
-)
-_WORD = re.compile(r"[A-Za-z']+")
 
 IRREGULAR_PLURALS = {
     "person": "people",
@@ -73,16 +41,6 @@ _SINGULARS = {plural: singular for singular, plural in IRREGULAR_PLURALS.items()
 _A_BEFORE_VOWEL = re.compile(r"^(uni|use|usu|ute|uro|eu|one|once|ewe)", re.IGNORECASE)
 _AN_BEFORE_CONSONANT = re.compile(r"^(hour|honest|honou?r|heir)", re.IGNORECASE)
 MASS_NOUNS = frozenset({"broccoli", "scissors", "glasses", "skis", "water", "grass", "snow", "sand", "food", "hair"})
-
-
-@functools.lru_cache(maxsize=65536)
-def is_negated(text: str) -> bool:
-    """Whether the text already contains a negation cue word."""
-    return any(w.lower() in NEGATION_WORDS or w.lower().endswith("n't") for w in _WORD.findall(text))
-
-
-def count_negations(text: str) -> int:
-    return sum(w.lower() in NEGATION_WORDS or w.lower().endswith("n't") for w in _WORD.findall(text))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -20,7 +20,9 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from .language import count_negations, mention_pattern, mentions, strip_caption
+from ..hookspecs import hookimpl
+from ..lexicon import count_negations
+from .language import mention_pattern, mentions, strip_caption
 from .negators import (
     CONTEXT_LENGTH,
     Negator,
@@ -227,3 +229,8 @@ class LlmNegator(Negator):
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         return self.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@hookimpl
+def register_negators(register):
+    register(LlmNegator)

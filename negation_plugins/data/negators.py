@@ -10,8 +10,8 @@ Contract (what ``negclip generate`` and third-party negators rely on):
   "cannot negate this one" and is counted, never silently dropped.
 * ``stats``: a Counter the command prints (e.g. ``fallbacks``).
 
-Built-in: ``template`` (rules, microseconds per caption) and ``llm`` (NegationCLIP's LLM pipeline, see
-:mod:`negation_plugins.data.llm`).
+Built-in: ``template`` (rules, microseconds per caption) here and ``llm`` (NegationCLIP's LLM pipeline), which
+:mod:`negation_plugins.data.llm` registers itself.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 from ..hookspecs import hookimpl
+from ..lexicon import count_negations, is_negated
 from .io import KINDS, CaptionItem
 from .language import (
-    count_negations,
-    is_negated,
     lower_first,
     mentions,
     pluralize,
@@ -395,7 +394,4 @@ class TemplateNegator(Negator):
 
 @hookimpl
 def register_negators(register):
-    from .llm import LlmNegator
-
     register(TemplateNegator)
-    register(LlmNegator)

@@ -1,6 +1,6 @@
 """Text for scenes: affirmative captions (the "web data" the base model sees) and NegBench-style MCQ items.
 
-Affirmative captions never contain a negation word. MCQ items follow NegBench: 4 options, one correct, of template
+Affirmative captions never contain a negation word of :mod:`negation_plugins.lexicon`. MCQ items follow NegBench: 4 options, one correct, of template
 type affirmation / negation / hybrid; distractors swap present and absent objects and include presence-based false
 captions ("... but no X" with X in the image). The negation phrasings are deliberately varied, some unlike a plain
 "no X" template, because that is what real benchmarks do.
@@ -23,7 +23,6 @@ AFFIRMATIVE_TEMPLATES = (
     "a drawing of {list}.",
 )
 CAPTIONS_PER_IMAGE = 5
-NEGATION_WORDS = ("no", "not", "without", "nothing", "none", "never", "neither", "nor", "absent", "n't")
 
 MCQ_AFFIRMATION = ("This image features {list}.", "{List}.", "A picture of {list}.")
 MCQ_NEGATION = (

@@ -442,19 +442,24 @@ def test_impossible_counts_are_usage_errors(tmp_path, args, flag):
     assert not (tmp_path / "out").exists()
 
 
-def test_valse_names_an_image_it_cannot_decode(tiny_model, tmp_path):
+@pytest.mark.parametrize("bench", ["valse-existence", "negrefcocog"])
+def test_benchmarks_name_an_image_they_cannot_decode(tiny_model, tmp_path, bench):
     records, images = scene(tmp_path, ["a.png", "b.png"])
     data = (images / "b.png").read_bytes()
     (images / "b.png").write_bytes(data[: len(data) // 2])
-    existence = tmp_path / "existence.json"
-    items = {
-        str(i): {"image_file": name, "caption": "a cube", "foil": "no cube", "mturk": {"caption": 3}}
-        for i, name in enumerate(["a.png", "b.png"])
-    }
-    existence.write_text(json.dumps(items))
-    args = ["eval", tiny_model, "--bench", "valse-existence", "-o", f"valse-existence.file={existence}", "-o",
-            f"valse-existence.images={images}", "--out", tmp_path / "report", "--quiet"]  # fmt: skip
-    fails(args, "b.png")
+    names = ["a.png", "b.png"]
+    if bench == "valse-existence":
+        items = {str(i): {"image_file": n, "caption": "a cube", "foil": "no cube", "mturk": {"caption": 3}}
+                 for i, n in enumerate(names)}  # fmt: skip
+    else:
+        boxes = [[0, 0, 16, 16], [16, 16, 16, 16]]
+        items = [{"image": n, "phrase": "the cube, not the ball", "ref_bbox": boxes[0], "bbox_list": boxes}
+                 for n in names]  # fmt: skip
+    file = tmp_path / "bench.json"
+    file.write_text(json.dumps(items))
+    args = ["eval", tiny_model, "--bench", bench, "-o", f"{bench}.file={file}", "-o", f"{bench}.images={images}",
+            "--out", tmp_path / "report", "--quiet"]  # fmt: skip
+    fails(args, bench, "b.png")
     assert not (tmp_path / "report").exists()
 
 

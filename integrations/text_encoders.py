@@ -82,6 +82,12 @@ def load_source(source, device: str | torch.device = "cpu") -> ClipBundle | torc
     A plain folder holding ``open_clip_config.json`` (what ``trainers.finetune --output`` writes) is read
     as ``local-dir:``.
     """
+    if isinstance(source, ClipBundle) and source.corrections:
+        raise IncompatibleEncoderError(
+            f"{source.spec!r} carries training-free corrections "
+            f"({', '.join(c.describe() for c in source.corrections)}): they change the pooled text embedding only, "
+            "while diffusion pipelines and CLIPSeg read per-token hidden states; load it without correction="
+        )
     if isinstance(source, (ClipBundle, torch.nn.Module)):
         return source
     if isinstance(source, Path):

@@ -28,6 +28,7 @@ class ClipBundle:
     preprocess: Callable[[Any], torch.Tensor] | None
     spec: str
     info: dict = field(default_factory=dict)
+    corrections: list = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -49,14 +50,25 @@ class ClipBundle:
         return self.tokenizer(list(texts)).to(self.device)
 
     @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
-        """Embed captions (no grad, eval mode); normalized by default."""
+    def encode_text(
+        self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256, corrected: bool = True
+    ) -> torch.Tensor:
+        """Embed captions (no grad, eval mode); normalized by default; the bundle's corrections applied unless
+        ``corrected=False`` (a correction works on unit vectors; unnormalized output keeps each raw norm)."""
         self.model.eval()
         chunks = [
-            self.model.encode_text(self.tokenize(texts[i : i + batch_size]), normalize=normalize)
-            for i in range(0, len(texts), batch_size)
+            self.model.encode_text(self.tokenize(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)
         ]
-        return torch.cat(chunks) if chunks else torch.empty(0)
+        if not chunks:
+            return torch.empty(0)
+        raw = torch.cat(chunks)
+        norms = raw.norm(dim=-1, keepdim=True)
+        unit = raw / norms
+        if corrected and self.corrections:
+            from .corrections import apply_corrections
+
+            unit = apply_corrections(self.corrections, self, list(texts), unit)
+        return unit if normalize else unit * norms
 
     @torch.no_grad()
     def encode_image(
@@ -88,20 +100,31 @@ class Backend:
         raise NotImplementedError
 
 
-def load_clip(spec: str, *, device: str | torch.device = "cpu", backend: str | None = None, **options) -> ClipBundle:
+def load_clip(
+    spec: str, *, device: str | torch.device = "cpu", backend: str | None = None, correction=None, **options
+) -> ClipBundle:
     """Load any CLIP the registered backends understand.
 
     ``spec`` examples: ``ViT-B-32:openai``, ``hf-hub:org/repo``, ``local-dir:/path``,
     ``/path/negationclip_ViT-B32.pth``, ``/path/to/transformers/folder``.
-    ``backend`` forces one backend by name instead of asking each in turn.
+    ``backend`` forces one backend by name instead of asking each in turn. ``correction``: one or more
+    training-free corrections applied in :meth:`ClipBundle.encode_text` (``"span-subtraction"``,
+    ``"steering:FILE"``; see :mod:`negation_plugins.corrections`).
     """
+    from .corrections import parse_corrections
+
     spec = str(spec)
+    corrections = parse_corrections(correction)
     if backend is not None:
-        return plugins.get_one("backends", backend).load(spec, device=device, **options)
+        bundle = plugins.get_one("backends", backend).load(spec, device=device, **options)
+        bundle.corrections = corrections
+        return bundle
     backends = plugins.get("backends")
     for candidate in backends.values():
         if candidate.can_load(spec):
-            return candidate.load(spec, device=device, **options)
+            bundle = candidate.load(spec, device=device, **options)
+            bundle.corrections = corrections
+            return bundle
     raise ValueError(
         f"no backend can load {spec!r}; registered backends: {', '.join(backends)}. "
         "Use an open_clip name ('ViT-B-32:openai'), 'hf-hub:org/repo', 'local-dir:/path', "

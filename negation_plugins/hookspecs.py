@@ -49,6 +49,15 @@ def register_objectives(register):
 
 
 @hookspec
+def register_corrections(register):
+    """Add training-free text-embedding corrections (``load_clip(spec, correction=...)``, ``--correction``).
+    Registers classes (subclasses of :class:`negation_plugins.corrections.Correction`), built from a spec
+    ``NAME[:ARG][:key=value]`` as ``cls(*args, **options)``, with ``name`` and
+    ``correct(clip, texts, unit_embeddings) -> unit_embeddings``.
+    """
+
+
+@hookspec
 def register_benchmarks(register):
     """Add benchmarks. Registers instances of :class:`negation_plugins.benchmarks.Benchmark` with ``name`` and
     ``run(clip, **options) -> dict`` of metrics.

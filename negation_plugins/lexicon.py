@@ -7,8 +7,9 @@ phrase after it, "without cars"; the phrase before it, "cars are absent"; itself
 * :data:`NEGATION_WORDS`, :func:`is_negated`, :func:`count_negations`: whether a caption already negates (negators
   refuse double negation, the LLM negator checks it added exactly one cue, the world's affirmative captions have
   none);
-* :func:`cue_phrases`: e.g. negation-aware prompting routes the cues that negate the phrase after them
-  (``integrations.prompting``).
+* :func:`cue_phrases`: e.g. the cues that negate the phrase after them;
+* :func:`split_negations`: the phrases a text negates, by surface rules (negation-aware prompting in
+  ``integrations.prompting``, the ``span-subtraction`` correction).
 """
 
 from __future__ import annotations
@@ -105,3 +106,152 @@ def is_negated(text: str) -> bool:
 
 def count_negations(text: str) -> int:
     return sum(_is_cue_word(w) for w in _WORD.findall(text))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Negated phrases: which words a cue negates, by surface rules (prompt routing, training-free corrections)
+
+SPAN_CUE_PHRASES = cue_phrases(
+    negates="following", kinds=("determiner", "adverb", "conjunction", "preposition", "exclusion")
+)
+SPAN_CUES = tuple(phrase for phrase in SPAN_CUE_PHRASES if " " not in phrase)
+# longest first, so a longer cue wins over one it starts with
+SPAN_MULTI_WORD_CUES = sorted(
+    (tuple(phrase.split()) for phrase in SPAN_CUE_PHRASES if " " in phrase), key=len, reverse=True
+)
+NOT_DETERMINERS = {"a", "an", "any", "the", "one"}
+STOP_WORDS = {
+    "and",
+    "but",
+    "or",
+    "while",
+    "whereas",
+    "though",
+    "although",
+    "because",
+    "so",
+    "yet",
+    "then",
+    "that",
+    "which",
+    "who",
+    "whose",
+    "where",
+    "when",
+    "as",
+    "in",
+    "on",
+    "at",
+    "near",
+    "by",
+    "under",
+    "over",
+    "above",
+    "below",
+    "behind",
+    "beside",
+    "next",
+    "inside",
+    "outside",
+    "with",
+    "from",
+    "into",
+    "onto",
+    "of",
+    "for",
+    "to",
+    "during",
+    "against",
+    "along",
+    "around",
+    "between",
+    "through",
+    "across",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+}
+DETERMINERS = {"a", "an", "the", "some", "one", "two", "three", "several", "many", "his", "her", "their", "its", "my"}
+_CLAUSE_PUNCTUATION = ",;:"
+_DANGLING_CONNECTIVES = re.compile(
+    r"^(?:(?:and|or|but)(?=[\s,;:]|$)[\s,;:]*)+|(?:[\s,;:]+(?:and|or|but))+$", re.IGNORECASE
+)
+_TOKEN = re.compile(r"[A-Za-z0-9'\-]+|[^\sA-Za-z0-9'\-]")
+
+
+def split_negations(prompt: str) -> tuple[str, list[str]]:
+    """``(rest, negated_phrases)``: the prompt without its negations, and the negated phrases in order."""
+    tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(prompt)]
+    words = [t[0].lower() for t in tokens]
+    removed: list[tuple[int, int]] = []
+    negated: list[str] = []
+    i = 0
+    while i < len(tokens):
+        cue_end = _cue_length(words, i)
+        if not cue_end:
+            i += 1
+            continue
+        start = i + cue_end
+        if words[i] == "not" and start < len(words) and words[start] in NOT_DETERMINERS:
+            start += 1
+        end = _phrase_end(words, start)
+        if end == start:  # a cue with nothing to negate stays in the prompt
+            i += cue_end
+            continue
+        removed.append((tokens[i][1], tokens[end - 1][2]))
+        negated.append(prompt[tokens[start][1] : tokens[end - 1][2]])
+        i = end
+    return _without_spans(prompt, removed), negated
+
+
+def _is_word(word: str) -> bool:
+    return bool(re.match(r"[a-z0-9]", word))
+
+
+def _cue_length(words: list[str], i: int) -> int:
+    for phrase in SPAN_MULTI_WORD_CUES:
+        if tuple(words[i : i + len(phrase)]) == phrase:
+            return len(phrase)
+    return 1 if words[i] in SPAN_CUES else 0
+
+
+def _phrase_end(words: list[str], start: int) -> int:
+    """Index just past the negated phrase that begins at ``start`` (== start when there is none)."""
+    end = start
+    while end < len(words):
+        word = words[end]
+        if not _is_word(word) or word in SPAN_CUES or _cue_length(words, end):
+            break
+        if word == "and" or word == "or":
+            nxt = words[end + 1] if end + 1 < len(words) else ""
+            if end == start or not _is_word(nxt) or nxt in STOP_WORDS or nxt in DETERMINERS or nxt in SPAN_CUES:
+                break
+            end += 1
+            continue
+        if word in STOP_WORDS:
+            break
+        end += 1
+    while end > start and words[end - 1] in ("and", "or"):
+        end -= 1
+    return end
+
+
+def _without_spans(prompt: str, spans: list[tuple[int, int]]) -> str:
+    """The prompt with ``spans`` cut out; spaces around a cut collapse; a dangling ", " / "and" at either end goes."""
+    if not spans:
+        return prompt
+    pieces, cursor = [], 0
+    for begin, end in spans:
+        pieces.append(prompt[cursor:begin])
+        cursor = end
+    pieces.append(prompt[cursor:])
+    out = pieces[0]
+    for piece in pieces[1:]:
+        if out.endswith(" ") and (piece.startswith(" ") or piece[:1] in _CLAUSE_PUNCTUATION):
+            out = out.rstrip(" ") + (" " if piece.startswith(" ") else "")
+            piece = piece.lstrip(" ")
+        out += piece
+    out = _DANGLING_CONNECTIVES.sub("", out.strip(" " + _CLAUSE_PUNCTUATION))
+    return out.strip(" " + _CLAUSE_PUNCTUATION)

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "negation_plugins.data.verifiers",
     "negation_plugins.data.commands",
     "negation_plugins.losses",
+    "negation_plugins.corrections",
     "negation_plugins.hub",
     "negation_plugins.commands",
     "trainers.commands",
@@ -56,6 +57,7 @@ CONTRACTS = {
     "negators": Contract("class", ("prepare", "propose", "rewrite")),
     "verifiers": Contract("class", ("set_vocabulary", "absent")),
     "objectives": Contract("class", ("forward",), ("requires",)),
+    "corrections": Contract("class", ("correct",)),
     "benchmarks": Contract("instance", ("run",)),
     "integrations": Contract("instance", ("matches", "apply")),
 }

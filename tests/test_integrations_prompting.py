@@ -4,10 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrations.prompting import CUES, route_negations, split_negations
+from integrations.prompting import route_negations
+from negation_plugins.lexicon import SPAN_CUES, split_negations
 
 VOCAB = sorted(
-    set(CUES)
+    set(SPAN_CUES)
     | {
         "with",
         "free",
@@ -110,7 +111,7 @@ def test_rest_keeps_no_negated_phrase_after_its_cue(prompt):
                 # whatever follows a cue left in the prompt is not a negatable word
                 follower = rest_words[i + 1]
                 assert (
-                    follower in CUES
+                    follower in SPAN_CUES
                     or not follower[0].isalnum()
                     or follower in {"and", "or", "in", "on", "with", "of", "a", "an", "the"}
                     or (cue == "not" and follower in {"a", "an", "the"})

@@ -2,9 +2,17 @@
 
 import pytest
 
-from integrations.prompting import CUES, MULTI_WORD_CUES, split_negations
 from negation_plugins.lexicon import CUES as LEXICON
-from negation_plugins.lexicon import NEGATION_WORDS, Cue, count_negations, cue_phrases, is_negated
+from negation_plugins.lexicon import (
+    NEGATION_WORDS,
+    SPAN_CUES,
+    SPAN_MULTI_WORD_CUES,
+    Cue,
+    count_negations,
+    cue_phrases,
+    is_negated,
+    split_negations,
+)
 
 # The word lists the lexicon replaced (data/language, integrations/prompting): the derived views must equal them.
 COUNTED_BEFORE = {
@@ -17,8 +25,8 @@ ROUTED_BEFORE = {"without", "no", "not", "never", "nor", "minus", "sans", "excep
 
 def test_views_equal_the_lists_they_replaced():
     assert NEGATION_WORDS == COUNTED_BEFORE
-    assert set(CUES) == ROUTED_BEFORE
-    assert set(MULTI_WORD_CUES) == {("with", "no"), ("free", "of"), ("devoid", "of")}
+    assert set(SPAN_CUES) == ROUTED_BEFORE
+    assert set(SPAN_MULTI_WORD_CUES) == {("with", "no"), ("free", "of"), ("devoid", "of")}
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@
 2. pretrain the base CLIP on affirmative captions only (or reuse the cached one): it reads "no X" as "X";
 3. generate negation records: template negator + annotation verifier, absence and presence kinds;
 4. fine-tune the text tower with LoRA and the best measured objective;
-5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type and affirmative Recall@1;
+5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type and affirmative Recall@K
+   (``coco-retrieval``);
 6. write results.json, before_after.png and the model card (README.md) next to the trained model.
 
 Layout of ``--output``: world/, base_model/, records.jsonl, model/ (the trainer's output), results.json,
@@ -24,6 +25,7 @@ from negation_plugins.atomic import atomic_write, atomic_write_json
 logger = logging.getLogger(__name__)
 
 MCQ_TYPES = ("affirmation", "negation", "hybrid")
+FINETUNE_EPOCHS = 16
 
 
 def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> dict:
@@ -50,7 +52,7 @@ def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> 
 
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
-    """The demo's fine-tuning: LoRA at its best measured learning rate and length (benchmarks/compare_objectives.py),
+    """The demo's fine-tuning: LoRA at its best measured learning rate and length (perf/compare_objectives.py),
     the default negbench-mcq objective with the CLIP retention term at full weight (at 0.5, LoRA kept only 0.948 of
     the base model's retrieval), the checkpoint kept by MCQ accuracy on the TRAINING scenes' questions (held-out
     scenes are only for the report)."""
@@ -64,7 +66,7 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
         "seed": seed,
         "eval_mcq": str(world.mcq_train_csv),
         "select_by": "mcq",
-        "epochs": 16,
+        "epochs": FINETUNE_EPOCHS,
         "eval_every": 250,
         "tuning": "lora",
         "lr": 1e-2,
@@ -87,12 +89,10 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run every step and return the results dict (also in ``output/results.json``)."""
-    from negation_plugins import load_clip
-    from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
     from negation_plugins.world import WorldConfig, make_world
-    from negation_plugins.world.pretrain import PretrainConfig, pretrain
 
     from .finetune import train
+    from .pretrain_world import PretrainConfig, pretrain
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -121,14 +121,7 @@ def run_demo(
     summary = train(config)
     lap("finetune")
 
-    def evaluate(spec):
-        clip = load_clip(spec)
-        return {
-            "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
-            "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False),
-        }
-
-    before, after = evaluate(base_spec), evaluate(f"local-dir:{output / 'model'}")
+    before, after = evaluate_on_world(base_spec, world), evaluate_on_world(f"local-dir:{output / 'model'}", world)
     lap("evaluate")
     retention = _retention(before["retrieval"], after["retrieval"])
     results = {
@@ -136,7 +129,7 @@ def run_demo(
         "after": after,
         "affirmative_retrieval_retained": retention,
         "gain": {t: _diff(after["mcq"][t], before["mcq"][t]) for t in ("accuracy", *MCQ_TYPES)},
-        "base_model": {k: pretrain_result[k] for k in ("r1_image_to_text", "r1_text_to_image", "cached")},
+        "base_model": {k: pretrain_result[k] for k in ("i2t_R@1", "t2i_R@1", "cached")},
         "data": {k: data_summary.get(k) for k in ("absence", "presence", "captions", "verifier_rejected")},
         "training": {
             k: summary[k]
@@ -161,8 +154,21 @@ def run_demo(
     return results
 
 
+def evaluate_on_world(spec: str, world) -> dict:
+    """Held-out scenes: the world's MCQ and its affirmative retrieval (``coco-retrieval`` on the val captions)."""
+    from negation_plugins import load_clip
+    from negation_plugins.benchmarks.mcq import run_mcq
+    from negation_plugins.benchmarks.retention import CocoRetrieval
+
+    clip = load_clip(spec)
+    return {
+        "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
+        "retrieval": CocoRetrieval().run(clip, captions=world.val_captions, images=world.images, progress=False),
+    }
+
+
 def _retention(before: dict, after: dict) -> dict:
-    return {k: round(after[k] / before[k], 4) if before[k] else None for k in ("image_to_text_r1", "text_to_image_r1")}
+    return {k: round(after[k] / before[k], 4) if before[k] else None for k in ("i2t_R@1", "t2i_R@1")}
 
 
 def _diff(after, before):

@@ -20,6 +20,7 @@ import torch
 
 from ..factory import Backend, ClipBundle
 from ..hookspecs import hookimpl
+from ..hub import CHECKPOINT_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ ACTIVATIONS = ("quick_gelu", "gelu")
 # for these, 64-wide heads and quick_gelu are known facts rather than guesses.
 PUBLISHED_TEXT = {(512, 12), (640, 12), (768, 12), (1024, 12)}
 PUBLISHED_VIT = {(768, 12), (1024, 24)}
-SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 OPENAI_HEAD_WIDTH = 64
 # Metadata entries of OpenAI's original (JIT) state dicts; not weights.
 METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -209,7 +209,7 @@ class OpenAIStateDictBackend(Backend):
         if spec.startswith(PREFIX):
             return True
         path = _path_of(spec)
-        return path.suffix in SUFFIXES and path.is_file()
+        return path.suffix in CHECKPOINT_SUFFIXES and path.is_file()
 
     def load(
         self,

@@ -23,18 +23,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json
+from ..benchmarks.mcq import MCQ_COLUMNS
 from .captions import affirmative_captions, mcq_items
 from .scenes import CATEGORIES, Scene, bbox, generate_scenes, render
-
-MCQ_COLUMNS = (
-    "image_path",
-    "correct_answer",
-    "caption_0",
-    "caption_1",
-    "caption_2",
-    "caption_3",
-    "correct_answer_template",
-)
 
 
 @dataclass(frozen=True)

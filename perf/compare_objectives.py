@@ -1,6 +1,6 @@
 """Compare objectives and tuning modes on the synthetic world; prints the README table.
 
-    python benchmarks/compare_objectives.py --workdir /tmp/compare --steps 1000
+    python perf/compare_objectives.py --workdir /tmp/compare --steps 1000
 
 Same world, same base model (pretrained on affirmative captions, cached), same template-negation records and the
 same number of steps for every row; scores on held-out scenes: NegBench-style MCQ accuracy (overall and per type)
@@ -37,12 +37,10 @@ ROWS = (
 
 def prepare(workdir: Path, seed: int):
     """World + cached base model + records (built once, reused by every row)."""
-    from negation_plugins import plugins
-    from negation_plugins.data.generate import generate
-    from negation_plugins.data.io import read_coco_captions
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
-    from negation_plugins.world.pretrain import PretrainConfig, pretrain
+    from trainers.demo import negation_records
+    from trainers.pretrain_world import PretrainConfig, pretrain
 
     world_dir = workdir / "world"
     world = (
@@ -53,30 +51,8 @@ def prepare(workdir: Path, seed: int):
     pretrain(world, workdir / "base_model", PretrainConfig(seed=seed), progress=False)
     records = workdir / "records.jsonl"
     if not records.is_file():
-        captions = read_coco_captions(world.captions, world.instances, world.images)
-        generate(
-            captions,
-            records,
-            plugins.get_one("negators", "template")(),
-            plugins.get_one("verifiers", "annotations")(images=str(world.images)),
-            ("absence", "presence"),
-            captions.categories,
-            seed=seed,
-            overwrite=True,
-            progress=False,
-        )
+        negation_records(world, records, seed=seed, progress=False)
     return world, f"local-dir:{workdir / 'base_model'}", records
-
-
-def evaluate(spec: str, world) -> dict:
-    from negation_plugins import load_clip
-    from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
-
-    clip = load_clip(spec)
-    return {
-        "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
-        "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False),
-    }
 
 
 def main() -> int:
@@ -88,12 +64,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
     from trainers.config import TrainConfig
+    from trainers.demo import evaluate_on_world
     from trainers.finetune import train
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     world, base, records = prepare(workdir, args.seed)
-    base_scores = evaluate(base, world)
+    base_scores = evaluate_on_world(base, world)
     rows = list(enumerate(ROWS, 1))
     if args.only:
         keep = {int(x) for x in args.only.split(",")}
@@ -125,7 +102,7 @@ def main() -> int:
         started = time.perf_counter()
         summary = train(config)
         seconds = time.perf_counter() - started
-        scores = evaluate(f"local-dir:{out}", world)
+        scores = evaluate_on_world(f"local-dir:{out}", world)
         _print_row(label, lr, scores, base_scores, summary["train_seconds"] / args.steps)
         results["rows"][label] = {
             "scores": scores,
@@ -141,7 +118,7 @@ def main() -> int:
 
 def _print_row(label, lr, scores, base, seconds_per_step):
     mcq = scores["mcq"]
-    ratio = scores["retrieval"]["image_to_text_r1"] / max(base["retrieval"]["image_to_text_r1"], 1e-9)
+    ratio = scores["retrieval"]["i2t_R@1"] / max(base["retrieval"]["i2t_R@1"], 1e-9)
     step = "-" if seconds_per_step is None else f"{seconds_per_step:.3f}"
     rate = "-" if lr is None else f"{lr:.0e}"
     print(

@@ -1,5 +1,7 @@
 """Pretrain the world's base model: a tiny open_clip CLIP trained from scratch on affirmative captions only.
 
+    negclip world pretrain --world WORLD --out MODEL
+
 It stands in for the web-pretrained CLIPs of the papers: good at "what is in the picture", blind to "no" (it has never
 seen a negation). Saved as a local open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
 ``open_clip.create_model_and_transforms("local-dir:PATH")`` and ``negation_plugins.load_clip`` both load.
@@ -22,17 +24,20 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .export import WorldFiles
+from negation_plugins.atomic import atomic_folder, atomic_write_json
+from negation_plugins.benchmarks.common import load_rgb, read_coco_pairs
+from negation_plugins.benchmarks.retention import CocoRetrieval
+from negation_plugins.convert import save_open_clip
+from negation_plugins.factory import ClipBundle
+from negation_plugins.world.export import WorldFiles
+
+from .optim import adamw, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-RESULT_NAME = "pretrain_result.json"
+RESULT_NAME = "pretrain_result.json"  # written last: a folder with it is a finished run
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def default_cache_dir() -> Path:
 def cache_key(world: WorldFiles, config: PretrainConfig) -> str:
     """Same world settings + same training config -> same key (the run is deterministic in them)."""
     manifest = json.loads((world.root / "world.json").read_text())
-    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 1}, sort_keys=True)
+    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 3}, sort_keys=True)
     return "world-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -98,13 +103,13 @@ def pretrain(
     if use_cache and (cached / RESULT_NAME).is_file():
         logger.info("reusing cached world model %s", cached)
         if cached.resolve() != out.resolve():
-            _copy_folder(cached, out)
+            copy_folder(cached, out)
         result = json.loads((out / RESULT_NAME).read_text())
         return {**result, "cached": True}
 
     result = _train_and_save(world, out, config, progress)
     if use_cache and cached.resolve() != out.resolve():
-        _copy_folder(out, cached)
+        copy_folder(out, cached)
     return {**result, "cached": False}
 
 
@@ -117,48 +122,38 @@ def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progre
     preprocess = open_clip.image_transform(image_size, is_train=False)
     tokenizer = open_clip.SimpleTokenizer(context_length=config.context_length)
 
-    images, captions = load_split(world.captions, world.images, preprocess, what="train")
+    images, captions = load_split(world.captions, world.images, preprocess)
     tokens = [tokenizer(c) for c in captions]
     train_loop(model, images, tokens, config, progress)
 
-    val_images, val_captions = load_split(world.val_captions, world.images, preprocess, what="val")
-    canonical = tokenizer([c[0] for c in val_captions])
-    recall = retrieval_r1(model, val_images, canonical)
+    recall = retrieval_r1(model, tokenizer, preprocess, world)
     result = {
-        "r1_image_to_text": recall["image_to_text"],
-        "r1_text_to_image": recall["text_to_image"],
-        "n_val_scenes": len(val_images),
+        "i2t_R@1": recall["i2t_R@1"],
+        "t2i_R@1": recall["t2i_R@1"],
+        "n_val_scenes": recall["n_images"],
         "n_train_scenes": len(images),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "config": asdict(config),
     }
     logger.info(
         "world model: val R@1 image->text %.3f text->image %.3f (%d scenes)",
-        result["r1_image_to_text"],
-        result["r1_text_to_image"],
-        len(val_images),
+        result["i2t_R@1"],
+        result["t2i_R@1"],
+        result["n_val_scenes"],
     )
-    save_open_clip_folder(model, model_cfg, out, extra={RESULT_NAME: result})
+    bundle = ClipBundle(model, tokenizer, preprocess, spec="world-pretrain", info={"model_cfg": model_cfg})
+    save_open_clip(bundle, out, overwrite=True)
+    atomic_write_json(out / RESULT_NAME, result, indent=2)
     return result
 
 
-def load_split(captions_json: Path, images_dir: Path, preprocess, what: str) -> tuple[torch.Tensor, list[list[str]]]:
+def load_split(captions_json: Path, images_dir: Path, preprocess) -> tuple[torch.Tensor, list[list[str]]]:
     """Preprocessed image tensor (N, 3, H, W) and each image's captions, in the COCO file's image order."""
-    data = json.loads(Path(captions_json).read_text())
-    by_image: dict[int, list[str]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann["caption"])
-    entries = [img for img in data["images"] if img["id"] in by_image]
-    if not entries:
-        raise ValueError(f"{captions_json}: no {what} images with captions")
-    pixels = []
-    for img in entries:
-        path = Path(images_dir) / img["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"{captions_json}: image {img['id']} file {path} does not exist")
-        with Image.open(path) as im:
-            pixels.append(preprocess(im.convert("RGB")))
-    return torch.stack(pixels), [by_image[img["id"]] for img in entries]
+    pairs, _ = read_coco_pairs(captions_json, images_dir)
+    if not pairs:
+        raise ValueError(f"{captions_json}: no images with captions")
+    pixels = [preprocess(load_rgb(path)) for path, _ in pairs]
+    return torch.stack(pixels), [captions for _, captions in pairs]
 
 
 def train_loop(
@@ -166,13 +161,8 @@ def train_loop(
 ) -> None:
     """Symmetric InfoNCE, each image paired with one of its captions drawn at random each step."""
     generator = torch.Generator().manual_seed(config.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    optimizer = adamw(model, config.lr, config.weight_decay)
+    schedule = warmup_cosine(optimizer, config.warmup_steps, config.steps)
     batch_size = min(config.batch_size, len(images))
     order, cursor = torch.randperm(len(images), generator=generator), 0
     model.train()
@@ -198,58 +188,13 @@ def train_loop(
     model.eval()
 
 
-def _lr_factor(step: int, config: PretrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def retrieval_r1(model, tokenizer, preprocess, world: WorldFiles) -> dict:
+    """The world's affirmative retrieval: the ``coco-retrieval`` benchmark on the held-out scenes (all their
+    captions), the same figure ``negclip eval --bench coco-retrieval`` and ``negclip demo`` report."""
+    clip = ClipBundle(model, tokenizer, preprocess, spec="world-pretrain")
+    return CocoRetrieval().run(clip, captions=world.val_captions, images=world.images, ks=(1,), progress=False)
 
 
-@torch.no_grad()
-def retrieval_r1(model, images: torch.Tensor, tokens: torch.Tensor) -> dict:
-    """Recall@1 with one caption per image, caption i belonging to image i."""
-    model.eval()
-    image_features = model.encode_image(images, normalize=True)
-    text_features = model.encode_text(tokens, normalize=True)
-    similarity = image_features @ text_features.T
-    target = torch.arange(len(images))
-    return {
-        "image_to_text": round(float((similarity.argmax(1) == target).float().mean()), 4),
-        "text_to_image": round(float((similarity.argmax(0) == target).float().mean()), 4),
-    }
-
-
-def save_open_clip_folder(model: torch.nn.Module, model_cfg: dict, out: Path, extra: dict | None = None) -> None:
-    """Write an open_clip local folder atomically (a temp folder renamed into place)."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = {
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
-    }
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_NAME))
-    for name, data in (extra or {}).items():
-        (tmp / name).write_text(json.dumps(data, indent=2))
-    _replace_folder(tmp, out)
-
-
-def _copy_folder(source: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    _replace_folder(tmp, target)
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
+def copy_folder(source: Path, target: Path) -> None:
+    """Copy a finished run into (or out of) the cache; readers see the old folder or the whole new one."""
+    atomic_folder(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))

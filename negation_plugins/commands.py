@@ -231,15 +231,12 @@ def compare_command(models, image, texts, as_json, device, corrections):
 
 
 def _read_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from .images import ImageDecodeError, load_rgb
 
     try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (FileNotFoundError, IsADirectoryError):
-        raise click.ClickException(f"--image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise click.ClickException(f"--image {path}: not a readable image ({err})") from None
+        return load_rgb(path)
+    except ImageDecodeError as err:
+        raise click.ClickException(f"--image {err}") from None
 
 
 @hookimpl

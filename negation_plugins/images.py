@@ -19,7 +19,7 @@ def load_rgb(path: str | os.PathLike):
     try:
         with Image.open(path) as image:
             return image.convert("RGB")  # convert() reads every pixel: truncation shows up here, not later
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: image file not found") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise ImageDecodeError(f"{path}: no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from None
+        raise ImageDecodeError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None

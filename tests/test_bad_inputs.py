@@ -259,7 +259,7 @@ def test_generate_into_a_missing_folder_creates_it(captions, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from tests.test_trainer_support import tiny_model_dir
+    from negation_plugins.testing import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -491,9 +491,9 @@ def test_trainer_refuses_before_training(tiny_model, tmp_path, monkeypatch, flag
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bench", ["mcq", "retrieval-r1"])
+@pytest.mark.parametrize("bench", ["mcq", "coco-retrieval"])
 def test_eval_option_typo_is_named_before_any_model_loads(tmp_path, bench):
-    required = {"mcq": ["csv=x.csv"], "retrieval-r1": ["captions=c.json", "images=i"]}[bench]
+    required = {"mcq": ["csv=x.csv"], "coco-retrieval": ["captions=c.json", "images=i"]}[bench]
     options = [a for pair in required for a in ("-o", f"{bench}.{pair}")]
     line = fails(["eval", "no-such-model", "--bench", bench, *options, "-o", f"{bench}.batchsize=8", "--out", tmp_path / "r"],
                  "batchsize")  # fmt: skip

@@ -124,13 +124,9 @@ class MicroBatches(Dataset):
         """Rows of the feature table, or decoded and preprocessed pixels."""
         if self.table is not None:
             return torch.tensor([self.image_rows[p] for p in paths])
-        from PIL import Image
+        from negation_plugins.images import load_rgb
 
-        pixels = []
-        for path in paths:
-            with Image.open(self.images_root / path) as image:
-                pixels.append(self.preprocess(image.convert("RGB")))
-        return torch.stack(pixels)
+        return torch.stack([self.preprocess(load_rgb(self.images_root / path)) for path in paths])
 
     def _negate(self, chunk: list[Example], micro_batch: int) -> dict[str, list[str]]:
         world = self.plan.world_size if self.gather else 1

@@ -58,10 +58,9 @@ class PixelDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image
+        from negation_plugins.images import load_rgb
 
-        with Image.open(self.files[index]) as image:
-            return self.preprocess(image.convert("RGB"))
+        return self.preprocess(load_rgb(self.files[index]))
 
 
 def pixel_loader(files: list[Path], preprocess, batch_size: int, workers: int) -> DataLoader:

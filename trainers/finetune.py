@@ -258,6 +258,11 @@ def train(config: TrainConfig) -> dict:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     requires = objective.requires
+    if config.negation == "on-the-fly" and not {"hybrid", "full"} & set(requires):
+        raise ConfigError(
+            f"--negation on-the-fly builds negated texts only for objectives that read them (tng); "
+            f"--objective {' + '.join(config.objective)} would train without any negation: add --objective tng"
+        )
     _forget_previous_run_settings()
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -297,6 +302,13 @@ def train(config: TrainConfig) -> dict:
     images_root = Path(config.images or ".")
     paths = sorted({e.image for e in examples})
     check_images_exist(images_root, paths)
+    if not config.cache_image_features:  # decoded only when a batch needs them: find what a cheap check can now
+        from negation_plugins.data.io import check_image
+
+        for path in paths:
+            problem = check_image(images_root / path)
+            if problem:
+                raise ValueError(f"{images_root / path}: {problem} (a record image under --images)")
     clip = open_clip_model(model)
     clip.visual.eval()
     features_started = time.perf_counter()
@@ -572,6 +584,15 @@ def save_checkpoint(accelerator, output: Path, step: int, keep: int | None, trai
     accelerator.wait_for_everyone()
 
 
+def _remove_unfinished_output(output: Path) -> None:
+    """A run that failed before its first checkpoint leaves nothing to resume: remove the folder it created
+    (logs, metrics.jsonl) so no half-made output looks like a result. Only the main process deletes."""
+    import shutil
+
+    if os.environ.get("RANK", "0") == "0" and output.is_dir() and latest_checkpoint(output) is None:
+        shutil.rmtree(output, ignore_errors=True)
+
+
 def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -595,15 +616,19 @@ def _tracker_config(config: TrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = None
     try:
         config, dry_run = parse_command_line(argv)
         if dry_run:
             print(json.dumps(config.to_dict(), indent=1))
             return 0
+        output_existed = Path(config.output).exists()
         summary = train(config)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
+        if config is not None and not output_existed:
+            _remove_unfinished_output(Path(config.output))
         return 2
     after = summary["results_after"]
     print(json.dumps({"output": config.output, "steps": summary["steps"], "results_after": after}, indent=1))

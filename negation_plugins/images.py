@@ -8,7 +8,17 @@ from pathlib import Path
 
 
 class ImageDecodeError(ValueError):
-    """An image file that cannot be decoded; the message names it."""
+    """An image file that cannot be decoded; the message names it.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process with the worker's traceback as the message;
+    only its last line, the one naming the file, is kept, so the error stays one line wherever decoding happens.
+    """
+
+    def __init__(self, message: str):
+        tag = f"{type(self).__name__}: "
+        if "Original Traceback" in message and tag in message:
+            message = message.rsplit(tag, 1)[1].strip()
+        super().__init__(message)
 
 
 def load_rgb(path: str | os.PathLike):

@@ -15,6 +15,7 @@ import negation_plugins as npl
 from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq, run_retrieval
 from negation_plugins.cli import cli
 from negation_plugins.lexicon import NEGATION_WORDS
+from negation_plugins.phrasings import BY_FAMILY
 from negation_plugins.world import (
     CATEGORIES,
     WorldConfig,
@@ -23,7 +24,14 @@ from negation_plugins.world import (
     make_world,
 )
 
-NEGATION_CUE = re.compile(r"\b(no|not|without|nothing)\b", re.IGNORECASE)
+# Generic English negation cues (wider than the lexicon: held-out phrasings use words it does not count) and the
+# clause boundaries of a caption: a clause with a cue negates the objects it names, the others affirm theirs.
+NEGATION_CUE = re.compile(
+    r"\b(no|not|without|nothing|never|cannot|absent|free|lacking|lacks|empty|devoid|nowhere|missing|fails|omitting|"
+    r"neither)\b|n't\b",
+    re.IGNORECASE,
+)
+CLAUSE = re.compile(r"[,;]| but | with | only | just ", re.IGNORECASE)
 
 
 def digest(root):
@@ -86,14 +94,18 @@ def test_coco_exports_are_consistent(world_coco):
 
 
 def objects_in(text):
-    return [c for c in CATEGORIES if re.search(rf"\b{c}\b", text.lower())]
+    return [c for c in CATEGORIES if re.search(rf"\b{c}(e?s)?\b", text.lower())]  # singular or plural
+
+
+def affirmed_and_negated(caption):
+    affirmed, negated = [], []
+    for clause in CLAUSE.split(caption):
+        (negated if NEGATION_CUE.search(clause) else affirmed).extend(objects_in(clause))
+    return affirmed, negated
 
 
 def truth(caption, present):
-    """Objects after the first negation cue are negated, before it affirmed (how the world's templates are built)."""
-    cue = NEGATION_CUE.search(caption)
-    affirmed = objects_in(caption[: cue.start()] if cue else caption)
-    negated = objects_in(caption[cue.start() :]) if cue else []
+    affirmed, negated = affirmed_and_negated(caption)
     return all(o in present for o in affirmed) and not any(o in present for o in negated)
 
 
@@ -122,12 +134,18 @@ def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, sp
     assert not any(bow_hits["negation"]) and not any(bow_hits["hybrid"])
     # presence-based false captions: "... but no X" / "no X" with X in the image
     assert any(
-        not truth(c, present[r.image_path])
-        and NEGATION_CUE.search(c)
-        and set(objects_in(c[NEGATION_CUE.search(c).start() :])) & present[r.image_path]
+        not truth(c, present[r.image_path]) and set(affirmed_and_negated(c)[1]) & present[r.image_path]
         for r in rows
         for c in r.captions
     )
+    # negation and hybrid items in train and held-out phrasing families, about half each, every family used
+    phrased = [r for r in rows if r.type != "affirmation"]
+    assert all(r.phrasing in BY_FAMILY and r.phrasing_split == BY_FAMILY[r.phrasing].split for r in phrased)
+    assert all(r.phrasing == "" and r.phrasing_split == "" for r in rows if r.type == "affirmation")
+    held_out = sum(r.phrasing_split == "held-out" for r in phrased)
+    assert 0.35 < held_out / len(phrased) < 0.65
+    if split == "mcq_train_csv":
+        assert {r.phrasing for r in phrased} == set(BY_FAMILY)
 
 
 def test_world_cli_make(tmp_path):

@@ -3,6 +3,9 @@
 MCQ: each row of a NegBench MCQ CSV (``image_path, correct_answer, caption_0..caption_3, correct_answer_template``)
 is one image with 4 captions; the model answers with the caption of highest cosine similarity to the image.
 Accuracy is reported overall and per template type (positive -> affirmation, negative -> negation, hybrid).
+A CSV with the optional ``phrasing_split`` column (the synthetic world's: ``train`` / ``held-out`` phrasing family of
+each negation and hybrid item, see :mod:`negation_plugins.phrasings`) also gets ``by_phrasing_split``: per split, the
+same figures over that split's negation and hybrid items plus all affirmation items (which have no negation phrasing).
 The same code scores the public NegBench CSVs and the synthetic world's ``mcq_*.csv``.
 """
 
@@ -52,6 +55,8 @@ class McqRow:
     captions: tuple[str, str, str, str]
     correct_answer: int
     type: str  # affirmation | negation | hybrid
+    phrasing: str = ""  # optional columns: the negation phrasing family and its split (train | held-out)
+    phrasing_split: str = ""
 
 
 def read_mcq_csv(path: str | os.PathLike) -> list[McqRow]:
@@ -90,7 +95,8 @@ def _parse_row(path: Path, number: int, record: dict) -> McqRow:
             f"{where}: correct_answer_template {record['correct_answer_template']!r} is not positive, negative or hybrid"
         )
     captions = tuple(record[f"caption_{i}"].strip() for i in range(4))
-    return McqRow(number, record["image_path"].strip(), captions, answer, TYPE_NAMES[template])
+    phrasing, split = ((record.get(c) or "").strip() for c in ("phrasing", "phrasing_split"))
+    return McqRow(number, record["image_path"].strip(), captions, answer, TYPE_NAMES[template], phrasing, split)
 
 
 def resolve_image(image_path: str, images: str | os.PathLike | None) -> Path:
@@ -144,6 +150,20 @@ def run_mcq(
     option_embeds = clip.encode_text(texts, batch_size=batch_size).reshape(len(kept), 4, -1)
     predictions = mcq_predictions(image_embeds, option_embeds.to(image_embeds.dtype))
     result = mcq_accuracy(predictions.cpu(), [r.correct_answer for r in kept], [r.type for r in kept])
+    splits = sorted({r.phrasing_split for r in kept} - {""})
+    if splits:
+        result["by_phrasing_split"] = {
+            split: mcq_accuracy(
+                *zip(
+                    *(
+                        (p, r.correct_answer, r.type)
+                        for p, r in zip(predictions.tolist(), kept)
+                        if r.type == "affirmation" or r.phrasing_split == split
+                    )
+                )
+            )
+            for split in splits
+        }
     result["n_skipped"] = len(missing)
     return result
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from ..hookspecs import hookimpl
 from ..lexicon import count_negations, is_negated
+from ..phrasings import templates
 from .io import KINDS, CaptionItem
 from .language import (
     lower_first,
@@ -38,30 +39,10 @@ from .language import (
 
 CONTEXT_LENGTH = 77
 
-# Caption + absence of an object ("hybrid" in TNG-CLIP). {c}: caption body, {o}: object, {a}: with article,
+# Caption + absence of an object ("hybrid" in TNG-CLIP), from the TRAIN phrasing families only (the held-out ones
+# measure generalization to phrasings never trained on). {c}: caption body, {o}: object, {a}: with article,
 # {p}: plural. Every template adds exactly ONE negation word, so outputs never double-negate.
-HYBRID_TEMPLATES = (
-    "{c} with no {o}",
-    "{c}, without {a}",
-    "{c}, but not {a}",
-    "{c}; there is no {o}",
-    "{c}; {p} are absent",
-    "{c}, lacking {a}",
-    "{c}, free of {p}",
-    "{c}, with nothing like {a}",
-    "{c}, which does not include {a}",
-    "{c}, not a single {o} in sight",
-    "{c}, with {a} nowhere to be seen",
-    "{c}, and there are no {p}",
-    "{c}, and nothing that looks like {a}",
-    "{c} but no {p}",
-    "{c}; {a} cannot be seen",
-    "{c}, with {a} not present",
-    "No {o} is visible, but {c}",
-    "There is no {o} here, only {c}",
-    "Without {a}, {c}",
-    "Not a single {o}, just {c}",
-)
+HYBRID_TEMPLATES = templates("hybrid", "train")
 # Negating a whole caption (TNG-CLIP "full"): true for any image the caption does not describe.
 FULL_TEMPLATES = (
     "this image does not show {c}",
@@ -76,16 +57,7 @@ FULL_TEMPLATES = (
     "this scene is not {c}",
 )
 # Negation with nothing affirmative left (presence negation of an image's only known object).
-ONLY_NEGATION_TEMPLATES = (
-    "there is no {o} in this image",
-    "no {p} here",
-    "this image shows no {o}",
-    "not a single {o} can be seen",
-    "an image without {a}",
-    "a picture lacking {a}",
-    "nothing that looks like {a} appears here",
-    "{p} are absent from this picture",
-)
+ONLY_NEGATION_TEMPLATES = templates("only", "train")
 # When a caption is too long, the cue goes first so truncating the caption's tail keeps it.
 SHORT_PREFIX_TEMPLATE = "no {o}: {c}"
 
@@ -315,7 +287,9 @@ class Negator:
 
 class TemplateNegator(Negator):
     name = "template"
-    description = f"Rule-based negation: {len(HYBRID_TEMPLATES)} cue forms, articles/plurals, fits 77 tokens"
+    description = (
+        f"Rule-based negation: {len(HYBRID_TEMPLATES)} train-family cue forms, articles/plurals, fits 77 tokens"
+    )
 
     def __init__(
         self,

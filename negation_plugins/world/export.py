@@ -5,7 +5,7 @@ Layout of ``make_world(out)``::
     out/images/000001.png ...            rendered scenes (train and val)
     out/captions_{train,val}.json        COCO captions (affirmative only, 5 phrasings per image)
     out/instances_{train,val}.json       COCO instances (bbox, category_id, categories; colour as an attribute)
-    out/mcq_{train,val}.csv              NegBench MCQ CSV (image_path relative to out/images)
+    out/mcq_{train,val}.csv              NegBench MCQ CSV (image_path relative to out/images) + phrasing columns
     out/world.json                       the settings and file names
 
 Train and val scenes are disjoint (different content), so val numbers measure generalisation.
@@ -34,6 +34,8 @@ MCQ_COLUMNS = (
     "caption_2",
     "caption_3",
     "correct_answer_template",
+    "phrasing",  # after NegBench's columns (which a NegBench CSV has first): the negation phrasing family
+    "phrasing_split",  # train | held-out (held-out families never appear in training data)
 )
 
 
@@ -170,5 +172,14 @@ def _mcq_csv(scenes: list[Scene], rng: random.Random) -> str:
     writer.writerow(MCQ_COLUMNS)
     for scene in scenes:
         for item in mcq_items(scene, rng):
-            writer.writerow([_file_name(scene), item.correct_answer, *item.captions, item.template])
+            writer.writerow(
+                [
+                    _file_name(scene),
+                    item.correct_answer,
+                    *item.captions,
+                    item.template,
+                    item.phrasing,
+                    item.phrasing_split,
+                ]
+            )
     return buffer.getvalue()

@@ -177,3 +177,53 @@ def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_c
     assert mcq["affirmation"] >= mcq["negation"] + 0.15, mcq
     retrieval = run_retrieval(clip, world_coco.val_captions, world_coco.images, captions_per_image=1, progress=False)
     assert retrieval["image_to_text_r1"] >= 0.3, retrieval  # 80 held-out scenes: chance is 0.0125
+
+
+def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_path, monkeypatch):
+    from negation_plugins.world import pretrain as pretrain_module
+    from negation_plugins.world import shipped
+
+    model = tmp_path / "model"
+    model.mkdir()
+    files = {"open_clip_config.json": "{}", "open_clip_model.safetensors": "weights", "pretrain_result.json": "{}"}
+    for name, text in files.items():
+        (model / name).write_text(text)
+    (model / "result.json").write_text("not shipped")
+    folder = tmp_path / "package" / "base_model"
+    manifest = shipped.ship(model, tuple(files), "world-abc", folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "shipped.json"])
+    assert manifest["sha256"]["open_clip_model.safetensors"] == shipped.sha256(model / "open_clip_model.safetensors")
+    assert shipped.shipped_model("world-abc", folder) == folder and shipped.shipped_model("world-xyz", folder) is None
+    assert shipped.shipped_model("world-abc", tmp_path / "nothing") is None
+
+    # pretrain() copies the shipped model instead of training when the cache key matches
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "world.json").write_text(json.dumps({"config": {"n_images": 3}}))
+    config = pretrain_module.PretrainConfig(steps=1)
+    shipped.ship(model, tuple(files), pretrain_module.cache_key(WorldFiles.at(world), config), folder)
+    monkeypatch.setattr(shipped, "FOLDER", folder)
+    result = pretrain_module.pretrain(world, tmp_path / "out", config, cache_dir=tmp_path / "cache", progress=False)
+    assert result["shipped"] and (tmp_path / "out" / "open_clip_model.safetensors").read_text() == "weights"
+
+    (folder / "open_clip_model.safetensors").write_text("damaged")
+    with pytest.raises(shipped.ShippedModelError, match=r"open_clip_model.safetensors: sha256 .* does not match"):
+        pretrain_module.pretrain(world, tmp_path / "out2", config, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_the_package_ships_the_default_worlds_base_model(tmp_path):
+    """The model in the package is the one `negclip demo` (default world, seed 0) would pretrain: same cache key
+    (a change to the world or pretraining settings must re-ship it: `negclip world pretrain --no-cache --ship`),
+    files intact, small, and it loads."""
+    from dataclasses import asdict
+
+    from negation_plugins.world import shipped
+    from negation_plugins.world.pretrain import PretrainConfig, cache_key
+
+    (tmp_path / "world.json").write_text(json.dumps({"config": asdict(WorldConfig())}))
+    key = cache_key(WorldFiles.at(tmp_path), PretrainConfig())
+    folder = shipped.shipped_model(key)
+    assert folder is not None, f"no shipped model for cache key {key}; shipped: {shipped.FOLDER / shipped.MANIFEST}"
+    assert (folder / "open_clip_model.safetensors").stat().st_size < 20 * 2**20
+    clip = npl.load_clip(f"local-dir:{folder}")
+    assert clip.encode_text(["a red circle."]).shape[-1] == 64

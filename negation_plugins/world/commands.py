@@ -68,14 +68,20 @@ def make_command(out, n_images, seed, image_size, val_fraction):
 )
 @click.option("--no-cache", is_flag=True, help="Train even if a cached run with the same settings exists.")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
-def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_cache, threads):
+@click.option(
+    "--ship",
+    is_flag=True,
+    help="Maintainers: store the result as the model shipped in the package (negation_plugins/world/base_model).",
+)
+def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_cache, threads, ship):
     """Pretrain the tiny base CLIP on affirmative captions, then score it (val R@1 and MCQ) into OUT/result.json."""
     import torch
 
     from .. import load_clip
     from ..benchmarks.mcq import run_mcq
     from .export import WorldFiles
-    from .pretrain import PretrainConfig, pretrain
+    from .pretrain import CONFIG_NAME, RESULT_NAME, WEIGHTS_NAME, PretrainConfig, cache_key, pretrain
+    from .shipped import ship as ship_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -84,7 +90,10 @@ def pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_
         k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}.items() if v is not None
     }
     world = WorldFiles.at(world_dir)
-    result = pretrain(world, out, PretrainConfig(**overrides), cache_dir=cache_dir, use_cache=not no_cache)
+    config = PretrainConfig(**overrides)
+    result = pretrain(world, out, config, cache_dir=cache_dir, use_cache=not no_cache)
+    if ship:
+        result["shipped_as"] = ship_model(out, (CONFIG_NAME, WEIGHTS_NAME, RESULT_NAME), cache_key(world, config))
     clip = load_clip(f"local-dir:{Path(out).resolve()}")
     result["mcq_val"] = run_mcq(clip, world.mcq_csv, world.images)
     result["model"] = f"local-dir:{Path(out).resolve()}"

@@ -150,6 +150,7 @@ def test_caption_table_without_instances_and_negationclip_output(tmp_path):
 def test_option_errors_are_one_line_and_name_the_plugin(world_coco, tmp_path):
     base = ["generate", "--no-progress", "--captions", str(world_coco.captions), "--images", str(world_coco.images),
             "--out", str(tmp_path / "x.jsonl")]  # fmt: skip
+    json_out = base[:-1] + [str(tmp_path / "x.json")]
     cases = [
         (["--negator", "nope"], "no negator named 'nope'; registered negators: template, llm"),
         (["--verifier", "detector", "--verifier-option", "bogus=1"], "verifier 'detector' has no option(s) bogus"),
@@ -160,9 +161,62 @@ def test_option_errors_are_one_line_and_name_the_plugin(world_coco, tmp_path):
         ),
         (["--negator-option", "x"], "expected KEY=VALUE, got 'x'"),
         (["--kinds", "absence,maybe"], "kinds must be among absence, presence"),
+        (["--shard", "3/2"], "Invalid value for '--shard': expected I/N with 0 <= I < N (e.g. 0/4) or auto, got '3/2'"),
+        (["--shard", "x"], "Invalid value for '--shard': expected I/N with 0 <= I < N (e.g. 0/4) or auto, got 'x'"),
+        (["--shard", "auto"], "Invalid value for '--shard': 'auto' needs RANK and WORLD_SIZE"),
+        (["--shard", "0/2"], "a shard writes JSONL records: give --out NAME.jsonl"),
     ]
     for extra, message in cases:
-        result = CliRunner().invoke(cli, base + extra)
+        result = CliRunner().invoke(cli, (json_out if extra == ["--shard", "0/2"] else base) + extra)
         assert result.exit_code != 0 and message in result.output, (extra, result.output)
         assert "Traceback" not in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_shards_merged_equal_the_unsharded_output_byte_for_byte(world_coco, tmp_path):
+    common = ["--captions", world_coco.captions, "--instances", world_coco.instances, "--images", world_coco.images,
+              "--chunk-size", "8", "--seed", "5"]  # fmt: skip
+    assert _generate(*common, "--out", tmp_path / "all.jsonl").exit_code == 0
+    assert _generate(*common, "--out", tmp_path / "all.json").exit_code == 0
+    parts = [tmp_path / f"part{i}.jsonl" for i in range(2)]
+    result = _generate(*common, "--shard", "0/2", "--out", parts[0])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["shard"] == "0/2"
+    # As one process of `accelerate launch` / torchrun would run it.
+    auto = ["generate", "--no-progress", *map(str, common), "--shard", "auto"]
+    result = CliRunner().invoke(
+        cli, [*auto, "--out", str(tmp_path / "part.jsonl")], env={"RANK": "1", "WORLD_SIZE": "2"}
+    )
+    assert result.exit_code != 0 and "Invalid value for '--out': with --shard auto, put {shard} in" in result.output
+    result = CliRunner().invoke(
+        cli, [*auto, "--out", str(tmp_path / "part{shard}.jsonl")], env={"RANK": "1", "WORLD_SIZE": "2"}
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["shard"] == "1/2"
+    assert 0 < parts[0].stat().st_size < (tmp_path / "all.jsonl").stat().st_size
+    merge = ["generate", "merge", *map(str, reversed(parts))]  # any order
+    result = CliRunner().invoke(cli, [*merge, "--out", str(tmp_path / "merged.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "all.jsonl").read_bytes()
+    summary = json.loads(result.output.splitlines()[-1])
+    whole = read_negation_records(tmp_path / "all.jsonl")
+    assert summary["absence"] + summary["presence"] == len(whole) and summary["shards"] == 2
+    assert CliRunner().invoke(cli, [*merge, "--out", str(tmp_path / "merged.json")]).exit_code == 0
+    assert (tmp_path / "merged.json").read_bytes() == (tmp_path / "all.json").read_bytes()
+
+    # Missing, repeated, truncated or foreign shards are one-line errors naming the problem.
+    other = tmp_path / "other.jsonl"
+    assert _generate(*common[:-1], "6", "--shard", "1/2", "--out", other).exit_code == 0
+    cases = [
+        ([parts[0]], "cannot merge 1 file(s) into 2 shards: missing shard(s) [1]"),
+        ([parts[0], parts[0]], "shard(s) [0] given more than once"),
+        ([parts[0], other], "shard of a different run than"),
+        ([parts[0], tmp_path / "all.jsonl"], "all.jsonl: not a finished shard output"),
+    ]
+    for shards, message in cases:
+        result = CliRunner().invoke(cli, ["generate", "merge", *map(str, shards), "--out", str(tmp_path / "x.jsonl")])
+        assert result.exit_code != 0 and message in result.output, (shards, result.output)
+        assert "Traceback" not in result.output and not (tmp_path / "x.jsonl").exists()
+    parts[1].write_bytes(parts[1].read_bytes()[:-10])
+    result = CliRunner().invoke(cli, [*merge, "--out", str(tmp_path / "x.jsonl")])
+    assert result.exit_code != 0 and "but its shard description says" in result.output

@@ -1,9 +1,15 @@
 """The llm negator against a real loopback OpenAI-compatible server and a tiny random-init local causal LM."""
 
+import inspect
 import json
-import re
+import math
+import os
+import signal
+import subprocess
+import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,65 +18,16 @@ from click.testing import CliRunner
 from negation_plugins.cli import cli
 from negation_plugins.data.io import CaptionItem, read_negation_records
 from negation_plugins.data.language import mention_pattern
-from negation_plugins.data.llm import LlmError, LlmNegator, parse_caption, parse_object
+from negation_plugins.data.llm import LlmError, LlmNegator, parse_caption, parse_object, retry_after_seconds
 from negation_plugins.lexicon import count_negations
+from tests.chat_server import ChatServer
 from tests.test_data_io import _coco
-
-
-class ChatServer(ThreadingHTTPServer):
-    """Speaks /v1/chat/completions. ``behaviour``: 'good' (a rule-following 'model'), 'garbage' (chatty answers
-    that do not follow instructions), 'broken' (HTTP 200 with a non-JSON body)."""
-
-    def __init__(self, behaviour):
-        super().__init__(("127.0.0.1", 0), ChatHandler)
-        self.behaviour, self.requests = behaviour, []
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class ChatHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, body))
-        if self.server.behaviour == "broken":
-            return self._send(b"<html>upstream error</html>")
-        prompt = body["messages"][-1]["content"]
-        garbage = self.server.behaviour == "garbage"
-        if "Name ONE" in prompt:
-            answer = "Well, I would say that maybe it's an umbrella!" if garbage else "An umbrella."
-        else:
-            caption, obj = re.search(r'Caption: "(.*)"\nObject: (.*)\n', prompt).groups()
-            if garbage:
-                answer = "Sure! Here is your caption."
-            elif "remove every other mention" in prompt:
-                answer = f"A picture with no {obj}."
-            else:
-                answer = f"{caption.rstrip('.')} without any {obj}."
-        reply = {"id": "x", "object": "chat.completion", "model": body["model"],
-                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}  # fmt: skip
-        self._send(json.dumps(reply).encode())
-
-    def _send(self, data):
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 @pytest.fixture
 def chat_server(request):
-    server = ChatServer(request.param)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with ChatServer(request.param) as server:
+        yield server
 
 
 def _run(tmp_path, url, *extra):
@@ -172,7 +129,197 @@ def test_tiny_local_causal_lm_batched_with_chat_template(tmp_path):
         [{"role": "user", "content": "a much longer prompt " * 5}],
     ]
     assert negator.chat(conversations) == [negator.chat([c])[0] for c in conversations]
+    expected = ("cuda:0", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    assert (negator.device, negator.model.dtype) == expected  # picked automatically
+    half = LlmNegator(model=str(tmp_path / "lm"), batch_size=2, max_new_tokens=3, device="cpu", dtype="bfloat16")
+    assert half.model.dtype == torch.bfloat16 and len(half.chat(conversations)) == 2
+    with pytest.raises(ValueError, match="negator 'llm': dtype must be a torch dtype name"):
+        LlmNegator(model=str(tmp_path / "lm"), dtype="half-ish")
     with pytest.raises(ValueError, match="exactly one of model="):
         LlmNegator()
     with pytest.raises(LlmError, match="cannot connect"):
         LlmNegator(url="http://127.0.0.1:9", retries=0).chat([[{"role": "user", "content": "x"}]])
+
+
+def _captions(tmp_path, n):
+    """n captions of two images (with instances), so each needs three requests: object, absence, presence."""
+    annotations = [{"id": 100 + i, "image_id": 1 + i % 2,
+                    "caption": f"a dog on couch {i}." if i % 2 == 0 else f"a cat and laptop {i}."} for i in range(n)]  # fmt: skip
+    return _coco(tmp_path, annotations=annotations)
+
+
+def _generate_llm(inputs, url, out, *options, args=()):
+    captions, instances, images = inputs
+    args = ["generate", *args, "--no-progress", "--captions", str(captions), "--instances", str(instances), "--images",
+            str(images), "--out", str(out), "--negator", "llm", "--negator-option", f"url={url}", "--chunk-size", "4"]  # fmt: skip
+    for option in options:
+        args += ["--negator-option", option]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.splitlines()[-1])
+
+
+def test_defaults_keep_many_requests_in_flight_and_retry_for_minutes():
+    defaults = {k: p.default for k, p in inspect.signature(LlmNegator).parameters.items()}
+    assert defaults["concurrency"] >= 64 and defaults["retry_seconds"] >= 120
+
+
+def test_requests_go_out_concurrently_and_output_equals_a_sequential_run(tmp_path):
+    inputs = _captions(tmp_path, 48)
+    with ChatServer(latency=0.3) as server:
+        summary = _generate_llm(inputs, server.url, tmp_path / "concurrent.jsonl")  # default concurrency
+        assert server.max_in_flight >= 32, server.max_in_flight
+        assert len(server.requests) == 3 * 48 and summary["seconds"] < 0.3 * 3 * 48 / 8
+        server.latency = 0.0
+        _generate_llm(inputs, server.url, tmp_path / "sequential.jsonl", "concurrency=1")
+        assert server.max_in_flight >= 32
+    assert summary["absence"] == summary["presence"] == 48 and summary["negator_llm_caption"] == 96
+    assert summary["fallbacks"] == 0 and "fallbacks_file" not in summary
+    concurrent = (tmp_path / "concurrent.jsonl").read_bytes()
+    assert concurrent == (tmp_path / "sequential.jsonl").read_bytes()
+    assert [r.image_id for r in read_negation_records(tmp_path / "concurrent.jsonl")][:4] == [1, 1, 2, 2]
+
+
+def test_outage_with_retry_after_then_recovery_loses_no_record(tmp_path):
+    inputs = _captions(tmp_path, 8)
+    with ChatServer() as server:
+        _generate_llm(inputs, server.url, tmp_path / "reference.jsonl")
+    with ChatServer(outage=2.5, retry_after="1") as server:  # e.g. vLLM still loading its weights
+        started = time.monotonic()
+        summary = _generate_llm(inputs, server.url, tmp_path / "out.jsonl")  # default retry budget
+        assert time.monotonic() - started >= 2.5
+    assert server.refused > 0 and summary["negator_server_retries"] == server.refused
+    # Retry-After: 1 honoured: each of the 8 first requests is refused at most ~3 times in 2.5 s.
+    assert server.refused <= 8 * 4
+    assert summary["fallbacks"] == 0 and not (tmp_path / "out.jsonl.fallbacks.jsonl").exists()
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "reference.jsonl").read_bytes()
+
+
+def test_server_that_never_recovers_falls_back_counts_and_lists_every_step(tmp_path):
+    inputs = _captions(tmp_path, 6)
+    out = tmp_path / "out.jsonl"
+    with ChatServer(outage=math.inf, retry_after="1") as server:
+        summary = _generate_llm(inputs, server.url, out, "retry_seconds=1.5")
+    assert summary["fallbacks"] == 6 * 3 and summary["negator_server_gave_up"] == 6 * 3
+    assert summary["absence"] == summary["presence"] == 6  # every record still written, by the template rules
+    listed = [json.loads(line) for line in Path(summary["fallbacks_file"]).read_text().splitlines()]
+    assert [(x["index"], x["step"]) for x in listed] == [
+        (i, step) for i in range(6) for step in ("object", "absence", "presence")
+    ]
+    assert all("HTTP 503" in x["error"] and "gave up after" in x["error"] for x in listed)
+    assert listed[1]["caption"] == "a dog on couch 0." and listed[3]["image"] == "b.png"
+    assert sorted(p.name for p in tmp_path.glob("out.jsonl*")) == ["out.jsonl", "out.jsonl.fallbacks.jsonl"]
+    for record in read_negation_records(out):
+        assert len(mention_pattern(record.objects[0]).findall(record.negated_caption)) == 1
+
+
+def test_retry_after_header_forms():
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 20))
+    assert 15 < retry_after_seconds(future) <= 20
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_concurrent_run_killed_and_resumed_writes_the_same_bytes(tmp_path, stop):
+    inputs = _captions(tmp_path, 40)
+    captions, instances, images = inputs
+    with ChatServer() as server:
+        _generate_llm(inputs, server.url, tmp_path / "reference.jsonl", "concurrency=4")
+        out = tmp_path / "resumed.jsonl"
+        progress = out.with_name(out.name + ".progress.json")
+        server.latency = 0.1
+        command = [sys.executable, "-c", "from negation_plugins.cli import cli; cli()", "generate", "--no-progress",
+                   "--captions", str(captions), "--instances", str(instances), "--images", str(images),
+                   "--out", str(out), "--negator", "llm", "--negator-option", f"url={server.url}",
+                   "--negator-option", "concurrency=4", "--chunk-size", "4"]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if progress.exists() and json.loads(progress.read_text() or "{}").get("chunks_done", 0) >= 2:
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, "generation finished before it could be killed"
+        process.send_signal(stop)
+        process.wait(timeout=30)  # Ctrl-C: the waiting caption tasks are cancelled, not awaited
+        done = json.loads(progress.read_text())["chunks_done"]
+        assert 0 < done < 10 and not out.exists()
+        summary = _generate_llm(inputs, server.url, out, "concurrency=4")
+    assert summary["resumed_from_chunk"] >= done
+    assert out.read_bytes() == (tmp_path / "reference.jsonl").read_bytes()
+    assert sorted(p.name for p in tmp_path.glob("resumed.jsonl*")) == ["resumed.jsonl"]
+
+
+def test_llm_shards_merged_equal_the_unsharded_run(tmp_path):
+    inputs = _captions(tmp_path, 10)
+    parts = [tmp_path / f"part{i}.jsonl" for i in range(3)]
+    with ChatServer() as server:
+        _generate_llm(inputs, server.url, tmp_path / "all.jsonl")
+        for i, part in enumerate(parts):
+            # one shard per machine may be placed differently: concurrency does not change what is written
+            _generate_llm(inputs, server.url, part, f"concurrency={8 * (i + 1)}", args=("--shard", f"{i}/3"))
+    result = CliRunner().invoke(cli, ["generate", "merge", *map(str, parts), "--out", str(tmp_path / "merged.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "all.jsonl").read_bytes()
+
+
+def test_caption_tasks_share_the_verifier_in_batches(tmp_path):
+    from negation_plugins.data.generate import generate
+    from negation_plugins.data.io import read_captions
+    from negation_plugins.data.verifiers import AnnotationVerifier
+
+    class SlowRecordingVerifier(AnnotationVerifier):
+        """Ground truth that takes 50 ms per call (like a GPU batch) and records its batch sizes."""
+
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def _absent(self, items, objects):
+            self.sizes.append(len(items))
+            time.sleep(0.05)
+            return super()._absent(items, objects)
+
+    caption_set = read_captions(*_captions(tmp_path, 32))
+    verifiers = {}
+    with ChatServer(latency=0.1) as server:
+        for concurrency in (32, 1):
+            verifiers[concurrency] = SlowRecordingVerifier()
+            generate(caption_set, tmp_path / f"c{concurrency}.jsonl", LlmNegator(url=server.url, concurrency=concurrency),
+                     verifiers[concurrency], vocabulary=["dog", "couch", "cat"], progress=False)  # fmt: skip
+            server.latency = 0.0
+    assert sum(verifiers[32].sizes) == sum(verifiers[1].sizes) == 32
+    assert max(verifiers[32].sizes) >= 8 and set(verifiers[1].sizes) == {1}
+    assert (tmp_path / "c32.jsonl").read_bytes() == (tmp_path / "c1.jsonl").read_bytes()
+
+
+def test_server_restart_after_it_answered_is_waited_out():
+    user = [{"role": "user", "content": "Name ONE random everyday physical object."}]
+    with ChatServer() as first:
+        negator = LlmNegator(url=first.url, retry_seconds=30)
+        assert negator.chat([user]) == ["An umbrella."]
+        port = first.server_address[1]
+    restarted = []
+
+    def restart_later():  # until then nothing listens on the port: connections are refused
+        time.sleep(1.0)
+        restarted.append(ChatServer(port=port).__enter__())
+
+    threading.Thread(target=restart_later, daemon=True).start()
+    assert negator.chat([user]) == ["An umbrella."]
+    restarted[0].__exit__()
+    assert negator.stats["server_retries"] >= 1 and len(restarted[0].requests) == 1
+
+
+def test_one_refused_request_falls_back_for_that_caption_only(tmp_path):
+    annotations = [{"id": 100 + i, "image_id": 1, "caption": c}
+                   for i, c in enumerate(["a dog on a couch.", "a dog on a couch again.", "an enormous dog."])]  # fmt: skip
+    inputs = _coco(tmp_path, annotations=annotations)
+    with ChatServer() as server:
+        summary = _generate_llm(inputs, server.url, tmp_path / "out.jsonl", "concurrency=1")
+    listed = [json.loads(line) for line in Path(summary["fallbacks_file"]).read_text().splitlines()]
+    assert [(x["index"], x["step"]) for x in listed] == [(2, "object"), (2, "absence"), (2, "presence")]
+    assert all("HTTP 400" in x["error"] and "request refused" in x["error"] for x in listed)
+    assert summary["absence"] == summary["presence"] == 3 and summary["negator_llm_caption"] == 4

@@ -167,4 +167,69 @@ def test_vqa_verifier_generative_tiny_llava_with_chat_template(tmp_path):
     assert "<image>" in verifier._prompt("Is there a dog in this image?")
     answers = verifier.answers(items, ["dog", "cat", "umbrella"])
     assert len(answers) == 3 and all(isinstance(a, str) and a for a in answers)
+    # Left padding: a batch of questions of different lengths answers each as if it were asked alone.
+    assert verifier.processor.tokenizer.padding_side == "left"
+    assert answers == [verifier.answers([item], [obj])[0] for item, obj in zip(items, ["dog", "cat", "umbrella"])]
     assert verifier.absent(items, ["dog", "cat", "umbrella"]) == ["yes" not in a.lower() for a in answers]
+
+
+def test_verdict_cache_answers_reruns_without_asking(tmp_path):
+    folder = _tiny_vilt(tmp_path, [0.0, 50.0])
+    images, items = _items(tmp_path, 5)
+    cache = tmp_path / "cache" / "verdicts.sqlite"
+    vqa = plugins.get_one("verifiers", "vqa")
+    objects = ["dog", "cat", "umbrella", "dog", "cat"]
+    first = vqa(images=images, model=str(folder), batch_size=2, cache=str(cache))
+    assert first.absent(items[:3], objects[:3]) == [True] * 3
+    assert first.stats == {"checked": 3, "cached": 0, "rejected": 0}
+    again = vqa(images=images, model=str(folder), batch_size=2, cache=str(cache))  # a rerun: a new process
+    assert again.absent(items, objects) == [True] * 5
+    assert again.stats == {"checked": 5, "cached": 3, "rejected": 0}  # only the two new pairs were asked
+    assert again.absent(items, objects) == [True] * 5 and again.stats["cached"] == 8
+    other = vqa(images=images, model=str(folder), question="Do you see {a}?", cache=str(cache))
+    other.absent(items[:1], objects[:1])
+    assert other.stats["cached"] == 0  # another question is another verifier
+    (tmp_path / "bad.sqlite").write_text("not a database at all, certainly not sqlite" * 10)
+    with pytest.raises(DataError, match="bad.sqlite: cannot use it as the verdict cache"):
+        vqa(images=images, model=str(folder), cache=str(tmp_path / "bad.sqlite")).absent(items[:1], ["dog"])
+
+
+def test_generate_reruns_ask_the_verifier_nothing(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from negation_plugins.cli import cli
+    from tests.test_data_io import _coco
+
+    captions, _, images = _coco(tmp_path)
+    folder = _tiny_vilt(tmp_path, [0.0, 50.0])
+    args = ["generate", "--no-progress", "--captions", str(captions), "--images", str(images), "--out",
+            str(tmp_path / "out.jsonl"), "--verifier", "vqa", "--verifier-option", f"model={folder}"]  # fmt: skip
+    summaries = []
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(cli, args + extra)
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads(next(ln for ln in reversed(result.output.splitlines()) if ln.startswith("{"))))
+    assert summaries[0]["verifier_checked"] == 2 and summaries[0]["verifier_cached"] == 0
+    assert summaries[1]["verifier_checked"] == summaries[1]["verifier_cached"] == 2
+    assert (tmp_path / "out.jsonl.verdicts.sqlite").exists()
+
+
+def test_model_verifiers_pick_device_and_dtype_and_decode_in_workers(tmp_path):
+    folder = _tiny_vilt(tmp_path, [0.0, 50.0])
+    images, items = _items(tmp_path, 5)
+    vqa = plugins.get_one("verifiers", "vqa")
+    auto = vqa(images=images, model=str(folder), batch_size=2, workers=2)
+    expected = ("cuda:0", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    assert (auto.device, auto.dtype, next(auto.model.parameters()).dtype) == (*expected, expected[1])
+    batches = [(list(batch), len(images)) for batch, images in auto.image_batches(items)]
+    assert batches == [([0, 1], 2), ([2, 3], 2), ([4], 1)]  # in order, through 2 worker processes
+    assert auto.absent(items, ["dog"] * 5) == [True] * 5
+    half = vqa(images=images, model=str(folder), batch_size=2, device="cpu", dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16 and half.absent(items, ["dog"] * 5) == [True] * 5
+    with pytest.raises(ValueError, match="verifier 'vqa': dtype must be a torch dtype name"):
+        vqa(images=images, model=str(folder), dtype="float99")
+    (images / "3.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"3\.png: cannot read image: .*\(verifier 'vqa'\)"):
+        auto.absent(items, ["cat"] * 5)

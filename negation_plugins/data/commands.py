@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import re
 from pathlib import Path
 
 import click
@@ -26,8 +29,6 @@ def _options(pairs: tuple[str, ...], flag: str) -> dict:
 
 def _build(what: str, plugin_class, options: dict):
     """Instantiate a plugin with its options; a wrong option name is a one-line error naming the plugin."""
-    import inspect
-
     accepted = inspect.signature(plugin_class).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(options) - set(accepted))
@@ -39,7 +40,53 @@ def _build(what: str, plugin_class, options: dict):
     return plugin_class(**options)
 
 
-@click.command("generate")
+def _shard(value: str | None) -> tuple[int, int]:
+    """``I/N`` -> (I, N) with 0 <= I < N; ``auto``: this process's RANK/WORLD_SIZE (torchrun, accelerate launch)."""
+    if value is None:
+        return (0, 1)
+    if value.strip() == "auto":
+        try:
+            return _shard(f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}")
+        except KeyError:
+            raise click.BadParameter("'auto' needs RANK and WORLD_SIZE (set by torchrun / accelerate launch)",
+                                     param_hint="'--shard'") from None  # fmt: skip
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not match or not int(match[1]) < int(match[2]):
+        raise click.BadParameter(f"expected I/N with 0 <= I < N (e.g. 0/4) or auto, got {value!r}",
+                                 param_hint="'--shard'")  # fmt: skip
+    return int(match[1]), int(match[2])
+
+
+def _summary_lines(summary: dict) -> None:
+    line = (
+        f"wrote {summary['out']}: {summary.get('absence', 0)} absence + {summary.get('presence', 0)} presence records "
+        f"from {summary['captions']} captions in {summary['seconds']} s"
+    )
+    if "captions_per_second" in summary:
+        line += f" ({summary['captions_per_second']} captions/s)"
+    if summary.get("fallbacks"):
+        line += f"; {summary['fallbacks']} step(s) fell back to templates, listed in {summary['fallbacks_file']}"
+    click.echo(line)
+    click.echo(json.dumps(summary, sort_keys=True))
+
+
+class _GenerateGroup(click.Group):
+    """``negclip generate [OPTIONS]`` runs; ``negclip generate merge ...`` is a subcommand."""
+
+    def parse_args(self, ctx, args):
+        if not (args and args[0] in self.commands):
+            return super().parse_args(ctx, args)
+        required = [p for p in self.params if p.required]  # the subcommand has its own; the run's are not needed
+        for param in required:
+            param.required = False
+        try:
+            return super().parse_args(ctx, args)
+        finally:
+            for param in required:
+                param.required = True
+
+
+@click.group("generate", cls=_GenerateGroup, invoke_without_command=True)
 @click.option(
     "--captions",
     required=True,
@@ -80,9 +127,25 @@ def _build(what: str, plugin_class, options: dict):
 @click.option("--skip-bad-images", is_flag=True, help="Skip (and count) captions whose image is missing or corrupt.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT and any unfinished run's progress instead of resuming.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def generate_command(captions, instances, images, out, negator, negator_option, verifier, verifier_option, kinds,
-                     vocabulary, seed, chunk_size, skip_bad_images, overwrite, no_progress):  # fmt: skip
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N|auto",
+    help="Process only the I-th of N shards (0-based; whole chunks; auto: RANK/WORLD_SIZE of torchrun or accelerate "
+    "launch, with --out containing {shard}); join them with `negclip generate merge`.",
+)
+@click.pass_context
+def generate_command(ctx, captions, instances, images, out, negator, negator_option, verifier, verifier_option, kinds,
+                     vocabulary, seed, chunk_size, skip_bad_images, overwrite, no_progress, shard):  # fmt: skip
     """Generate negated captions (absence: stays true; presence: becomes false) as JSONL records."""
+    if ctx.invoked_subcommand is not None:
+        return
+    shard_spec, shard, out = shard, _shard(shard), str(out)
+    if "{shard}" in out:
+        out = out.replace("{shard}", str(shard[0]))
+    elif shard_spec == "auto" and shard[1] > 1:
+        raise click.BadParameter("with --shard auto, put {shard} in the name (e.g. parts/negations-{shard}.jsonl) so "
+                                 "each process writes its own file", param_hint="'--out'")  # fmt: skip
     from .. import plugins
     from .generate import generate
     from .io import DataError, read_captions
@@ -105,19 +168,34 @@ def generate_command(captions, instances, images, out, negator, negator_option, 
         verifier_obj = None
         if verifier_name != "none":
             verifier_class = plugins.get_one("verifiers", verifier_name)
-            verifier_obj = _build("verifier", verifier_class, {"images": images, **verifier_options})
+            defaults = {"images": images}
+            if "cache" in inspect.signature(verifier_class).parameters:  # reruns and resumes ask nothing twice
+                defaults["cache"] = f"{out}.verdicts.sqlite"
+            verifier_obj = _build("verifier", verifier_class, {**defaults, **verifier_options})
         elif verifier_options:
             raise click.UsageError("--verifier-option given but no verifier is used (pass --verifier NAME)")
         summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
                            overwrite=overwrite, progress=not no_progress,
-            options={"negator": negator_options, "verifier": verifier_options})  # fmt: skip
+            options={"negator": negator_options, "verifier": verifier_options}, shard=shard)  # fmt: skip
     except (DataError, LlmError, FileExistsError, KeyError, ValueError, TypeError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
-    click.echo(
-        f"wrote {summary['out']}: {summary.get('absence', 0)} absence + {summary.get('presence', 0)} presence records "
-        f"from {summary['captions']} captions in {summary['seconds']} s ({summary['captions_per_second']} captions/s)"
-    )
-    click.echo(json.dumps(summary, sort_keys=True))
+    _summary_lines(summary)
+
+
+@generate_command.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The joined output (.jsonl or .json).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT.")
+def merge_command(shards, out, overwrite):
+    """Join the outputs of `negclip generate --shard I/N` (all N) into the file an unsharded run writes."""
+    from .generate import merge_shards
+    from .io import DataError
+
+    try:
+        summary = merge_shards(shards, out, overwrite=overwrite)
+    except (DataError, FileExistsError) as e:
+        raise click.ClickException(str(e)) from None
+    _summary_lines(summary)
 
 
 @hookimpl

@@ -5,22 +5,36 @@ Output goes to ``OUT.partial`` (JSONL) in whole chunks, each appended, flushed a
 the partial file to the recorded size (dropping a half-written chunk) and continues with the next chunk; every
 chunk has its own seeded RNG, so a resumed run writes exactly what an uninterrupted one does. At the end the
 partial file is renamed to OUT (or converted to NegationCLIP's JSON when OUT ends in ``.json``).
+
+A negator with a ``concurrency`` (the ``llm`` negator against a server) is run one caption per task, that many at
+once, across chunk boundaries (no chunk waits for its slowest caption before the next starts); each caption has its
+own seeded RNG and chunks are still written in order. A task whose server stays unavailable
+(:class:`~negation_plugins.data.llm.LlmUnavailable`) falls back to the template negator for that step; the step
+is counted (``fallbacks``) and listed in ``OUT.fallbacks.jsonl``, written alongside the records.
+
+``shard=(I, N)`` processes the I-th of N contiguous ranges of whole chunks, so its records are exactly the ones an
+unsharded run writes for those captions; it also writes ``OUT.shard.json``, and :func:`merge_shards` concatenates
+the N outputs into the unsharded file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import shutil
+import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 from .io import (
     KINDS,
     CaptionItem,
@@ -30,19 +44,35 @@ from .io import (
     read_negation_records,
     write_negationclip_json,
 )
-from .negators import Negator, presence_candidates
+from .llm import LlmUnavailable
+from .negators import Negator, TemplateNegator, presence_candidates
 from .verifiers import Verifier
 
 
-def _progress_paths(out: Path) -> tuple[Path, Path]:
-    return out.with_name(out.name + ".partial"), out.with_name(out.name + ".progress.json")
+def _sidecar(out: Path, suffix: str) -> Path:
+    return out.with_name(out.name + suffix)
+
+
+# Options that say where and how fast a run goes, not what it writes: a resume or a shard may change them.
+PLACEMENT_OPTIONS = frozenset({"device", "workers", "cache", "concurrency", "retries", "retry_seconds", "timeout",
+                               "api_key"})  # fmt: skip
 
 
 def _fingerprint(caption_set: CaptionSet, settings: dict) -> str:
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    options = {part: {k: v for k, v in values.items() if k not in PLACEMENT_OPTIONS}
+               for part, values in settings["options"].items()}  # fmt: skip
+    digest = hashlib.sha256(json.dumps({**settings, "options": options}, sort_keys=True).encode())
     for item in caption_set.items:
         digest.update(f"{item.image}\t{item.caption}\t{item.objects}\n".encode())
     return digest.hexdigest()
+
+
+def shard_range(n_chunks: int, shard: tuple[int, int]) -> range:
+    """The chunks of shard ``(I, N)``: the I-th of N contiguous, near-equal ranges."""
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+    return range(index * n_chunks // count, (index + 1) * n_chunks // count)
 
 
 def generate_chunk(
@@ -109,6 +139,113 @@ def _record(item: CaptionItem, text: str, obj: str, kind: str, negator: str, ver
     )
 
 
+class _WithFallback:
+    """``negator`` for one task: a step whose server stays unavailable is done by ``template`` and noted."""
+
+    def __init__(self, negator: Negator, template: Negator):
+        self.name, self.negator, self.template, self.failures = negator.name, negator, template, []
+
+    def propose(self, items, vocabulary, rng):
+        return self._call("object", "propose", items, vocabulary, rng)
+
+    def rewrite(self, items, objects, kind, rng):
+        return self._call(kind, "rewrite", items, objects, kind, rng)
+
+    def _call(self, step, method, *args):
+        try:
+            return getattr(self.negator, method)(*args)
+        except LlmUnavailable as e:
+            self.failures.append({"step": step, "error": str(e)})
+            return getattr(self.template, method)(*args)
+
+
+class _SharedVerifier:
+    """The caption tasks' way to the verifier: whoever finds it idle asks for everything queued so far in one
+    batch (so a GPU verifier sees batches while the tasks wait on the server), the others wait for their verdicts."""
+
+    def __init__(self, verifier: Verifier):
+        self.name, self.verifier = verifier.name, verifier
+        self.turn = threading.Condition()
+        self.queue: list[list] = []  # [item, object, verdict or None, error or None]
+        self.busy = False
+
+    def absent(self, items, objects):
+        mine = [[item, obj, None, None] for item, obj in zip(items, objects)]
+        with self.turn:
+            self.queue += mine
+            while any(entry[2] is None and entry[3] is None for entry in mine):
+                if self.busy:
+                    self.turn.wait()
+                    continue
+                batch, self.queue, self.busy = self.queue, [], True
+                self.turn.release()
+                try:
+                    verdicts = self.verifier.absent([e[0] for e in batch], [e[1] for e in batch])
+                except BaseException as error:
+                    verdicts = [None] * len(batch)
+                    for entry in batch:
+                        entry[3] = error
+                finally:
+                    self.turn.acquire()
+                    self.busy = False
+                    self.turn.notify_all()
+                for entry, verdict in zip(batch, verdicts):
+                    entry[2] = verdict
+        for entry in mine:
+            if entry[3] is not None:
+                raise entry[3]
+        return [entry[2] for entry in mine]
+
+
+Chunk = tuple[int, list[NegationRecord], list[dict], Counter]
+
+
+def _batched_chunks(items, chunks: range, chunk_size, vocabulary, negator, verifier, kinds, seed) -> Iterator[Chunk]:
+    for k in chunks:
+        stats: Counter = Counter()
+        rng = random.Random(f"{seed}:{k}")
+        chunk = items[k * chunk_size : (k + 1) * chunk_size]
+        yield k, generate_chunk(chunk, vocabulary, negator, verifier, kinds, rng, stats), [], stats
+
+
+def _one_caption(index, item, vocabulary, negator, template, verifier, kinds, seed):
+    stats: Counter = Counter()
+    task = _WithFallback(negator, template)
+    records = generate_chunk([item], vocabulary, task, verifier, kinds, random.Random(f"{seed}:item:{index}"), stats)
+    where = {"index": index, "image": item.image, "image_id": item.image_id, "caption": item.caption}
+    return records, [{**where, **failure} for failure in task.failures], stats
+
+
+def _concurrent_chunks(items, chunks: range, chunk_size, vocabulary, negator, verifier, kinds, seed) -> Iterator[Chunk]:
+    """Chunks in order, computed by ``negator.concurrency`` caption tasks that run ahead across chunk boundaries."""
+    template = TemplateNegator(context_length=negator.context_length)
+    verifier = _SharedVerifier(verifier) if verifier is not None else None
+    todo = iter(range(chunks.start * chunk_size, min(len(items), chunks.stop * chunk_size)))
+    window = max(chunk_size, 4 * negator.concurrency)  # submitted but not yet written
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=negator.concurrency, thread_name_prefix="negate")
+    try:
+        for k in chunks:
+            records, failures, stats = [], [], Counter()
+            for _ in range(k * chunk_size, min(len(items), (k + 1) * chunk_size)):
+                while len(pending) < window and (i := next(todo, None)) is not None:
+                    pending.append(pool.submit(_one_caption, i, items[i], vocabulary, negator, template, verifier,
+                                               kinds, seed))  # fmt: skip
+                item_records, item_failures, item_stats = pending.popleft().result()
+                records += item_records
+                failures += item_failures
+                stats.update(item_stats)
+            yield k, records, failures, stats
+    except BaseException:  # an error, Ctrl-C or an early close: stop the tasks instead of waiting for them
+        for future in pending:
+            future.cancel()
+        if hasattr(negator, "cancel"):
+            negator.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def generate(
     caption_set: CaptionSet,
     out: str | os.PathLike,
@@ -121,10 +258,12 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     options: dict | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
-    """Write negation records for every caption to ``out``; resumes a killed run. Returns the summary.
+    """Write negation records for every caption (of one shard) to ``out``; resumes a killed run. Returns the summary.
 
-    ``options`` (the negator's/verifier's settings) join the fingerprint that a resumed run must match.
+    ``options`` (the negator's/verifier's settings, but not :data:`PLACEMENT_OPTIONS`) join the fingerprint that
+    a resumed run and the other shards must match.
     """
     out = Path(out)
     bad = [k for k in kinds if k not in KINDS]
@@ -132,10 +271,18 @@ def generate(
         raise ValueError(f"kinds must be among {', '.join(KINDS)}, got {list(kinds)}")
     if not vocabulary:
         raise ValueError("an object vocabulary is needed to pick objects to negate")
+    items = caption_set.items
+    n_chunks = (len(items) + chunk_size - 1) // chunk_size
+    chunks = shard_range(n_chunks, shard)
+    sharded = shard[1] > 1
+    if sharded and out.suffix.lower() == ".json":
+        raise ValueError("a shard writes JSONL records: give --out NAME.jsonl (merge the shards into .json)")
     if verifier is not None:
         verifier.set_vocabulary(vocabulary)
-    negator.prepare(caption_set.items, vocabulary)
-    partial, progress_file = _progress_paths(out)
+    negator.prepare(items, vocabulary)
+    partial, progress_file = _sidecar(out, ".partial"), _sidecar(out, ".progress.json")
+    fallback_file, shard_file = _sidecar(out, ".fallbacks.jsonl"), _sidecar(out, ".shard.json")
+    fallback_partial = _sidecar(fallback_file, ".partial")
     settings = {
         "negator": negator.name,
         "verifier": verifier.name if verifier else None,
@@ -146,10 +293,11 @@ def generate(
         "options": options or {},
     }
     fingerprint = _fingerprint(caption_set, settings)
-    state = {"fingerprint": fingerprint, "chunks_done": 0, "bytes": 0, "stats": {}, "seconds": 0.0}
+    state = {"fingerprint": fingerprint, "shard": list(shard), "chunks_done": chunks.start, "bytes": 0,
+             "fallback_bytes": 0, "stats": {}, "seconds": 0.0}  # fmt: skip
     if overwrite:
-        partial.unlink(missing_ok=True)
-        progress_file.unlink(missing_ok=True)
+        for path in (partial, progress_file, fallback_partial, fallback_file, shard_file):
+            path.unlink(missing_ok=True)
     elif out.exists():
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     if progress_file.exists() and partial.exists():
@@ -159,66 +307,155 @@ def generate(
             raise DataError(
                 f"{progress_file}: corrupt progress file; delete it (and {partial}) to start over"
             ) from None
-        if saved.get("fingerprint") != fingerprint:
+        if saved.get("fingerprint") != fingerprint or saved.get("shard", [0, 1]) != list(shard):
             raise DataError(
-                f"{progress_file}: an unfinished run with different inputs or settings; pass --overwrite to start over"
+                f"{progress_file}: an unfinished run with different inputs, settings or shard; "
+                "pass --overwrite to start over"
             )
-        state = saved
-        with open(partial, "r+b") as f:
-            f.truncate(state["bytes"])
+        state = {**state, **saved}
+        for path, size in ((partial, state["bytes"]), (fallback_partial, state["fallback_bytes"])):
+            with open(path, "a+b") as f:
+                f.truncate(size)
     else:
-        partial.unlink(missing_ok=True)
-        partial.touch()
+        for path in (partial, fallback_partial):
+            path.unlink(missing_ok=True)
+            path.touch()
     stats = Counter(state["stats"])
-    items = caption_set.items
-    n_chunks = (len(items) + chunk_size - 1) // chunk_size
     resumed_from = state["chunks_done"]
+    todo = range(resumed_from, chunks.stop)
+    first, stop = chunks.start * chunk_size, min(len(items), chunks.stop * chunk_size)
+    run = _concurrent_chunks if getattr(negator, "concurrency", None) else _batched_chunks
     started = time.perf_counter()
-    bar = tqdm(total=len(items), initial=min(len(items), resumed_from * chunk_size), unit="caption",
+    bar = tqdm(total=stop - first, initial=min(stop, resumed_from * chunk_size) - first, unit="caption",
                desc="generate", disable=not progress)  # fmt: skip
     try:
-        with open(partial, "ab") as f:
-            for k in range(resumed_from, n_chunks):
-                chunk = items[k * chunk_size : (k + 1) * chunk_size]
-                rng = random.Random(f"{seed}:{k}")
-                records = generate_chunk(chunk, vocabulary, negator, verifier, kinds, rng, stats)
-                for record in records:
-                    stats[record.kind] += 1
-                f.write("".join(r.to_json() + "\n" for r in records).encode())
-                f.flush()
-                os.fsync(f.fileno())
-                state.update(chunks_done=k + 1, bytes=f.tell(), stats=_merged_stats(stats, negator, verifier))
+        results = run(items, todo, chunk_size, vocabulary, negator, verifier, kinds, seed)
+        with open(partial, "ab") as f, open(fallback_partial, "ab") as g, contextlib.closing(results):
+            for k, records, failures, chunk_stats in results:
+                stats.update(chunk_stats)
+                stats.update(record.kind for record in records)
+                stats["fallbacks"] += len(failures)
+                for handle, lines in ((g, [json.dumps(x, ensure_ascii=False) for x in failures]),
+                                      (f, [r.to_json() for r in records])):  # fmt: skip
+                    handle.write("".join(line + "\n" for line in lines).encode())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                state.update(chunks_done=k + 1, bytes=f.tell(), fallback_bytes=g.tell(),
+                             stats=_merged_stats(stats, negator, verifier))  # fmt: skip
                 state["seconds"] = state.get("seconds", 0.0) + (time.perf_counter() - started)
                 started = time.perf_counter()
                 atomic_write_text(progress_file, json.dumps(state))
-                bar.update(len(chunk))
+                bar.update(min(stop, (k + 1) * chunk_size) - k * chunk_size)
                 bar.set_postfix(records=stats["absence"] + stats["presence"])
     except BaseException:
-        if state["chunks_done"] == 0:  # nothing worth resuming: leave no partial output behind
-            partial.unlink(missing_ok=True)
-            progress_file.unlink(missing_ok=True)
+        if state["chunks_done"] == chunks.start:  # nothing worth resuming: leave no partial output behind
+            for path in (partial, fallback_partial, progress_file):
+                path.unlink(missing_ok=True)
         raise
     finally:
         bar.close()
     final_stats = _merged_stats(stats, negator, verifier)
+    final_stats["fallbacks"] = stats["fallbacks"]
+    seconds = max(state.get("seconds", 0.0), 1e-9)
+    summary = {
+        "out": str(out),
+        "captions": stop - first,
+        "skipped_bad_images": caption_set.skipped_bad_images,
+        "resumed_from_chunk": resumed_from - chunks.start,  # chunks of this shard done by an earlier run
+        "seconds": round(seconds, 3),
+        "captions_per_second": round((stop - first) / seconds, 1),
+        **final_stats,
+    }
+    if stats["fallbacks"]:
+        os.replace(fallback_partial, fallback_file)
+        summary["fallbacks_file"] = str(fallback_file)
+    else:
+        fallback_partial.unlink()
     if out.suffix.lower() == ".json":
         records = read_negation_records(partial)
         written = write_negationclip_json(records, out)
-        final_stats["dropped_presence_for_negationclip_json"] = len(records) - written
+        summary["dropped_presence_for_negationclip_json"] = len(records) - written
         partial.unlink()
     else:
+        if sharded:
+            summary["shard"] = f"{shard[0]}/{shard[1]}"
+            description = {"shard": shard[0], "of": shard[1], "fingerprint": fingerprint, "captions": [first, stop],
+                           "bytes": partial.stat().st_size, "summary": summary}  # fmt: skip
+            atomic_write_text(shard_file, json.dumps(description, indent=1) + "\n")
         os.replace(partial, out)
     progress_file.unlink(missing_ok=True)
-    seconds = max(state.get("seconds", 0.0), 1e-9)
-    return {
-        "out": str(out),
-        "captions": len(items),
-        "skipped_bad_images": caption_set.skipped_bad_images,
-        "resumed_from_chunk": resumed_from,
-        "seconds": round(seconds, 3),
-        "captions_per_second": round(len(items) / seconds, 1),
-        **final_stats,
-    }
+    return summary
+
+
+def merge_shards(shards: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Join the outputs of ``generate(..., shard=(I, N))`` for every I into the file an unsharded run writes.
+
+    Each shard's ``.shard.json`` must come from the same inputs and settings; missing, repeated or truncated
+    shards are an error naming the file. Fallback lists are joined into ``OUT.fallbacks.jsonl``.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if not shards:
+        raise DataError("no shard outputs to merge")
+    described = []
+    for path in map(Path, shards):
+        description = _sidecar(path, ".shard.json")
+        if not path.is_file() or not description.is_file():
+            missing = path if not path.is_file() else description
+            raise DataError(f"{path}: not a finished shard output ({missing} is missing)")
+        try:
+            meta = json.loads(description.read_text())
+            index, count, fingerprint, size = meta["shard"], meta["of"], meta["fingerprint"], meta["bytes"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{description}: not a shard description written by negclip generate --shard") from None
+        if path.stat().st_size != size:
+            raise DataError(f"{path}: {path.stat().st_size} bytes, but its shard description says {size}")
+        described.append((index, count, fingerprint, path, meta["summary"]))
+    _, count, fingerprint, first_path, _ = described[0]
+    for _, n, fp, path, _ in described:
+        if n != count or fp != fingerprint:
+            raise DataError(f"{path}: shard of a different run than {first_path} (inputs, settings or N differ)")
+    indices = sorted(d[0] for d in described)
+    if indices != list(range(count)):
+        missing = sorted(set(range(count)) - set(indices))
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        problems = []
+        if missing:
+            problems.append(f"missing shard(s) {missing}")
+        if repeated:
+            problems.append(f"shard(s) {repeated} given more than once")
+        raise DataError(f"cannot merge {len(described)} file(s) into {count} shards: {'; '.join(problems)}")
+    described.sort(key=lambda d: d[0])
+    paths = [d[3] for d in described]
+    if out.suffix.lower() == ".json":
+        write_negationclip_json([r for path in paths for r in read_negation_records(path)], out)
+    else:
+        atomic_write(out, lambda tmp: _concatenate(paths, tmp))
+    fallbacks = [f for f in (_sidecar(path, ".fallbacks.jsonl") for path in paths) if f.is_file()]
+    fallback_file = _sidecar(out, ".fallbacks.jsonl")
+    if fallbacks:
+        atomic_write(fallback_file, lambda tmp: _concatenate(fallbacks, tmp))
+    else:
+        fallback_file.unlink(missing_ok=True)
+    summary: Counter = Counter()
+    for *_, part in described:
+        summary.update({k: v for k, v in part.items() if isinstance(v, int | float) and k != "resumed_from_chunk"})
+    summary.pop("captions_per_second", None)
+    summary["seconds"] = round(summary["seconds"], 3)
+    summary["skipped_bad_images"] = described[0][4].get("skipped_bad_images", 0)  # every shard reads all captions
+    return {"out": str(out), "shards": count, **dict(summary)} | (
+        {"fallbacks_file": str(fallback_file)} if fallbacks else {}
+    )
+
+
+def _concatenate(paths: Sequence[Path], target: Path) -> None:
+    with open(target, "wb") as sink:
+        for path in paths:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, sink)
+        sink.flush()
+        os.fsync(sink.fileno())
 
 
 def _merged_stats(stats: Counter, negator: Negator, verifier: Verifier | None) -> dict:

@@ -177,15 +177,18 @@ def plot_before_after(before: dict, after: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     labels = ["overall", *MCQ_TYPES]
-    keys = ["accuracy", *MCQ_TYPES]
+    keys = [("accuracy",), *((t,) for t in MCQ_TYPES)]
+    if "by_phrasing_split" in before:  # the world's MCQ: also negation phrasings never seen in training
+        labels += ["overall\nheld-out", "negation\nheld-out", "hybrid\nheld-out"]
+        keys += [("by_phrasing_split", "held-out", k) for k in ("accuracy", "negation", "hybrid")]
     positions = range(len(labels))
-    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    figure, axes = plt.subplots(figsize=(8.4, 3.8), dpi=120)
     for offset, (name, values) in zip((-0.2, 0.2), (("base", before), ("fine-tuned (LoRA)", after))):
-        heights = [values[k] or 0.0 for k in keys]
+        heights = [_lookup(values, key) or 0.0 for key in keys]
         bars = axes.bar([p + offset for p in positions], heights, width=0.4, label=name)
         axes.bar_label(bars, labels=[f"{h:.2f}" for h in heights], fontsize=8)
     axes.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance (4 options)")
-    axes.set_xticks(list(positions), labels)
+    axes.set_xticks(list(positions), labels, fontsize=8)
     axes.set_ylim(0, 1.08)
     axes.set_ylabel("MCQ accuracy (held-out scenes)")
     axes.set_title("Negation MCQ on the synthetic world, before / after fine-tuning")
@@ -194,6 +197,12 @@ def plot_before_after(before: dict, after: dict, path: Path) -> Path:
     atomic_write(path, figure.savefig)
     plt.close(figure)
     return path
+
+
+def _lookup(values: dict, key: tuple[str, ...]):
+    for part in key:
+        values = values[part]
+    return values
 
 
 def _write_card(output: Path, config, before: dict, after: dict, summary: dict) -> None:

@@ -8,7 +8,7 @@ import torch
 from negation_plugins import corrections as corr
 from negation_plugins.factory import load_clip
 from negation_plugins.plugins import get
-from tests.test_integrations_helpers import tiny_clip
+from negation_plugins.testing import tiny_clip
 
 
 class TableClip:

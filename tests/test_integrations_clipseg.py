@@ -8,7 +8,8 @@ from PIL import Image
 import integrations
 import negation_plugins
 from integrations.clipseg import conditional_embeddings, miou, segment
-from tests.test_integrations_helpers import PROMPTS, tiny_clip, tokenizer
+from negation_plugins.testing import tiny_clip, tokenizer
+from tests.test_integrations_helpers import PROMPTS
 
 
 def tiny_clipseg(projection_dim=32, text_width=48):

@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from integrations.lora import AdapterError, load_peft_adapter, write_diffusers_lora
-from tests.test_integrations_helpers import (
-    PROMPTS,
-    open_clip_token_states,
-    tiny_clip,
-    tiny_sd_pipeline,
-    tokenizer,
-)
+from negation_plugins.testing import tiny_clip, tiny_sd_pipeline, tokenizer
+from tests.test_integrations_helpers import PROMPTS, open_clip_token_states
 
 TRANSFORMERS_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 OPEN_CLIP_TARGETS = r"^transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"
@@ -118,7 +113,7 @@ def test_adapter_errors_are_clear(tmp_path):
 
 
 def test_peft_adapter_into_sdxl_text_encoder_2_pooled_output(tmp_path):
-    from tests.test_integrations_helpers import tiny_sdxl_pipeline
+    from negation_plugins.testing import tiny_sdxl_pipeline
 
     pipe = tiny_sdxl_pipeline()
     peft_encoder, _ = trained_transformers_lora(pipe.text_encoder_2, seed=3)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import negation_plugins
-from tests.test_integrations_helpers import PROMPTS, tiny_sd_pipeline, tokenizer
+from negation_plugins.testing import tiny_sd_pipeline, tokenizer
+from tests.test_integrations_helpers import PROMPTS
 
 
 @pytest.mark.e2e

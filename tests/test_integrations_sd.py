@@ -6,14 +6,8 @@ import torch
 import integrations
 import negation_plugins
 from integrations.diffusers_sd import negation_text_encoder
-from tests.test_integrations_helpers import (
-    PROMPTS,
-    open_clip_token_states,
-    tiny_clip,
-    tiny_sd_pipeline,
-    tiny_sdxl_pipeline,
-    tokenizer,
-)
+from negation_plugins.testing import tiny_clip, tiny_sd_pipeline, tiny_sdxl_pipeline, tokenizer
+from tests.test_integrations_helpers import PROMPTS, open_clip_token_states
 
 
 def prompt_embeds(pipe, prompts=PROMPTS):

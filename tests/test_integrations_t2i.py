@@ -15,7 +15,7 @@ from integrations.neg_t2i import (
     evaluate,
     read_prompts,
 )
-from tests.test_integrations_helpers import tiny_clip, tiny_sd_pipeline
+from negation_plugins.testing import tiny_clip, tiny_sd_pipeline
 
 
 def judge_bundle():

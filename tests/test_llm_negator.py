@@ -20,7 +20,7 @@ from negation_plugins.data.io import CaptionItem, read_negation_records
 from negation_plugins.data.language import mention_pattern
 from negation_plugins.data.llm import LlmError, LlmNegator, parse_caption, parse_object, retry_after_seconds
 from negation_plugins.lexicon import count_negations
-from tests.chat_server import ChatServer
+from negation_plugins.testing.chat_server import ChatServer
 from tests.test_data_io import _coco
 
 

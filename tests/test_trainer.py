@@ -10,7 +10,8 @@ import open_clip
 import pytest
 import torch
 
-from tests.test_trainer_support import TINY_CFG, tiny_model_dir, write_records
+from negation_plugins.testing import TINY_CFG, tiny_model_dir
+from tests.test_trainer_support import write_records
 from trainers import batches
 from trainers.config import ConfigError, TrainConfig, parse_config, parse_tuning
 from trainers.finetune import train

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_trainer_support import tiny_model_dir, write_records
+from negation_plugins.testing import tiny_model_dir
+from tests.test_trainer_support import write_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the trainer tests (no tests here): a tiny open_clip model folder and negation records.
+"""Shared pieces of the trainer tests (no tests here): negation records (the tiny model is in negation_plugins.testing).
 
 The records are written from the world's COCO instances with a few templates, so these tests do not depend on
 the data generator; tests/test_trainer_e2e.py uses the real generator.
@@ -9,27 +9,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-
-import open_clip
-import torch
-
-from negation_plugins.world.pretrain import save_open_clip_folder
-
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 2},
-}
-
-
-def tiny_model_dir(out: Path, seed: int = 0, **text_overrides) -> str:
-    """A randomly initialised tiny CLIP saved as an open_clip folder; returns its ``local-dir:`` spec."""
-    cfg = json.loads(json.dumps(TINY_CFG))
-    cfg["text_cfg"].update(text_overrides)
-    torch.manual_seed(seed)
-    save_open_clip_folder(open_clip.CLIP(**cfg), cfg, Path(out))
-    return f"local-dir:{out}"
-
 
 ABSENCE = ("{caption} but no {obj}.", "{caption}, without a {obj}.", "{caption}; there is no {obj}.")
 

@@ -100,15 +100,12 @@ def test_vqa_verifier_keeps_only_when_the_answer_is_not_yes(tmp_path, bias, expe
 
 
 def test_clip_verifier_scores_against_the_vocabulary(tmp_path):
-    import open_clip
-
     from negation_plugins.factory import load_clip
-    from negation_plugins.world.pretrain import PretrainConfig, save_open_clip_folder
+    from negation_plugins.testing import tiny_model_dir
+    from trainers.pretrain_world import PretrainConfig
 
-    torch.manual_seed(0)
     model_cfg = PretrainConfig(text_layers=1, vision_layers=1).model_cfg(32)
-    save_open_clip_folder(open_clip.CLIP(**model_cfg), model_cfg, tmp_path / "clip")
-    spec = f"local-dir:{tmp_path / 'clip'}"
+    spec = tiny_model_dir(tmp_path / "clip", model_cfg=model_cfg)
     images, items = _items(tmp_path, 5)
     shapes = ["circle", "square", "triangle", "star"]
     objects = ["square", "umbrella", "star", "circle", "triangle"]  # 'umbrella' joins the compared names

@@ -180,7 +180,7 @@ def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_c
 
 
 def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_path, monkeypatch):
-    from negation_plugins.world import pretrain as pretrain_module
+    from trainers import pretrain_world as pretrain_module
     from negation_plugins.world import shipped
 
     model = tmp_path / "model"
@@ -218,7 +218,7 @@ def test_the_package_ships_the_default_worlds_base_model(tmp_path):
     from dataclasses import asdict
 
     from negation_plugins.world import shipped
-    from negation_plugins.world.pretrain import PretrainConfig, cache_key
+    from trainers.pretrain_world import PretrainConfig, cache_key
 
     (tmp_path / "world.json").write_text(json.dumps({"config": asdict(WorldConfig())}))
     key = cache_key(WorldFiles.at(tmp_path), PretrainConfig())

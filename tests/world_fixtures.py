@@ -17,7 +17,7 @@ def world_coco(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("world"), FIXTURE_WORLD, progress=False)
 
 
-# A smaller budget than the README model (see benchmarks/bench_world_pretrain.py), yet strong enough (affirmation
+# A smaller budget than the README model (see perf/bench_world_pretrain.py), yet strong enough (affirmation
 # ~0.78 on held-out MCQ) that fine-tuning it teaches negation; like any model pretrained on affirmative captions it
 # reads "no X" as "X".
 FIXTURE_PRETRAIN = {"steps": 600, "batch_size": 128}
@@ -26,7 +26,7 @@ FIXTURE_PRETRAIN = {"steps": 600, "batch_size": 128}
 @pytest.fixture(scope="session")
 def world_model(world_coco, tmp_path_factory):
     """Spec ``local-dir:/path`` of a tiny open_clip CLIP pretrained from scratch on ``world_coco``'s captions."""
-    from negation_plugins.world.pretrain import PretrainConfig, pretrain
+    from trainers.pretrain_world import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("world_model") / "model"
     pretrain(world_coco, out, PretrainConfig(**FIXTURE_PRETRAIN), use_cache=False, progress=False)

@@ -1,7 +1,7 @@
 """The fine-tuning configuration: one dataclass, filled from a YAML file and/or command-line flags.
 
 Flags override the YAML file; the YAML file overrides the defaults. The defaults are the best configuration
-measured on the synthetic world (see ``benchmarks/compare_objectives.py``), so the minimal call
+measured on the synthetic world (see ``perf/compare_objectives.py``), so the minimal call
 ``python -m trainers.finetune --model SPEC --train FILE --images DIR --output DIR`` already works well.
 Everything that can be checked without training is checked in :func:`validate`, so a bad config fails in
 seconds with a message naming the bad setting.
@@ -28,85 +28,70 @@ class ConfigError(ValueError):
     """A setting that cannot work; raised before any training starts."""
 
 
+def setting(default, help: str):
+    """A config field and its flag's help text: the flags are generated from the fields (:func:`build_parser`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    model: str = ""
-    train: str = ""
-    images: str = ""
-    output: str = ""
-    instances: str | None = None
-    negation: str = "records"
-    objective: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
-    tuning: str = "full"
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_targets: str = DEFAULT_LORA_TARGETS
-    max_steps: int | None = None
-    epochs: float = 5.0
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    seed: int = 0
-    val_fraction: float = 0.1
-    eval_every: int = 50
-    eval_mcq: str | None = None
-    eval_mcq_images: str | None = None
-    select_by: str = "val-loss"
-    patience: int | None = None
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
-    save_every: int = 0
-    resume: bool = False
-    cache_image_features: bool = True
-    push_to_hub: str | None = None
-    hub_private: bool = False
-    export_transformers: bool = True
-    log_with: str = "tensorboard"
-    progress: bool = True
+    model: str = setting(
+        "", "CLIP to fine-tune: open_clip name, hf-hub:ORG/REPO, local-dir:PATH, NegationCLIP .pth, transformers folder"
+    )
+    train: str = setting(
+        "",
+        "negation records JSONL, NegationCLIP updated_caption JSON, or COCO captions JSON (with --negation on-the-fly)",
+    )
+    images: str = setting("", "folder the records' image paths are relative to")
+    output: str = setting("", "folder for the trained model, adapters, model card, logs and checkpoints")
+    instances: str | None = setting(None, "COCO instances JSON (objects per image) for --negation on-the-fly")
+    negation: str = setting(
+        "records", "records: negated captions come from --train; on-the-fly: TNG-CLIP templates inside the step"
+    )
+    objective: list[str] = setting(
+        list(DEFAULT_OBJECTIVES),
+        "NAME[:WEIGHT], repeatable (see `negclip plugins`); default: " + " + ".join(DEFAULT_OBJECTIVES),
+    )
+    tuning: str = setting(
+        "full",
+        "full (whole text tower), lora (peft adapters on the text tower), front:A-B (text layers A..B inclusive)",
+    )
+    lora_rank: int = setting(16, "LoRA rank r")
+    lora_alpha: float = setting(32.0, "LoRA alpha (scale = alpha / r)")
+    lora_targets: str = setting(
+        DEFAULT_LORA_TARGETS, "comma list of attn, mlp, or regexes over the text tower's module names"
+    )
+    max_steps: int | None = setting(None, "optimizer steps (overrides --epochs)")
+    epochs: float = setting(5.0, "passes over the training examples (fractions allowed)")
+    batch_size: int = setting(64, "examples per process per micro-batch")
+    lr: float = setting(3e-3, "peak learning rate (AdamW; linear warmup from 0, then cosine decay to a tenth of it)")
+    weight_decay: float = setting(0.01, "AdamW weight decay on matrices")
+    warmup_steps: int = setting(20, "linear warmup steps")
+    grad_clip: float = setting(1.0, "max gradient norm (0 disables)")
+    seed: int = setting(0, "seed for the split, batches, negation sampling and LoRA init")
+    val_fraction: float = setting(0.1, "share of images held out for validation (0 disables validation)")
+    eval_every: int = setting(50, "validate every N optimizer steps")
+    eval_mcq: str | None = setting(
+        None, "NegBench-format MCQ CSV evaluated before/after training and at each validation"
+    )
+    eval_mcq_images: str | None = setting(None, "image root of --eval-mcq (default: --images)")
+    select_by: str = setting("val-loss", "keep the best checkpoint by val-loss or by mcq accuracy")
+    patience: int | None = setting(None, "stop after this many validations without improvement")
+    mixed_precision: str = setting("no", "no, bf16 or fp16 (fp16 needs a GPU)")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
+    save_every: int = setting(0, "write a resumable accelerate checkpoint every N steps (0: only at the end)")
+    resume: bool = setting(False, "continue from the newest checkpoint in OUTPUT/checkpoints")
+    cache_image_features: bool = setting(True, "embed each image once with the frozen vision tower (default on)")
+    push_to_hub: str | None = setting(None, "after training, push OUTPUT to this Hub repo id")
+    hub_private: bool = setting(False, "create the Hub repo as private")
+    export_transformers: bool = setting(True, "also write transformers CLIPModel / CLIPTextModel folders")
+    log_with: str = setting("tensorboard", "accelerate tracker (tensorboard, or none)")
+    progress: bool = setting(True, "show a tqdm progress bar on the main process")
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-FLAG_HELP = {
-    "model": "CLIP to fine-tune: open_clip name, hf-hub:ORG/REPO, local-dir:PATH, NegationCLIP .pth, transformers folder",
-    "train": "negation records JSONL, NegationCLIP updated_caption JSON, or COCO captions JSON (with --negation on-the-fly)",
-    "images": "folder the records' image paths are relative to",
-    "output": "folder for the trained model, adapters, model card, logs and checkpoints",
-    "instances": "COCO instances JSON (objects per image) for --negation on-the-fly",
-    "negation": "records: negated captions come from --train; on-the-fly: TNG-CLIP templates inside the step",
-    "objective": "NAME[:WEIGHT], repeatable (see `negclip plugins`); default: " + " + ".join(DEFAULT_OBJECTIVES),
-    "tuning": "full (whole text tower), lora (peft adapters on the text tower), front:A-B (text layers A..B inclusive)",
-    "lora_rank": "LoRA rank r",
-    "lora_alpha": "LoRA alpha (scale = alpha / r)",
-    "lora_targets": "comma list of attn, mlp, or regexes over the text tower's module names",
-    "max_steps": "optimizer steps (overrides --epochs)",
-    "epochs": "passes over the training examples (fractions allowed)",
-    "batch_size": "examples per process per micro-batch",
-    "lr": "peak learning rate (AdamW, linear warmup, cosine decay)",
-    "weight_decay": "AdamW weight decay on matrices",
-    "warmup_steps": "linear warmup steps",
-    "grad_clip": "max gradient norm (0 disables)",
-    "seed": "seed for the split, batches, negation sampling and LoRA init",
-    "val_fraction": "share of images held out for validation (0 disables validation)",
-    "eval_every": "validate every N optimizer steps",
-    "eval_mcq": "NegBench-format MCQ CSV evaluated before/after training and at each validation",
-    "eval_mcq_images": "image root of --eval-mcq (default: --images)",
-    "select_by": "keep the best checkpoint by val-loss or by mcq accuracy",
-    "patience": "stop after this many validations without improvement",
-    "mixed_precision": "no, bf16 or fp16 (fp16 needs a GPU)",
-    "gradient_accumulation_steps": "micro-batches per optimizer step",
-    "save_every": "write a resumable accelerate checkpoint every N steps (0: only at the end)",
-    "resume": "continue from the newest checkpoint in OUTPUT/checkpoints",
-    "cache_image_features": "embed each image once with the frozen vision tower (default on)",
-    "push_to_hub": "after training, push OUTPUT to this Hub repo id",
-    "hub_private": "create the Hub repo as private",
-    "export_transformers": "also write transformers CLIPModel / CLIPTextModel folders",
-    "log_with": "accelerate tracker (tensorboard, or none)",
-    "progress": "show a tqdm progress bar on the main process",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file with any of the settings below (flags override it)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = FLAG_HELP[f.name]
+        help_text = f.metadata["help"]
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name == "objective":

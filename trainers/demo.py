@@ -24,6 +24,7 @@ from negation_plugins.atomic import atomic_write, atomic_write_json
 logger = logging.getLogger(__name__)
 
 MCQ_TYPES = ("affirmation", "negation", "hybrid")
+FINETUNE_EPOCHS = 16
 
 
 def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> dict:
@@ -50,7 +51,7 @@ def negation_records(world, out: Path, seed: int = 0, progress: bool = True) -> 
 
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
-    """The demo's fine-tuning: LoRA at its best measured learning rate and length (benchmarks/compare_objectives.py),
+    """The demo's fine-tuning: LoRA at its best measured learning rate and length (perf/compare_objectives.py),
     the default negbench-mcq objective with the CLIP retention term at full weight (at 0.5, LoRA kept only 0.948 of
     the base model's retrieval), the checkpoint kept by MCQ accuracy on the TRAINING scenes' questions (held-out
     scenes are only for the report)."""
@@ -64,7 +65,7 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
         "seed": seed,
         "eval_mcq": str(world.mcq_train_csv),
         "select_by": "mcq",
-        "epochs": 16,
+        "epochs": FINETUNE_EPOCHS,
         "eval_every": 250,
         "tuning": "lora",
         "lr": 1e-2,
@@ -90,9 +91,9 @@ def run_demo(
     from negation_plugins import load_clip
     from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
     from negation_plugins.world import WorldConfig, make_world
-    from negation_plugins.world.pretrain import PretrainConfig, pretrain
 
     from .finetune import train
+    from .pretrain_world import PretrainConfig, pretrain
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

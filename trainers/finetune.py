@@ -33,6 +33,7 @@ from .batches import (
     usable_examples,
 )
 from .config import ConfigError, TrainConfig, parse_config, validate
+from .optim import adamw, warmup_cosine
 from .tuning import apply_tuning, clamp_logit_scale, open_clip_model
 
 logger = logging.getLogger("trainers.finetune")
@@ -41,6 +42,7 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 BEST_FILE = "best_trainable.safetensors"
 METRICS_FILE = "metrics.jsonl"
+MIN_LR_RATE = 0.1  # the cosine ends at 10% of the peak learning rate
 
 
 class TextEncoder(nn.Module):
@@ -178,25 +180,6 @@ def check_model_and_tokenizer(bundle, examples: list[Example]) -> None:
         raise ConfigError(f"--model {bundle.spec} has no vision tower; training needs image embeddings")
 
 
-def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Linear warmup then cosine decay to 10% of the peak."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -304,12 +287,15 @@ def train(config: TrainConfig) -> dict:
     absent_index = absent_object_index(train_set)
 
     encoder = TextEncoder(model)
-    optimizer = build_optimizer(encoder, config)
-    encoder, optimizer = accelerator.prepare(encoder, optimizer)
-    device = accelerator.device
+    optimizer = adamw(encoder, config.lr, config.weight_decay)
     plan = BatchPlan(len(train_set), config.batch_size, accelerator.num_processes, config.seed)
     accum = config.gradient_accumulation_steps
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.micro_batches_per_epoch() / accum))
+    # Stepped here once per optimizer step (accelerate's prepared scheduler steps once per process per step);
+    # its state travels in STATE_FILE (plain JSON, no pickle to load on resume).
+    schedule = warmup_cosine(optimizer, config.warmup_steps, total_steps, min_lr_rate=MIN_LR_RATE)
+    encoder, optimizer = accelerator.prepare(encoder, optimizer)
+    device = accelerator.device
     state = {"model": model, "objective": objective, "bundle": bundle}
 
     val_absent_index = absent_object_index(val_set)
@@ -332,6 +318,7 @@ def train(config: TrainConfig) -> dict:
         accelerator.load_state(str(checkpoint))
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         step, best, bad_evals, history = saved["step"], saved["best"], saved["bad_evals"], saved["history"]
+        schedule.load_state_dict(saved["schedule"])
         results_before = saved["results_before"]
         if (checkpoint / BEST_FILE).is_file():
             from safetensors.torch import load_file
@@ -356,8 +343,6 @@ def train(config: TrainConfig) -> dict:
     open_clip_model(model).visual.eval()
     stopped_early = False
     while step < total_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config, total_steps)
         parts_sum: dict[str, float] = {}
         loss_sum = 0.0
         for micro in range(accum):
@@ -384,6 +369,7 @@ def train(config: TrainConfig) -> dict:
             "lr": optimizer.param_groups[0]["lr"],
             **{f"loss/{k}": round(v, 6) for k, v in parts_sum.items()},
         }
+        schedule.step()
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}")
 
@@ -414,6 +400,7 @@ def train(config: TrainConfig) -> dict:
                     "bad_evals": bad_evals,
                     "history": history,
                     "results_before": results_before,
+                    "schedule": schedule.state_dict(),
                 },
                 best_state,
             )

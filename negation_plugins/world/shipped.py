@@ -19,6 +19,7 @@ from ..atomic import atomic_folder
 
 FOLDER = Path(__file__).with_name("base_model")
 MANIFEST = "shipped.json"
+OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors")  # what convert.save_open_clip writes
 
 
 class ShippedModelError(RuntimeError):

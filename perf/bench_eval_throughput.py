@@ -1,6 +1,6 @@
 """Evaluation throughput: images/s and captions/s through the suite's Encoder, with and without the text cache.
 
-    .venv/bin/python benchmarks/bench_eval_throughput.py --arch ViT-B-32 --images 64 --captions 512
+    .venv/bin/python perf/bench_eval_throughput.py --arch ViT-B-32 --images 64 --captions 512
 
 Weights are random (``--arch``: an open_clip architecture built from its config, nothing downloaded) or any
 ``--model`` spec ``load_clip`` reads; speed does not depend on the weights. Prints one line per figure.

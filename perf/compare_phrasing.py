@@ -1,6 +1,6 @@
 """Which data mix and objective weights teach negation that reaches UNSEEN phrasings? Prints one table.
 
-    python benchmarks/compare_phrasing.py --workdir /tmp/compare-phrasing --steps 300 --seeds 0,1,2
+    python perf/compare_phrasing.py --workdir /tmp/compare-phrasing --steps 300 --seeds 0,1,2
 
 Same world, same base model (cached) for every row; each row's records come from the template negator with the
 row's data mix (it writes only TRAIN phrasing families, see negation_plugins/phrasings.py), then the row's
@@ -65,7 +65,7 @@ def prepare_base(workdir: Path, seed: int):
     """World + base model (the package's shipped one when the settings match, else pretrained and cached)."""
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
-    from negation_plugins.world.pretrain import PretrainConfig, pretrain
+    from trainers.pretrain_world import PretrainConfig, pretrain
 
     world_dir = workdir / "world"
     world = (

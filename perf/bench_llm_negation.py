@@ -6,14 +6,13 @@ annotations verifier) at ``concurrency=8`` and at the default, each on its own c
 its own process (as vLLM is), and prints requests/s as the server counted them, the ratio, and what that means for
 COCO's 414k captions (1.24M requests).
 
-    .venv/bin/python benchmarks/bench_llm_negation.py [--latency 0.1] [--captions-8 160] [--captions-default 1280]
+    .venv/bin/python perf/bench_llm_negation.py [--latency 0.1] [--captions-8 160] [--captions-default 1280]
 """
 
 import argparse
 import inspect
 import json
 import multiprocessing
-import sys
 import tempfile
 import time
 import urllib.request
@@ -21,13 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the loopback server lives in tests/
-
 from negation_plugins.data.generate import generate
 from negation_plugins.data.io import read_captions
 from negation_plugins.data.llm import LlmNegator
 from negation_plugins.plugins import get_one
-from tests.chat_server import serve
+from negation_plugins.testing.chat_server import serve
 
 
 def captions(folder: Path, n: int):

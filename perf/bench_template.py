@@ -5,7 +5,7 @@ Captions are COCO-style sentences (a hand-written set spanning short to long, li
 synthetic world's captions; each is negated for absence (caption + a random absent COCO object) and for
 presence (an object of the caption removed, then negated). Prints captions/s for each and for the batch API.
 
-    .venv/bin/python benchmarks/bench_template.py
+    .venv/bin/python perf/bench_template.py
 """
 
 import random

@@ -1,7 +1,7 @@
 """Trainer throughput vs a bare PyTorch loop on the same model and batch size; cached vs uncached image features.
 
-    python benchmarks/bench_trainer_throughput.py --steps 60 --threads 2
-    python benchmarks/bench_trainer_throughput.py --profile full --steps 150   # where the trainer's extra time goes
+    python perf/bench_trainer_throughput.py --steps 60 --threads 2
+    python perf/bench_trainer_throughput.py --profile full --steps 150   # where the trainer's extra time goes
 
 The bare loop is the least a training step can do: one fixed, pre-tokenized batch, precomputed image features,
 encode_text -> objective -> backward -> clip grad norm -> AdamW step (the same math as the trainer's step). The trainer does everything it really does (draw the batch,
@@ -21,12 +21,11 @@ import torch
 
 
 def setup(workdir: Path, n_images: int, seed: int):
-    from negation_plugins import plugins
-    from negation_plugins.data.generate import generate
-    from negation_plugins.data.io import read_coco_captions
+    from negation_plugins.testing import tiny_model_dir
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
-    from negation_plugins.world.pretrain import PretrainConfig, save_open_clip_folder
+    from trainers.demo import negation_records
+    from trainers.pretrain_world import PretrainConfig
 
     world_dir = workdir / "world"
     world = (
@@ -36,25 +35,10 @@ def setup(workdir: Path, n_images: int, seed: int):
     )
     model_dir = workdir / "model"
     if not (model_dir / "open_clip_config.json").is_file():
-        import open_clip
-
-        cfg = PretrainConfig(seed=seed).model_cfg(32)
-        torch.manual_seed(seed)
-        save_open_clip_folder(open_clip.CLIP(**cfg), cfg, model_dir)
+        tiny_model_dir(model_dir, seed, model_cfg=PretrainConfig(seed=seed).model_cfg(32))
     records = workdir / "records.jsonl"
     if not records.is_file():
-        captions = read_coco_captions(world.captions, world.instances, world.images)
-        generate(
-            captions,
-            records,
-            plugins.get_one("negators", "template")(),
-            plugins.get_one("verifiers", "annotations")(images=str(world.images)),
-            ("absence", "presence"),
-            captions.categories,
-            seed=seed,
-            overwrite=True,
-            progress=False,
-        )
+        negation_records(world, records, seed=seed, progress=False)
     return world, f"local-dir:{model_dir}", records
 
 
@@ -91,7 +75,8 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     from negation_plugins.losses import parse_objectives
     from trainers.batches import build_texts, load_examples, usable_examples
     from trainers.config import TrainConfig
-    from trainers.finetune import ImageFeatures, build_optimizer, split_text_features
+    from trainers.finetune import ImageFeatures, split_text_features
+    from trainers.optim import adamw
     from trainers.tuning import apply_tuning, open_clip_model
 
     objective = parse_objectives(objectives)
@@ -103,7 +88,8 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     texts, answers = build_texts(chunk, objective.requires, random.Random(0), examples)
     tokens = bundle.tokenizer([t for key in texts for t in texts[key]])
     image = images([e.image for e in chunk])
-    optimizer = build_optimizer(model, TrainConfig())
+    defaults = TrainConfig()
+    optimizer = adamw(model, defaults.lr, defaults.weight_decay)
     clip = open_clip_model(model)
     model.train()
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """README figures for the world's base model: wall time, val retrieval R@1 and MCQ accuracy per type.
 
-    .venv/bin/python benchmarks/bench_world_pretrain.py [--n-images 2000] [--steps 3000] [--threads 2]
+    .venv/bin/python perf/bench_world_pretrain.py [--n-images 2000] [--steps 3000] [--threads 2]
 
 Always trains from scratch (no cache) so the wall time is real.
 """
@@ -18,7 +18,7 @@ import torch
 import negation_plugins as npl
 from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
 from negation_plugins.world import WorldConfig, make_world
-from negation_plugins.world.pretrain import PretrainConfig, pretrain
+from trainers.pretrain_world import PretrainConfig, pretrain
 
 
 def main() -> None:

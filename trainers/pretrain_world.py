@@ -1,5 +1,7 @@
 """Pretrain the world's base model: a tiny open_clip CLIP trained from scratch on affirmative captions only.
 
+    negclip world pretrain --world WORLD --out MODEL
+
 It stands in for the web-pretrained CLIPs of the papers: good at "what is in the picture", blind to "no" (it has never
 seen a negation). Saved as a local open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
 ``open_clip.create_model_and_transforms("local-dir:PATH")`` and ``negation_plugins.load_clip`` both load.
@@ -24,17 +26,19 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .export import WorldFiles
-from .shipped import shipped_model
+from negation_plugins.atomic import atomic_folder, atomic_write_json
+from negation_plugins.convert import save_open_clip
+from negation_plugins.factory import ClipBundle
+from negation_plugins.world.export import WorldFiles
+from negation_plugins.world.shipped import shipped_model
+
+from .optim import adamw, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-RESULT_NAME = "pretrain_result.json"
+RESULT_NAME = "pretrain_result.json"  # written last: a folder with it is a finished run
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def default_cache_dir() -> Path:
 def cache_key(world: WorldFiles, config: PretrainConfig) -> str:
     """Same world settings + same training config -> same key (the run is deterministic in them)."""
     manifest = json.loads((world.root / "world.json").read_text())
-    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 1}, sort_keys=True)
+    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 3}, sort_keys=True)
     return "world-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -104,13 +108,13 @@ def pretrain(
             continue
         logger.info("reusing the %s world model %s", "shipped" if source == shipped else "cached", source)
         if source.resolve() != out.resolve():
-            _copy_folder(source, out)
+            copy_folder(source, out)
         result = json.loads((out / RESULT_NAME).read_text())
         return {**result, "cached": True, "shipped": source == shipped}
 
     result = _train_and_save(world, out, config, progress)
     if use_cache and cached.resolve() != out.resolve():
-        _copy_folder(out, cached)
+        copy_folder(out, cached)
     return {**result, "cached": False, "shipped": False}
 
 
@@ -144,7 +148,9 @@ def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progre
         result["r1_text_to_image"],
         len(val_images),
     )
-    save_open_clip_folder(model, model_cfg, out, extra={RESULT_NAME: result})
+    bundle = ClipBundle(model, tokenizer, preprocess, spec="world-pretrain", info={"model_cfg": model_cfg})
+    save_open_clip(bundle, out, overwrite=True)
+    atomic_write_json(out / RESULT_NAME, result, indent=2)
     return result
 
 
@@ -172,13 +178,8 @@ def train_loop(
 ) -> None:
     """Symmetric InfoNCE, each image paired with one of its captions drawn at random each step."""
     generator = torch.Generator().manual_seed(config.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    optimizer = adamw(model, config.lr, config.weight_decay)
+    schedule = warmup_cosine(optimizer, config.warmup_steps, config.steps)
     batch_size = min(config.batch_size, len(images))
     order, cursor = torch.randperm(len(images), generator=generator), 0
     model.train()
@@ -204,13 +205,6 @@ def train_loop(
     model.eval()
 
 
-def _lr_factor(step: int, config: PretrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 @torch.no_grad()
 def retrieval_r1(model, images: torch.Tensor, tokens: torch.Tensor) -> dict:
     """Recall@1 with one caption per image, caption i belonging to image i."""
@@ -225,37 +219,6 @@ def retrieval_r1(model, images: torch.Tensor, tokens: torch.Tensor) -> dict:
     }
 
 
-def save_open_clip_folder(model: torch.nn.Module, model_cfg: dict, out: Path, extra: dict | None = None) -> None:
-    """Write an open_clip local folder atomically (a temp folder renamed into place)."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = {
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
-    }
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_NAME))
-    for name, data in (extra or {}).items():
-        (tmp / name).write_text(json.dumps(data, indent=2))
-    _replace_folder(tmp, out)
-
-
-def _copy_folder(source: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    _replace_folder(tmp, target)
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
+def copy_folder(source: Path, target: Path) -> None:
+    """Copy a finished run into (or out of) the cache; readers see the old folder or the whole new one."""
+    atomic_folder(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))

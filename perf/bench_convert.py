@@ -4,7 +4,7 @@ Prints, per size: max abs difference between open_clip and the converted transfo
 hidden states, pooled and projected features; whether open_clip -> transformers -> open_clip is bit-for-bit;
 and the wall time of each conversion (including its built-in verification run).
 
-    .venv/bin/python benchmarks/bench_convert.py
+    .venv/bin/python perf/bench_convert.py
 """
 
 import time

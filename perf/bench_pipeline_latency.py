@@ -3,24 +3,20 @@
 The swap replaces one CLIPTextModel by another of the same shape, so the goal is a ratio of 1.00. Runs on a
 tiny SD pipeline built from configs (CPU); stock and swapped runs are interleaved and the median is reported.
 
-    .venv/bin/python benchmarks/bench_pipeline_latency.py [--repeats 9 --steps 4 --size 64]
+    .venv/bin/python perf/bench_pipeline_latency.py [--repeats 9 --steps 4 --size 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import integrations
 import negation_plugins
-from tests.test_integrations_helpers import tiny_clip, tiny_sd_pipeline
+from negation_plugins.testing import tiny_clip, tiny_sd_pipeline
 
 
 def timed(fn) -> float:

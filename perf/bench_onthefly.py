@@ -6,7 +6,7 @@ Times are CPU time of this process (1 thread), so other load on the machine does
 The on-the-fly part is ``OnTheFlyNegation(captions, image_embeds, objects)``. Model: the world's tiny CLIP
 (embed 64, width 64, 2+2 layers, 32x32 images, 32-token context), batch 128, 1 thread. Prints both times and the ratio.
 
-    .venv/bin/python benchmarks/bench_onthefly.py
+    .venv/bin/python perf/bench_onthefly.py
 """
 
 import random
@@ -17,7 +17,7 @@ import open_clip
 import torch
 
 from negation_plugins.data.onthefly import OnTheFlyNegation
-from negation_plugins.world.pretrain import PretrainConfig
+from trainers.pretrain_world import PretrainConfig
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "arrow")
 COLOURS = ("red", "green", "blue", "yellow")

@@ -1,6 +1,6 @@
 """Compare objectives and tuning modes on the synthetic world; prints the README table.
 
-    python benchmarks/compare_objectives.py --workdir /tmp/compare --steps 1000
+    python perf/compare_objectives.py --workdir /tmp/compare --steps 1000
 
 Same world, same base model (pretrained on affirmative captions, cached), same template-negation records and the
 same number of steps for every row; scores on held-out scenes: NegBench-style MCQ accuracy (overall and per type)
@@ -37,12 +37,10 @@ ROWS = (
 
 def prepare(workdir: Path, seed: int):
     """World + cached base model + records (built once, reused by every row)."""
-    from negation_plugins import plugins
-    from negation_plugins.data.generate import generate
-    from negation_plugins.data.io import read_coco_captions
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
-    from negation_plugins.world.pretrain import PretrainConfig, pretrain
+    from trainers.demo import negation_records
+    from trainers.pretrain_world import PretrainConfig, pretrain
 
     world_dir = workdir / "world"
     world = (
@@ -53,18 +51,7 @@ def prepare(workdir: Path, seed: int):
     pretrain(world, workdir / "base_model", PretrainConfig(seed=seed), progress=False)
     records = workdir / "records.jsonl"
     if not records.is_file():
-        captions = read_coco_captions(world.captions, world.instances, world.images)
-        generate(
-            captions,
-            records,
-            plugins.get_one("negators", "template")(),
-            plugins.get_one("verifiers", "annotations")(images=str(world.images)),
-            ("absence", "presence"),
-            captions.categories,
-            seed=seed,
-            overwrite=True,
-            progress=False,
-        )
+        negation_records(world, records, seed=seed, progress=False)
     return world, f"local-dir:{workdir / 'base_model'}", records
 
 

@@ -1,0 +1,158 @@
+"""Tiny real models built from configs (random weights, nothing downloaded), shared by the tests and the speed
+scripts in ``perf/``, as diffusers keeps ``testing_utils``: open_clip CLIPs, an open_clip folder, SD/SDXL pipelines.
+
+Imports diffusers/transformers only when a pipeline is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+
+from ..factory import ClipBundle
+
+# A tiny open_clip CLIP: 32 wide, one vision layer (one 8x8-patch grid over 32-pixel images), two text layers.
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 2},
+}
+
+
+def tiny_model_dir(out: str | Path, seed: int = 0, model_cfg: dict | None = None, **text_overrides) -> str:
+    """A randomly initialised CLIP (``model_cfg``, default :data:`TINY_CFG` with ``text_overrides``) saved as an
+    open_clip folder; returns its ``local-dir:`` spec."""
+    from ..convert import save_open_clip
+
+    cfg = json.loads(json.dumps(model_cfg or TINY_CFG))
+    cfg["text_cfg"].update(text_overrides)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**cfg)
+    bundle = ClipBundle(model, open_clip.get_tokenizer("ViT-B-32"), None, spec=f"tiny-{seed}", info={"model_cfg": cfg})
+    save_open_clip(bundle, out, overwrite=True)
+    return f"local-dir:{out}"
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer():
+    """The real CLIP BPE tokenizer (transformers), built once."""
+    from ..tokenizer import clip_tokenizer
+
+    return clip_tokenizer()
+
+
+def tiny_clip(text_width: int = 64, embed_dim: int = 32, layers: int = 1, seed: int = 0) -> ClipBundle:
+    """A real open_clip CLIP with random weights, text tower ``text_width`` wide (OpenAI quick_gelu)."""
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(
+        embed_dim=embed_dim,
+        vision_cfg={"layers": 1, "width": 32, "head_width": 16, "patch_size": 16, "image_size": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": text_width, "heads": 2, "layers": layers},
+        quick_gelu=True,
+    ).eval()
+    return ClipBundle(
+        model=model, tokenizer=open_clip.get_tokenizer("ViT-B-32"), preprocess=None, spec=f"tiny-{text_width}-{seed}"
+    )
+
+
+def text_config(width: int, projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        eos_token_id=49407,
+        bos_token_id=49406,
+        pad_token_id=49407,
+        hidden_act="quick_gelu",
+        projection_dim=projection_dim or width,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def _unet(cross_attention_dim: int, **sdxl_conditioning):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=2,
+        norm_num_groups=8,
+        **sdxl_conditioning,
+    )
+
+
+def tiny_sd_pipeline(cross_attention_dim: int = 64, seed: int = 0):
+    """A real StableDiffusionPipeline from configs (stock encoder random, width = cross_attention_dim)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = _unet(cross_attention_dim)
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(text_config(cross_attention_dim)).eval(),
+        tokenizer=tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(clip_sample=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(width_1: int = 32, width_2: int = 48, projection_dim: int = 24, seed: int = 0):
+    """A real StableDiffusionXLPipeline from configs: text_encoder width_1, text_encoder_2 width_2 (+ projection)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    time_dim = 8
+    unet = _unet(
+        width_1 + width_2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=projection_dim + 6 * time_dim,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(text_config(width_1)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(width_2, projection_dim)).eval(),
+        tokenizer=tokenizer(),
+        tokenizer_2=tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -61,7 +61,7 @@ ROWS = (
 COLUMNS = ("overall", "affirmation", "negation", "hybrid")
 
 
-def prepare_base(workdir: Path, seed: int):
+def prepare_base(workdir: Path, seed: int, pretrain_steps: int | None):
     """World + base model (the package's shipped one when the settings match, else pretrained and cached)."""
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
@@ -73,7 +73,8 @@ def prepare_base(workdir: Path, seed: int):
         if (world_dir / "world.json").is_file()
         else make_world(world_dir, WorldConfig(seed=seed), progress=False)
     )
-    pretrain(world, workdir / "base_model", PretrainConfig(seed=seed), progress=False)
+    config = PretrainConfig(seed=seed) if pretrain_steps is None else PretrainConfig(seed=seed, steps=pretrain_steps)
+    pretrain(world, workdir / "base_model", config, progress=False)
     return world, f"local-dir:{workdir / 'base_model'}"
 
 
@@ -135,7 +136,12 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="comma list of fine-tuning seeds (world and base: seed 0)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--only", default=None, help="comma list of row numbers (1-based) to run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=None, help="base model steps [default: the shipped model's 3000]"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: on a loaded machine 2 threads spin-wait, ~8x slower)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from trainers.config import TrainConfig
@@ -144,7 +150,7 @@ def main() -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    world, base = prepare_base(workdir, 0)
+    world, base = prepare_base(workdir, 0, args.pretrain_steps)
     base_figures = figures(base_scores := evaluate(base, world), base_scores)
     rows = list(enumerate(ROWS, 1))
     if args.only:

@@ -39,6 +39,9 @@ def test_demo_writes_results_plot_card_and_a_loadable_model(tmp_path, monkeypatc
         assert mcq["n_items"] > 0 and all(0 <= mcq[t] <= 1 for t in ("affirmation", "negation", "hybrid"))
         assert 0 <= results[side]["retrieval"]["image_to_text_r1"] <= 1
     assert results["training"]["steps"] == 12
+    # seen and held-out negation phrasings are scored apart; a non-default world is pretrained, not shipped
+    assert set(results["after"]["mcq"]["by_phrasing_split"]) == {"train", "held-out"}
+    assert results["base_model"]["shipped"] is False and "held-out phrasings" in result.output
     assert results["data"]["absence"] > 0 and results["data"]["presence"] > 0
     with Image.open(out / "before_after.png") as plot:
         assert plot.size[0] > 300

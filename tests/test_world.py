@@ -180,8 +180,8 @@ def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_c
 
 
 def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_path, monkeypatch):
-    from trainers import pretrain_world as pretrain_module
     from negation_plugins.world import shipped
+    from trainers import pretrain_world as pretrain_module
 
     model = tmp_path / "model"
     model.mkdir()

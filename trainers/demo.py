@@ -1,10 +1,12 @@
 """``negclip demo``: the whole story on the synthetic world, in one folder, in minutes on a CPU.
 
 1. make the world (rendered shape scenes, COCO captions/instances, NegBench-format MCQ CSV);
-2. pretrain the base CLIP on affirmative captions only (or reuse the cached one): it reads "no X" as "X";
+2. the base CLIP pretrained on affirmative captions only: it reads "no X" as "X" (for the default world and seed the
+   model shipped with the package, so every machine starts from the same weights; else pretrained and cached);
 3. generate negation records: template negator + annotation verifier, absence and presence kinds;
 4. fine-tune the text tower with LoRA and the best measured objective;
-5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type and affirmative Recall@1;
+5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type, for seen and held-out negation
+   phrasings, and affirmative Recall@1;
 6. write results.json, before_after.png and the model card (README.md) next to the trained model.
 
 Layout of ``--output``: world/, base_model/, records.jsonl, model/ (the trainer's output), results.json,
@@ -137,7 +139,7 @@ def run_demo(
         "after": after,
         "affirmative_retrieval_retained": retention,
         "gain": {t: _diff(after["mcq"][t], before["mcq"][t]) for t in ("accuracy", *MCQ_TYPES)},
-        "base_model": {k: pretrain_result[k] for k in ("r1_image_to_text", "r1_text_to_image", "cached")},
+        "base_model": {k: pretrain_result[k] for k in ("r1_image_to_text", "r1_text_to_image", "cached", "shipped")},
         "data": {k: data_summary.get(k) for k in ("absence", "presence", "captions", "verifier_rejected")},
         "training": {
             k: summary[k]

@@ -112,7 +112,8 @@ class Steering(Correction):
         self.model_key = meta["model"]
 
     def describe(self) -> str:
-        return f"{self.name}:{self.file}:scale={self.scale:g}"
+        digest = hashlib.sha256(self.direction.numpy().tobytes()).hexdigest()[:12]
+        return f"{self.name}:{self.file.name}:scale={self.scale:g}:{digest}"
 
     def correct(self, clip, texts, embeddings):
         if self.direction.shape[0] != embeddings.shape[-1]:

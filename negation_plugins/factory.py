@@ -7,12 +7,13 @@ benchmarks and integrations deal with one module layout; other formats are conve
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from . import plugins
+from .hub import CHECKPOINT_SUFFIXES, NAME_GRAMMAR, fetch, parse_hub_name
 
 
 @dataclass
@@ -45,6 +46,14 @@ class ClipBundle:
     @property
     def context_length(self) -> int:
         return int(getattr(self.tokenizer, "context_length", 77))
+
+    def with_corrections(self, corrections) -> ClipBundle:
+        """The same model with training-free corrections (specs or objects) stacked on, labelled ``SPEC + ...``."""
+        from .corrections import parse_corrections
+
+        added = parse_corrections(corrections)
+        label = " + ".join([self.spec, *(c.describe() for c in added)])
+        return replace(self, corrections=[*self.corrections, *added], spec=label)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)
@@ -103,10 +112,18 @@ class Backend:
 def load_clip(
     spec: str, *, device: str | torch.device = "cpu", backend: str | None = None, correction=None, **options
 ) -> ClipBundle:
-    """Load any CLIP the registered backends understand.
+    """Load any CLIP the registered backends understand, from a local path or the Hugging Face Hub.
 
-    ``spec`` examples: ``ViT-B-32:openai``, ``hf-hub:org/repo``, ``local-dir:/path``,
-    ``/path/negationclip_ViT-B32.pth``, ``/path/to/transformers/folder``.
+    Local: open_clip names with a pretrained tag (``ViT-B-32:openai``), ``local-dir:/path`` (an open_clip
+    folder), OpenAI-layout checkpoint files (``negationclip_ViT-B32.pth``, ``.pt``/``.bin``/``.safetensors``,
+    ``{"model": ...}`` wrappers), transformers CLIP folders. An existing local path always wins.
+
+    Hub (fetched with huggingface_hub: its cache, ``HF_HOME``, ``HF_ENDPOINT``, token, ``HF_HUB_OFFLINE``):
+    ``hf-hub:ORG/REPO`` (an open_clip repo), ``hf-hub:ORG/REPO/PATH/FILE.pth`` (one checkpoint file in any
+    repo, e.g. ``hf-hub:jerryray/negationclip/negationclip_ViT-L14.pth``), ``ORG/REPO`` (a transformers CLIP
+    repo, e.g. ``openai/clip-vit-large-patch14``), ``ORG/REPO/SUBFOLDER`` (a diffusers ``text_encoder``), each
+    with an optional ``@REVISION``. The bundle keeps the name as ``spec``; ``info["hub"]`` says what was fetched.
+
     ``backend`` forces one backend by name instead of asking each in turn. ``correction``: one or more
     training-free corrections applied in :meth:`ClipBundle.encode_text` (``"span-subtraction"``,
     ``"steering:FILE"``; see :mod:`negation_plugins.corrections`).
@@ -115,18 +132,29 @@ def load_clip(
 
     spec = str(spec)
     corrections = parse_corrections(correction)
+    hub_name = parse_hub_name(spec)
+    if hub_name is None:
+        bundle = _load_local(spec, device=device, backend=backend, **options)
+    else:
+        local, commit = fetch(hub_name)
+        bundle = _load_local(local, device=device, backend=backend, **options)
+        bundle.spec = spec
+        bundle.info["hub"] = {"repo_id": hub_name.repo_id, "path": hub_name.path, "commit": commit}
+    bundle.corrections = corrections
+    return bundle
+
+
+def _load_local(spec: str, *, device, backend: str | None, **options) -> ClipBundle:
     if backend is not None:
-        bundle = plugins.get_one("backends", backend).load(spec, device=device, **options)
-        bundle.corrections = corrections
-        return bundle
+        return plugins.get_one("backends", backend).load(spec, device=device, **options)
     backends = plugins.get("backends")
     for candidate in backends.values():
         if candidate.can_load(spec):
-            bundle = candidate.load(spec, device=device, **options)
-            bundle.corrections = corrections
-            return bundle
+            return candidate.load(spec, device=device, **options)
+    if spec.endswith(CHECKPOINT_SUFFIXES):
+        raise FileNotFoundError(f"{spec}: no such checkpoint file (one in a Hub repo is named hf-hub:ORG/REPO/FILE)")
     raise ValueError(
-        f"no backend can load {spec!r}; registered backends: {', '.join(backends)}. "
-        "Use an open_clip name ('ViT-B-32:openai'), 'hf-hub:org/repo', 'local-dir:/path', "
-        "an OpenAI-format .pth/.pt/.safetensors file, or a transformers CLIP folder."
+        f"no backend can load {spec!r} (registered backends: {', '.join(backends)}). Local names: an open_clip "
+        "name ('ViT-B-32:openai'), 'local-dir:/path', an OpenAI-format .pth/.pt/.bin/.safetensors file, a "
+        f"transformers CLIP folder. Hub names: {NAME_GRAMMAR}."
     )

@@ -55,17 +55,6 @@ def prepare(workdir: Path, seed: int):
     return world, f"local-dir:{workdir / 'base_model'}", records
 
 
-def evaluate(spec: str, world) -> dict:
-    from negation_plugins import load_clip
-    from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
-
-    clip = load_clip(spec)
-    return {
-        "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
-        "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/negclip-compare")
@@ -75,12 +64,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
     from trainers.config import TrainConfig
+    from trainers.demo import evaluate_on_world
     from trainers.finetune import train
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     world, base, records = prepare(workdir, args.seed)
-    base_scores = evaluate(base, world)
+    base_scores = evaluate_on_world(base, world)
     rows = list(enumerate(ROWS, 1))
     if args.only:
         keep = {int(x) for x in args.only.split(",")}
@@ -112,7 +102,7 @@ def main() -> int:
         started = time.perf_counter()
         summary = train(config)
         seconds = time.perf_counter() - started
-        scores = evaluate(f"local-dir:{out}", world)
+        scores = evaluate_on_world(f"local-dir:{out}", world)
         _print_row(label, lr, scores, base_scores, summary["train_seconds"] / args.steps)
         results["rows"][label] = {
             "scores": scores,
@@ -128,7 +118,7 @@ def main() -> int:
 
 def _print_row(label, lr, scores, base, seconds_per_step):
     mcq = scores["mcq"]
-    ratio = scores["retrieval"]["image_to_text_r1"] / max(base["retrieval"]["image_to_text_r1"], 1e-9)
+    ratio = scores["retrieval"]["i2t_R@1"] / max(base["retrieval"]["i2t_R@1"], 1e-9)
     step = "-" if seconds_per_step is None else f"{seconds_per_step:.3f}"
     rate = "-" if lr is None else f"{lr:.0e}"
     print(

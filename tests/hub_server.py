@@ -1,17 +1,25 @@
-"""A small loopback HTTP server that speaks the part of the Hugging Face Hub protocol huggingface_hub 2.4 uses to
-push a folder: create repo, validate README YAML, preupload (answering "regular" so no LFS/xet upload happens),
-commit as NDJSON with base64 files, plus model info and raw file download to verify what arrived.
+"""A small loopback HTTP server that speaks the parts of the Hugging Face Hub protocol huggingface_hub 2.4 uses.
 
-Every request must carry ``Authorization: Bearer <token>``; requests and stored files are kept for assertions.
+Upload (push a folder): create repo, validate README YAML, preupload (answering "regular" so no LFS/xet upload
+happens), commit as NDJSON with base64 files. Download (``hf_hub_download``, hence every Hub name ``load_clip``
+takes): ``HEAD``/``GET /{repo}/resolve/{revision}/{path}`` answering ``X-Repo-Commit``, ``ETag`` and
+``Content-Length``, or 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``;
+plus ``/api/models/{repo}[/revision/{revision}]``. Revisions are branches, tags or commit ids; every commit keeps
+its own snapshot of the files.
+
+Writes and private repos need ``Authorization: Bearer <token>``; public repos can be read without one, and a wrong
+token is refused everywhere. Requests and stored files are kept for assertions.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import threading
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -39,12 +47,41 @@ ROUTES = [
 @dataclass
 class Repo:
     private: bool
-    files: dict[str, bytes] = field(default_factory=dict)
     commits: list[dict] = field(default_factory=list)
+    snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit oid -> files at that commit
+    refs: dict[str, str] = field(default_factory=dict)  # branch or tag -> commit oid
 
     @property
     def sha(self) -> str:
-        return self.commits[-1]["oid"] if self.commits else "0" * 40
+        return self.refs.get("main", "0" * 40)
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.snapshots.get(self.sha, {})
+
+    def resolve(self, revision: str) -> str | None:
+        """The commit oid a branch, tag or (full) commit id names; None if none."""
+        revision = urllib.parse.unquote(revision)
+        if revision in self.refs:
+            return self.refs[revision]
+        return revision if revision in self.snapshots else None
+
+    def add_commit(self, changes: dict[str, bytes | None], summary: str) -> str:
+        """Commit ``changes`` (None deletes a path) on main; return the new commit oid."""
+        files = dict(self.files)
+        for path, content in changes.items():
+            if content is None:
+                files.pop(path, None)
+            else:
+                files[path] = content
+        digest = hashlib.sha1(f"{self.sha} {len(self.commits)} {summary}".encode())
+        for path, content in sorted(files.items()):
+            digest.update(path.encode() + b"\0" + content)
+        oid = digest.hexdigest()
+        self.snapshots[oid] = files
+        self.refs["main"] = oid
+        self.commits.append({"oid": oid, "summary": summary, "paths": sorted(changes)})
+        return oid
 
 
 class HubState:
@@ -54,6 +91,16 @@ class HubState:
         self.repos: dict[str, Repo] = {}
         self.requests: list[dict] = []  # method, path, body bytes, headers
         self.lock = threading.Lock()
+        self.unavailable = 0  # answer this many more file requests with 503, as an overloaded Hub does
+
+    def publish(self, repo_id: str, files: dict[str, bytes], *, summary="upload", private=False, tag=None) -> str:
+        """Commit ``files`` to ``repo_id`` (created if new) on main, optionally tagged; return the commit oid."""
+        with self.lock:
+            repo = self.repos.setdefault(repo_id, Repo(private=private))
+            oid = repo.add_commit(dict(files), summary)
+            if tag is not None:
+                repo.refs[tag] = oid
+            return oid
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -78,14 +125,18 @@ class HubHandler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append(
                 {
-                    "method": method,
+                    "method": self.command,
                     "path": self.path,
                     "body": body,
                     "headers": dict(self.headers.items()),
                 }
             )
-        if self.headers.get("Authorization") != f"Bearer {self.state.token}":
+        authorization = self.headers.get("Authorization")
+        self.anonymous = authorization is None
+        if authorization is not None and authorization != f"Bearer {self.state.token}":
             return self._json(401, {"error": "Invalid credentials in Authorization header"})
+        if self.anonymous and method != "GET":
+            return self._json(401, {"error": "Authorization header required"})
         for route_method, pattern, handler in ROUTES:
             match = pattern.match(path)
             if route_method == method and match:
@@ -108,10 +159,17 @@ class HubHandler(BaseHTTPRequestHandler):
         return f"http://{host}:{port}"
 
     def _repo(self, repo):
-        if repo not in self.state.repos:
+        stored = self.state.repos.get(repo)
+        if stored is None or (stored.private and self.anonymous):  # the Hub hides private repos from strangers
             self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
             return None
-        return self.state.repos[repo]
+        return stored
+
+    def _commit(self, stored, rev):
+        oid = stored.resolve(rev)
+        if oid is None:
+            self._json(404, {"error": f"Invalid rev id: {rev}"}, {"X-Error-Code": "RevisionNotFound"})
+        return oid
 
     def create_repo(self, body, head=False):
         payload = json.loads(body)
@@ -176,19 +234,7 @@ class HubHandler(BaseHTTPRequestHandler):
                     400,
                     {"error": f"this test server accepts only regular uploads, got {line['key']}"},
                 )
-        for path, content in changes.items():
-            if content is None:
-                stored.files.pop(path, None)
-            else:
-                stored.files[path] = content
-        oid = hashlib.sha1(body + stored.sha.encode()).hexdigest()
-        stored.commits.append(
-            {
-                "oid": oid,
-                "summary": lines[0]["value"]["summary"],
-                "paths": sorted(changes),
-            }
-        )
+        oid = stored.add_commit(changes, lines[0]["value"]["summary"])
         self._json(
             200,
             {"commitUrl": f"{self._endpoint()}/{repo}/commit/{oid}", "commitOid": oid},
@@ -198,28 +244,42 @@ class HubHandler(BaseHTTPRequestHandler):
         stored = self._repo(repo)
         if stored is None:
             return
+        oid = self._commit(stored, rev or "main")
+        if oid is None:
+            return
         self._json(
             200,
             {
                 "id": repo,
                 "private": stored.private,
-                "sha": stored.sha,
-                "siblings": [{"rfilename": path} for path in sorted(stored.files)],
+                "sha": oid,
+                "siblings": [{"rfilename": path} for path in sorted(stored.snapshots.get(oid, {}))],
             },
         )
 
     def resolve(self, body, repo, rev, path, head=False):
+        if self.state.unavailable:
+            self.state.unavailable -= 1
+            return self._json(503, {"error": "Service Unavailable"})
         stored = self._repo(repo)
         if stored is None:
             return
-        if path not in stored.files:
-            return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
-        data = stored.files[path]
+        oid = self._commit(stored, rev)
+        if oid is None:
+            return
+        files = stored.snapshots[oid]
+        path = urllib.parse.unquote(path)
+        if path not in files:
+            # The commit header lets huggingface_hub remember the file's absence in its cache (.no_exist).
+            return self._json(
+                404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": oid}
+            )
+        data = files[path]
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("ETag", f'"{_git_blob_oid(data)}"')
-        self.send_header("X-Repo-Commit", stored.sha)
+        self.send_header("X-Repo-Commit", oid)
         self.end_headers()
         if not head:
             self.wfile.write(data)
@@ -248,3 +308,23 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()
+
+
+@contextlib.contextmanager
+def download_hub(monkeypatch, hf_home, token="hf_TESTtoken0123456789abcdefSECRET"):
+    """A loopback Hub that huggingface_hub downloads from, with a fresh cache under ``hf_home``, online, no xet.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_DISABLE_XET once, at import, into its constants; this sets
+    the constants as those variables would (tests/test_compare.py also runs a process configured by the variables).
+    """
+    from huggingface_hub import constants
+
+    with HubServer(token) as server:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield server

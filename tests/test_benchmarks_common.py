@@ -19,6 +19,7 @@ from negation_plugins.benchmarks.common import (
     model_fingerprint,
     pessimistic_rank,
     resolve_image,
+    retrieval_recalls,
 )
 from negation_plugins.factory import ClipBundle
 
@@ -77,6 +78,38 @@ def test_pessimistic_rank_counts_ties_against_the_model():
     assert pessimistic_rank(scores, positive).tolist() == [0, 2, 0]
     two_positives = torch.tensor([[True, False, True]] * 3)
     assert pessimistic_rank(scores, two_positives).tolist() == [0, 1, 0]
+
+
+def test_retrieval_recalls_both_ways_with_ties_against_the_model():
+    """Images 0 and 2 embed alike, so captions 0 and 2 tie between them: each such tie is a miss at R@1."""
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    texts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    owners = [0, 1, 2, 1]
+    got = retrieval_recalls(images, texts, owners, ks=(1, 2, 5))
+    # text->image: captions 1 and 3 rank their image first, captions 0 and 2 tie with the twin image (rank 1)
+    assert (got["t2i_R@1"], got["t2i_R@2"], got["t2i_R@5"]) == (0.5, 1.0, 1.0)
+    # image->text: image 1's own caption wins; images 0 and 2 tie with the twin's caption
+    assert got["i2t_R@1"] == pytest.approx(1 / 3) and got["i2t_R@2"] == 1.0 and got["i2t_R@5"] == 1.0
+    assert list(retrieval_recalls(images, texts, owners, ks=(1,), directions=("t2i",))) == ["t2i_R@1"]
+
+    constant = retrieval_recalls(torch.zeros(3, 2), torch.zeros(4, 2), owners, ks=(1, 5))
+    assert constant == {"t2i_R@1": 0.0, "t2i_R@5": 1.0, "i2t_R@1": 0.0, "i2t_R@5": 1.0}
+
+
+def test_retrieval_recalls_in_blocks_equal_the_full_score_matrix():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(37, 8, generator=generator), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(101, 8, generator=generator), dim=-1)
+    owners = torch.randint(37, (101,), generator=generator)
+    full = retrieval_recalls(images, texts, owners, ks=(1, 5, 10), block_elements=10**9)
+    for block in (1, 37, 500, 101 * 37 - 1):  # one query at a time, ..., one query short of everything
+        assert retrieval_recalls(images, texts, owners, ks=(1, 5, 10), block_elements=block) == full
+    scores = texts @ images.T
+    positive = owners[:, None] == torch.arange(37)[None]
+    t2i, i2t = pessimistic_rank(scores, positive), pessimistic_rank(scores.T, positive.T)
+    for k in (1, 5, 10):
+        assert full[f"t2i_R@{k}"] == float((t2i < k).float().mean())
+        assert full[f"i2t_R@{k}"] == float((i2t < k).float().mean())
 
 
 def test_resolve_image_tries_root_then_basename_and_explains(tmp_path):

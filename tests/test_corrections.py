@@ -171,3 +171,54 @@ def test_fit_command_writes_a_steering_file_that_load_clip_uses(tmp_path):
     texts = ["a dog on the grass", "a dog but no cat on the grass"]
     a, b = plain.encode_text(texts), corrected.encode_text(texts)
     assert torch.allclose(a[0], b[0], atol=1e-6) and not torch.allclose(a[1], b[1], atol=1e-4)
+
+
+def test_eval_scores_each_model_as_is_and_corrected(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from negation_plugins.cli import cli
+    from negation_plugins.convert import save_open_clip
+
+    folder = save_open_clip(tiny_clip(), tmp_path / "tiny")
+    args = ["eval", f"local-dir:{folder}", "--bench", "negation-probe", "-o", "n_captions=10", "--no-plot", "--quiet"]
+    args += ["--correction", "span-subtraction:scale=1", "--cache-dir", str(tmp_path / "cache")]
+    for run in ("first", "second"):
+        result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / run)])
+        assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "second" / "report.json").read_text())
+    plain, corrected = report["models"]
+    assert corrected == f"{plain} + span-subtraction:scale=1"
+    means = [report["results"][m]["negation-probe"]["cosine"]["mean"] for m in (plain, corrected)]
+    assert means[0] != pytest.approx(means[1], abs=1e-4)  # the cache keeps corrected and plain embeddings apart
+    assert report["text_cache"]["misses"] == 0
+
+
+def test_eval_refuses_a_bad_correction_before_loading_a_model(tmp_path):
+    from click.testing import CliRunner
+
+    from negation_plugins.cli import cli
+
+    args = ["eval", "local-dir:/does/not/exist", "--bench", "negation-probe", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, [*args, "--correction", "steering:/no/file.safetensors"])
+    assert result.exit_code == 2 and "steering file not found" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_compare_shows_each_model_with_and_without_the_correction(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from negation_plugins.cli import cli
+    from negation_plugins.convert import save_open_clip
+
+    folder = save_open_clip(tiny_clip(), tmp_path / "tiny")
+    args = ["compare", f"local-dir:{folder}", "--text", "a street with cars", "--text", "a street without cars"]
+    result = CliRunner().invoke(cli, [*args, "--correction", "span-subtraction", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert f"local-dir:{folder} + span-subtraction:scale=1.9" in json.dumps(shown)
+    bad = CliRunner().invoke(cli, [*args, "--correction", "nope"])
+    assert bad.exit_code == 1 and "no correction named 'nope'" in bad.output

@@ -37,7 +37,10 @@ def test_demo_writes_results_plot_card_and_a_loadable_model(tmp_path, monkeypatc
     for side in ("before", "after"):
         mcq = results[side]["mcq"]
         assert mcq["n_items"] > 0 and all(0 <= mcq[t] <= 1 for t in ("affirmation", "negation", "hybrid"))
-        assert 0 <= results[side]["retrieval"]["image_to_text_r1"] <= 1
+        assert 0 <= results[side]["retrieval"]["i2t_R@1"] <= 1
+    # one retrieval figure: pretraining's and the demo's evaluation of the base model are the same number
+    assert results["base_model"]["i2t_R@1"] == results["before"]["retrieval"]["i2t_R@1"]
+    assert results["base_model"]["t2i_R@1"] == results["before"]["retrieval"]["t2i_R@1"]
     assert results["training"]["steps"] == 12
     # seen and held-out negation phrasings are scored apart; a non-default world is pretrained, not shipped
     assert set(results["after"]["mcq"]["by_phrasing_split"]) == {"train", "held-out"}

@@ -4,6 +4,7 @@ model-card metadata, and clear errors for bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -156,7 +157,10 @@ def test_clear_errors_for_bad_benchmarks_options_and_rows(valse, register_plugin
 
 @pytest.mark.e2e
 def test_world_model_on_mcq_retrieval_and_probe(world_coco, world_model, tmp_path):
-    """The synthetic world end to end: the world's MCQ benchmark (another plugin) and this suite's in one run."""
+    """The synthetic world end to end: the world's MCQ benchmark (another plugin) and this suite's in one run; the
+    world's affirmative retrieval is `coco-retrieval` on its held-out files wherever it is reported."""
+    from trainers.demo import evaluate_on_world
+
     result = run(
         [
             world_model,
@@ -184,3 +188,48 @@ def test_world_model_on_mcq_retrieval_and_probe(world_coco, world_model, tmp_pat
     )
     assert got["coco-retrieval"]["t2i_R@10"] > 10 / got["coco-retrieval"]["n_images"]  # pretrained: better than chance
     assert "| mcq |" in (tmp_path / "out" / "results.md").read_text()
+
+    pretrained = json.loads((Path(world_model[len("local-dir:") :]) / "pretrain_result.json").read_text())
+    demo = evaluate_on_world(world_model, world_coco)
+    assert got["coco-retrieval"]["n_images"] == pretrained["n_val_scenes"] == demo["retrieval"]["n_images"] == 160
+    for key in ("i2t_R@1", "t2i_R@1"):  # one number in pretraining, the demo's results and negclip eval
+        assert got["coco-retrieval"][key] == pretrained[key] == demo["retrieval"][key], key
+    assert demo["mcq"] == got["mcq"]
+
+
+def mcq_captions(i):
+    return [f"a photo of {i} dogs", f"no dogs {i}", "a cat but no dog", "a cat"]  # rows share some, as NegBench's do
+
+
+def write_mcq(folder):
+    """A NegBench MCQ CSV over four real images."""
+    write_images(folder / "imgs", [f"{i}.png" for i in range(4)])
+    lines = ["image_path,correct_answer,caption_0,caption_1,caption_2,caption_3,correct_answer_template"]
+    for i, template in enumerate(["positive", "negative", "hybrid", "negative"]):
+        lines.append(",".join([f"{i}.png", str(i % 4), *mcq_captions(i), template]))
+    (folder / "mcq.csv").write_text("\n".join(lines) + "\n")
+    return folder / "mcq.csv"
+
+
+def test_mcq_takes_skip_bad_and_the_text_cache(tmp_path, register_plugin):
+    register_plugin(TinyPlugin(), "tiny-plugin")
+    csv_path = write_mcq(tmp_path)
+    n_texts = len({c for i in (0, 1, 3) for c in mcq_captions(i)})  # row 3 (image 2) is skipped: 8 distinct
+    (tmp_path / "imgs" / "2.png").unlink()
+    args = ["tiny:0", "--bench", "mcq", "-o", f"mcq.csv={csv_path}", "-o", f"mcq.images={tmp_path / 'imgs'}"]
+    args += ["--no-plot", "--cache-dir", str(tmp_path / "cache")]
+    result = run(args + ["--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "mcq.csv: row 3: image '2.png' not found" in result.output
+
+    result = run(args + ["--skip-bad", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    got = report["results"]["tiny:0"]["mcq"]
+    assert got["n_skipped"] == 1 and got["n_items"] == 3 and "row 3" in got["skipped"][0]
+    assert report["text_cache"] == {"hits": 0, "misses": n_texts} and n_texts == 8
+
+    again = run(args + ["--skip-bad", "--batch-size", "3", "--out", str(tmp_path / "out2")])
+    assert again.exit_code == 0, again.output
+    report2 = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert report2["text_cache"] == {"hits": n_texts, "misses": 0}
+    assert report2["results"]["tiny:0"]["mcq"]["accuracy"] == got["accuracy"]

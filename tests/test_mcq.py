@@ -1,4 +1,5 @@
-"""MCQ benchmark core: scoring with known answers, NegBench CSV reading, clear errors for malformed rows."""
+"""MCQ benchmark: scoring with known answers, NegBench CSV reading, clear errors for malformed rows, the shared
+options (skip-and-count, text cache), and retrieval on dictated embeddings."""
 
 import csv
 import json
@@ -9,14 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from negation_plugins import plugins
-from negation_plugins.benchmarks.mcq import (
-    BenchmarkDataError,
-    mcq_accuracy,
-    mcq_predictions,
-    read_mcq_csv,
-    run_mcq,
-    run_retrieval,
-)
+from negation_plugins.benchmarks.common import BenchmarkDataError
+from negation_plugins.benchmarks.mcq import mcq_accuracy, mcq_predictions, read_mcq_csv, run_mcq
 from negation_plugins.factory import ClipBundle
 
 HEADER = ["image_path", "correct_answer", "caption_0", "caption_1", "caption_2", "caption_3", "correct_answer_template"]
@@ -184,13 +179,13 @@ def test_missing_column_is_named(tmp_path):
 def test_missing_image_errors_or_is_skipped_and_counted(three_items):
     clip, path, images = three_items
     (images / "b.png").unlink()
-    with pytest.raises(BenchmarkDataError, match=r"row 2: image .*b.png does not exist \(1 of 3"):
+    with pytest.raises(BenchmarkDataError, match=r"mcq.csv: row 2: image 'b.png' not found; tried .*b.png"):
         run_mcq(clip, path, images, progress=False)
-    result = run_mcq(clip, path, images, skip_missing=True, progress=False)
+    result = run_mcq(clip, path, images, skip_bad=True, progress=False)
     assert result["n_skipped"] == 1 and result["n_items"] == 2 and result["accuracy"] == 1.0
 
 
-def test_retrieval_recall_at_1(tmp_path):
+def test_coco_retrieval_recall_at_1_on_dictated_embeddings(tmp_path):
     write_image(tmp_path / "A.png", 1)
     write_image(tmp_path / "B.png", 2)
     captions = {
@@ -204,10 +199,10 @@ def test_retrieval_recall_at_1(tmp_path):
     path = tmp_path / "captions.json"
     path.write_text(json.dumps(captions))
     clip = lookup_bundle(["a1", "a2", "b1"], {1: "a1", 2: "a2"})  # image B looks like A's second caption
-    result = plugins.get_one("benchmarks", "retrieval-r1").run(
-        clip, captions=str(path), images=str(tmp_path), progress=False
-    )
-    assert result["image_to_text_r1"] == 0.5 and result["text_to_image_r1"] == pytest.approx(1 / 3, abs=1e-4)
+    retrieval = plugins.get_one("benchmarks", "coco-retrieval")
+    result = retrieval.run(clip, captions=str(path), images=str(tmp_path), progress=False)
+    # b1 ties A and B (both 0): ties count against the model, so it is a miss
+    assert result["i2t_R@1"] == 0.5 and result["t2i_R@1"] == pytest.approx(1 / 3, abs=1e-4)
     assert result["n_images"] == 2 and result["n_captions"] == 3
-    first_only = run_retrieval(clip, path, tmp_path, captions_per_image=1, progress=False)
-    assert first_only["n_captions"] == 2 and first_only["image_to_text_r1"] == 0.5
+    first_only = retrieval.run(clip, captions=path, images=tmp_path, captions_per_image=1, progress=False)
+    assert first_only["n_captions"] == 2 and first_only["i2t_R@1"] == 0.5

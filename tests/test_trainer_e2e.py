@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from negation_plugins import load_clip
-from negation_plugins.benchmarks.mcq import run_retrieval
 from trainers.config import TrainConfig
-from trainers.demo import negation_records
+from trainers.demo import evaluate_on_world, negation_records
 from trainers.finetune import train
 
 
@@ -38,11 +36,9 @@ def test_lora_finetune_teaches_negation_and_keeps_retrieval(world_coco, world_mo
     before, after = result["results_before"]["mcq"], result["results_after"]["mcq"]
     assert after["negation"] > before["negation"] + 0.15, (before, after)
     assert after["hybrid"] > before["hybrid"] + 0.1, (before, after)
-    retrieval_before = run_retrieval(load_clip(world_model), world_coco.val_captions, world_coco.images, progress=False)
-    retrieval_after = run_retrieval(
-        load_clip(f"local-dir:{out}"), world_coco.val_captions, world_coco.images, progress=False
-    )
-    assert retrieval_after["image_to_text_r1"] >= 0.85 * retrieval_before["image_to_text_r1"], (
+    retrieval_before = evaluate_on_world(world_model, world_coco)["retrieval"]
+    retrieval_after = evaluate_on_world(f"local-dir:{out}", world_coco)["retrieval"]
+    assert retrieval_after["i2t_R@1"] >= 0.85 * retrieval_before["i2t_R@1"], (
         retrieval_before,
         retrieval_after,
     )

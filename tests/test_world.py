@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import negation_plugins as npl
-from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq, run_retrieval
+from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq
+from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.cli import cli
 from negation_plugins.lexicon import NEGATION_WORDS
 from negation_plugins.phrasings import BY_FAMILY
@@ -175,8 +176,10 @@ def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_c
     # model prefers "no X" with X in the image: the bag-of-words failure downstream fine-tuning has to fix.
     assert mcq["negation"] < 0.25, mcq
     assert mcq["affirmation"] >= mcq["negation"] + 0.15, mcq
-    retrieval = run_retrieval(clip, world_coco.val_captions, world_coco.images, captions_per_image=1, progress=False)
-    assert retrieval["image_to_text_r1"] >= 0.3, retrieval  # 80 held-out scenes: chance is 0.0125
+    retrieval = CocoRetrieval().run(
+        clip, captions=world_coco.val_captions, images=world_coco.images, captions_per_image=1, progress=False
+    )
+    assert retrieval["i2t_R@1"] >= 0.3, retrieval  # 80 held-out scenes: chance is 0.0125
 
 
 def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@
 3. generate negation records: template negator + annotation verifier, absence and presence kinds;
 4. fine-tune the text tower with LoRA and the best measured objective;
 5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type, for seen and held-out negation
-   phrasings, and affirmative Recall@1;
+   phrasings, and affirmative Recall@K (``coco-retrieval``);
 6. write results.json, before_after.png and the model card (README.md) next to the trained model.
 
 Layout of ``--output``: world/, base_model/, records.jsonl, model/ (the trainer's output), results.json,
@@ -90,8 +90,6 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run every step and return the results dict (also in ``output/results.json``)."""
-    from negation_plugins import load_clip
-    from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
     from negation_plugins.world import WorldConfig, make_world
 
     from .finetune import train
@@ -124,14 +122,7 @@ def run_demo(
     summary = train(config)
     lap("finetune")
 
-    def evaluate(spec):
-        clip = load_clip(spec)
-        return {
-            "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
-            "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False),
-        }
-
-    before, after = evaluate(base_spec), evaluate(f"local-dir:{output / 'model'}")
+    before, after = evaluate_on_world(base_spec, world), evaluate_on_world(f"local-dir:{output / 'model'}", world)
     lap("evaluate")
     retention = _retention(before["retrieval"], after["retrieval"])
     results = {
@@ -139,7 +130,7 @@ def run_demo(
         "after": after,
         "affirmative_retrieval_retained": retention,
         "gain": {t: _diff(after["mcq"][t], before["mcq"][t]) for t in ("accuracy", *MCQ_TYPES)},
-        "base_model": {k: pretrain_result[k] for k in ("r1_image_to_text", "r1_text_to_image", "cached", "shipped")},
+        "base_model": {k: pretrain_result[k] for k in ("i2t_R@1", "t2i_R@1", "cached", "shipped")},
         "data": {k: data_summary.get(k) for k in ("absence", "presence", "captions", "verifier_rejected")},
         "training": {
             k: summary[k]
@@ -164,8 +155,21 @@ def run_demo(
     return results
 
 
+def evaluate_on_world(spec: str, world) -> dict:
+    """Held-out scenes: the world's MCQ and its affirmative retrieval (``coco-retrieval`` on the val captions)."""
+    from negation_plugins import load_clip
+    from negation_plugins.benchmarks.mcq import run_mcq
+    from negation_plugins.benchmarks.retention import CocoRetrieval
+
+    clip = load_clip(spec)
+    return {
+        "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
+        "retrieval": CocoRetrieval().run(clip, captions=world.val_captions, images=world.images, progress=False),
+    }
+
+
 def _retention(before: dict, after: dict) -> dict:
-    return {k: round(after[k] / before[k], 4) if before[k] else None for k in ("image_to_text_r1", "text_to_image_r1")}
+    return {k: round(after[k] / before[k], 4) if before[k] else None for k in ("i2t_R@1", "t2i_R@1")}
 
 
 def _diff(after, before):

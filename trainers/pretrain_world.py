@@ -25,10 +25,11 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
 from negation_plugins.atomic import atomic_folder, atomic_write_json
+from negation_plugins.benchmarks.common import load_rgb, read_coco_pairs
+from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.convert import save_open_clip
 from negation_plugins.factory import ClipBundle
 from negation_plugins.world.export import WorldFiles
@@ -127,26 +128,24 @@ def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progre
     preprocess = open_clip.image_transform(image_size, is_train=False)
     tokenizer = open_clip.SimpleTokenizer(context_length=config.context_length)
 
-    images, captions = load_split(world.captions, world.images, preprocess, what="train")
+    images, captions = load_split(world.captions, world.images, preprocess)
     tokens = [tokenizer(c) for c in captions]
     train_loop(model, images, tokens, config, progress)
 
-    val_images, val_captions = load_split(world.val_captions, world.images, preprocess, what="val")
-    canonical = tokenizer([c[0] for c in val_captions])
-    recall = retrieval_r1(model, val_images, canonical)
+    recall = retrieval_r1(model, tokenizer, preprocess, world)
     result = {
-        "r1_image_to_text": recall["image_to_text"],
-        "r1_text_to_image": recall["text_to_image"],
-        "n_val_scenes": len(val_images),
+        "i2t_R@1": recall["i2t_R@1"],
+        "t2i_R@1": recall["t2i_R@1"],
+        "n_val_scenes": recall["n_images"],
         "n_train_scenes": len(images),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "config": asdict(config),
     }
     logger.info(
         "world model: val R@1 image->text %.3f text->image %.3f (%d scenes)",
-        result["r1_image_to_text"],
-        result["r1_text_to_image"],
-        len(val_images),
+        result["i2t_R@1"],
+        result["t2i_R@1"],
+        result["n_val_scenes"],
     )
     bundle = ClipBundle(model, tokenizer, preprocess, spec="world-pretrain", info={"model_cfg": model_cfg})
     save_open_clip(bundle, out, overwrite=True)
@@ -154,23 +153,13 @@ def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progre
     return result
 
 
-def load_split(captions_json: Path, images_dir: Path, preprocess, what: str) -> tuple[torch.Tensor, list[list[str]]]:
+def load_split(captions_json: Path, images_dir: Path, preprocess) -> tuple[torch.Tensor, list[list[str]]]:
     """Preprocessed image tensor (N, 3, H, W) and each image's captions, in the COCO file's image order."""
-    data = json.loads(Path(captions_json).read_text())
-    by_image: dict[int, list[str]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann["caption"])
-    entries = [img for img in data["images"] if img["id"] in by_image]
-    if not entries:
-        raise ValueError(f"{captions_json}: no {what} images with captions")
-    pixels = []
-    for img in entries:
-        path = Path(images_dir) / img["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"{captions_json}: image {img['id']} file {path} does not exist")
-        with Image.open(path) as im:
-            pixels.append(preprocess(im.convert("RGB")))
-    return torch.stack(pixels), [by_image[img["id"]] for img in entries]
+    pairs, _ = read_coco_pairs(captions_json, images_dir)
+    if not pairs:
+        raise ValueError(f"{captions_json}: no images with captions")
+    pixels = [preprocess(load_rgb(path)) for path, _ in pairs]
+    return torch.stack(pixels), [captions for _, captions in pairs]
 
 
 def train_loop(
@@ -205,18 +194,11 @@ def train_loop(
     model.eval()
 
 
-@torch.no_grad()
-def retrieval_r1(model, images: torch.Tensor, tokens: torch.Tensor) -> dict:
-    """Recall@1 with one caption per image, caption i belonging to image i."""
-    model.eval()
-    image_features = model.encode_image(images, normalize=True)
-    text_features = model.encode_text(tokens, normalize=True)
-    similarity = image_features @ text_features.T
-    target = torch.arange(len(images))
-    return {
-        "image_to_text": round(float((similarity.argmax(1) == target).float().mean()), 4),
-        "text_to_image": round(float((similarity.argmax(0) == target).float().mean()), 4),
-    }
+def retrieval_r1(model, tokenizer, preprocess, world: WorldFiles) -> dict:
+    """The world's affirmative retrieval: the ``coco-retrieval`` benchmark on the held-out scenes (all their
+    captions), the same figure ``negclip eval --bench coco-retrieval`` and ``negclip demo`` report."""
+    clip = ClipBundle(model, tokenizer, preprocess, spec="world-pretrain")
+    return CocoRetrieval().run(clip, captions=world.val_captions, images=world.images, ks=(1,), progress=False)
 
 
 def copy_folder(source: Path, target: Path) -> None:

@@ -16,9 +16,9 @@ import torch
 
 from ..factory import Backend, ClipBundle
 from ..hookspecs import hookimpl
+from ..hub import CHECKPOINT_SUFFIXES
 
 PREFIX = "openai:"
-SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 OPENAI_HEAD_WIDTH = 64
 # Metadata entries of OpenAI's original (JIT) state dicts; not weights.
 METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -176,7 +176,7 @@ class OpenAIStateDictBackend(Backend):
         if spec.startswith(PREFIX):
             return True
         path = _path_of(spec)
-        return path.suffix in SUFFIXES and path.is_file()
+        return path.suffix in CHECKPOINT_SUFFIXES and path.is_file()
 
     def load(
         self, spec: str, *, device="cpu", text_heads=None, vision_heads=None, quick_gelu=True, **options

@@ -13,7 +13,6 @@ from pathlib import Path
 from ..factory import Backend, ClipBundle
 from ..hookspecs import hookimpl
 
-PREFIX = "transformers:"
 MODEL_TYPES = ("clip", "clip_text_model")
 IGNORED_UNEXPECTED = ("position_ids",)  # buffers older transformers versions saved
 
@@ -39,7 +38,7 @@ def _model_class(config):
 
 
 def load_transformers_clip(source: str):
-    """A transformers CLIP model from a folder (or hub id), refusing partial loads by key name."""
+    """A transformers CLIP model from a local folder, refusing partial loads by key name."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source)
@@ -62,11 +61,9 @@ def load_transformers_clip(source: str):
 
 class TransformersFolderBackend(Backend):
     name = "transformers"
-    description = "transformers CLIPModel / CLIPTextModel / CLIPTextModelWithProjection folders (config.json), also 'transformers:org/repo'"
+    description = "transformers CLIPModel / CLIPTextModel / CLIPTextModelWithProjection folders (config.json); ORG/REPO[/SUBFOLDER] Hub names land here"
 
     def can_load(self, spec: str) -> bool:
-        if spec.startswith(PREFIX):
-            return True
         folder = Path(spec).expanduser()
         return folder.is_dir() and _model_type(folder) in MODEL_TYPES
 
@@ -78,7 +75,7 @@ class TransformersFolderBackend(Backend):
 
         if options:
             raise TypeError(f"backend 'transformers' got unknown options: {', '.join(options)}")
-        source = spec[len(PREFIX) :] if spec.startswith(PREFIX) else str(Path(spec).expanduser())
+        source = str(Path(spec).expanduser())
         hf_model = load_transformers_clip(source)
         model = transformers_to_open_clip(hf_model).to(device)
         preprocess = None

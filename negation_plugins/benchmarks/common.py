@@ -1,16 +1,18 @@
 """What every benchmark shares: data errors with file+row, an optional skip-and-count mode, image path
-resolution, batched encoding with a content-addressed text-embedding cache, and tie-pessimistic ranks."""
+resolution, the COCO captions reader, batched encoding with a content-addressed text-embedding cache, and
+retrieval ranks where ties count against the model."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
+from ..data.io import check_image
 from ..factory import ClipBundle
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -38,20 +40,6 @@ class RowProblems:
         return {"n_skipped": len(self.messages), "skipped": self.messages[:20]}
 
 
-def read_image_header(path: Path) -> str | None:
-    """None if ``path`` is a readable image, else why not (only the header is read: cheap)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path):  # opening parses the header; pixels are read later, when encoding
-            pass
-    except FileNotFoundError:
-        return f"image file not found: {path}"
-    except (UnidentifiedImageError, OSError) as err:
-        return f"unreadable image {path}: {err}"
-    return None
-
-
 def resolve_image(name: str, root: str | Path | None, base_dir: str | Path | None = None) -> tuple[Path | None, str]:
     """Find an image named in a benchmark file: ``root/name``, then ``root/basename(name)`` (public files carry
     their authors' absolute paths), then ``name`` itself / relative to the benchmark file's folder.
@@ -68,10 +56,50 @@ def resolve_image(name: str, root: str | Path | None, base_dir: str | Path | Non
         tried.append(Path(base_dir) / name)
     for candidate in dict.fromkeys(tried):
         if candidate.is_file():
-            problem = read_image_header(candidate)
-            return (None, problem) if problem else (candidate, "")
+            problem = check_image(candidate)
+            return (None, f"unreadable image {candidate}: {problem}") if problem else (candidate, "")
     hint = "" if root is not None else " (pass the image folder with images=DIR)"
     return None, f"image {name!r} not found; tried {', '.join(str(p) for p in dict.fromkeys(tried))}{hint}"
+
+
+def read_coco_pairs(
+    captions, images=None, skip_bad=False, limit=None
+) -> tuple[list[tuple[Path, list[str]]], RowProblems]:
+    """``[(image path, [its captions])]`` from a COCO captions JSON, images in file order (the first ``limit``
+    that have captions), plus the problems collector; images without captions are left out."""
+    path = Path(captions)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
+        raise BenchmarkDataError(f"{path}: expected COCO captions JSON with 'images' and 'annotations' lists")
+    problems = RowProblems(path, skip_bad)
+    by_image: dict = {}
+    for index, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) or "image_id" not in ann:
+            problems.bad(f"annotations[{index}]", "needs 'image_id' and a string 'caption'")
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    pairs = []
+    for index, image in enumerate(data["images"]):
+        if limit is not None and len(pairs) >= int(limit):
+            break
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            problems.bad(f"images[{index}]", "needs 'id' and 'file_name'")
+            continue
+        if image["id"] not in by_image:
+            continue  # an image without captions takes no part in caption retrieval
+        file, why = resolve_image(image["file_name"], images, path.parent)
+        if file is None:
+            problems.bad(f"images[{index}]", why)
+            continue
+        pairs.append((file, by_image[image["id"]]))
+    return pairs, problems
 
 
 def load_rgb(path: Path):
@@ -85,6 +113,8 @@ def model_fingerprint(clip: ClipBundle) -> str:
     """Content hash of the weights and tokenizer settings: equal models share cache entries, any change misses."""
     digest = hashlib.sha256()
     digest.update(f"{type(clip.tokenizer).__name__}:{clip.context_length}".encode())
+    for correction in clip.corrections:  # corrected embeddings must not share entries with plain ones
+        digest.update(correction.describe().encode())
     for name, tensor in sorted(clip.model.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
@@ -141,17 +171,8 @@ class TextEmbeddingCache:
             return
         from safetensors.torch import save_file
 
-        self.directory.mkdir(parents=True, exist_ok=True)
         for model_key in sorted(self._dirty):
-            target = self._file(model_key)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            os.close(fd)
-            try:
-                save_file(self._models[model_key], tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(self._file(model_key), lambda tmp, key=model_key: save_file(self._models[key], str(tmp)))
         self._dirty.clear()
 
     def stats(self) -> dict:
@@ -251,5 +272,48 @@ def pessimistic_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tens
     return ((scores >= best) & ~positive).sum(dim=1)
 
 
-def recalls(ranks: torch.Tensor, ks: Sequence[int], prefix: str) -> dict[str, float]:
-    return {f"{prefix}R@{k}": float((ranks < k).float().mean()) if len(ranks) else float("nan") for k in ks}
+def _positive_ranks(queries, query_ids, candidates, candidate_ids, block_elements: int) -> torch.Tensor:
+    """:func:`pessimistic_rank` of each query's positives (same id) among all candidates, a block of queries at a
+    time so that at most ``block_elements`` scores exist at once."""
+    rows = max(1, int(block_elements) // max(1, len(candidates)))
+    ranks = torch.empty(len(queries), dtype=torch.long)  # filled in place: no small allocations between blocks
+    for start in range(0, len(queries), rows):
+        block = slice(start, start + rows)
+        positive = query_ids[block, None] == candidate_ids[None]
+        ranks[block] = pessimistic_rank(queries[block] @ candidates.T, positive)
+    return ranks
+
+
+def retrieval_recalls(
+    image_embs: torch.Tensor,
+    text_embs: torch.Tensor,
+    owners: Sequence[int] | torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    directions: Sequence[str] = ("t2i", "i2t"),
+    block_elements: int = 1 << 20,
+) -> dict[str, float]:
+    """Image<->text Recall@K, the one retrieval scorer of every benchmark: ``t2i_R@K`` and/or ``i2t_R@K``.
+
+    ``owners[j]`` is the index of the image that caption ``j`` describes. text->image: a caption is a hit at K when
+    fewer than K other images score at least as high as its own; image->text: an image is a hit at K when fewer
+    than K captions of other images score at least as high as its best own caption. Ties count against the model
+    (a constant model scores 0, not 1). Queries are scored a block at a time against all candidates and only
+    ranks are kept, so memory stays at ``block_elements`` scores however many images and captions there are.
+    """
+    owners = torch.as_tensor(owners, dtype=torch.long)
+    image_ids = torch.arange(len(image_embs))
+    unknown = set(directions) - {"t2i", "i2t"}
+    if unknown:
+        raise ValueError(f"retrieval directions are 't2i' and 'i2t', not {sorted(unknown)}")
+    result = {}
+    if "t2i" in directions:
+        ranks = _positive_ranks(text_embs, owners, image_embs, image_ids, block_elements)
+        result.update(_recalls(ranks, ks, "t2i_"))
+    if "i2t" in directions:
+        ranks = _positive_ranks(image_embs, image_ids, text_embs, owners, block_elements)
+        result.update(_recalls(ranks, ks, "i2t_"))
+    return result
+
+
+def _recalls(ranks: torch.Tensor, ks: Sequence[int], prefix: str) -> dict[str, float]:
+    return {f"{prefix}R@{int(k)}": float((ranks < int(k)).float().mean()) if len(ranks) else float("nan") for k in ks}

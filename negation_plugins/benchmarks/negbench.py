@@ -10,17 +10,8 @@ import ast
 import csv
 from pathlib import Path
 
-import torch
-
 from . import Benchmark
-from .common import (
-    BenchmarkDataError,
-    RowProblems,
-    encoder_for,
-    pessimistic_rank,
-    recalls,
-    resolve_image,
-)
+from .common import BenchmarkDataError, RowProblems, encoder_for, resolve_image, retrieval_recalls
 
 
 def read_retrieval_csv(path, images=None, skip_bad=False):
@@ -72,9 +63,11 @@ class NegBenchRetrieval(Benchmark):
         enc = encoder_for(clip, encoder, batch_size, progress)
         image_embs = enc.image_files([image for image, _ in rows], desc="retrieval images")
         captions = [c for _, caps in rows for c in caps]
-        owners = torch.tensor([i for i, (_, caps) in enumerate(rows) for _ in caps])
+        owners = [i for i, (_, caps) in enumerate(rows) for _ in caps]
         text_embs = enc.texts(captions, desc="retrieval captions")
-        scores = text_embs @ image_embs.T
-        positive = owners[:, None] == torch.arange(len(rows))[None, :]
-        ranks = pessimistic_rank(scores, positive)
-        return {**recalls(ranks, ks, "t2i_"), "n_images": len(rows), "n_captions": len(captions), **problems.summary()}
+        return {
+            **retrieval_recalls(image_embs, text_embs, owners, ks, directions=("t2i",)),
+            "n_images": len(rows),
+            "n_captions": len(captions),
+            **problems.summary(),
+        }

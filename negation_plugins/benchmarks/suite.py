@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from ..corrections import parse_corrections
 from ..hookspecs import hookimpl
 from .ccneg import CCNeg
 from .common import BenchmarkDataError, Encoder, TextEmbeddingCache
@@ -89,9 +90,11 @@ def evaluate(
     progress=True,
     device="cpu",
     backend=None,
+    corrections=None,
     on_result=None,
 ) -> dict:
-    """Run every benchmark on every model (a spec or a loaded :class:`ClipBundle`).
+    """Run every benchmark on every model (a spec or a loaded :class:`ClipBundle`); with ``corrections`` (specs of
+    :mod:`negation_plugins.corrections`), each model is scored as is and again with them stacked on.
 
     Returns ``{"results": {model: {bench: metrics}}, "seconds": {model: {bench: s}}}``.
     """
@@ -101,8 +104,11 @@ def evaluate(
     options = options or {b: {} for b in benches}
     chosen = {b: plugins.get_one("benchmarks", b) for b in benches}
     results, seconds = {}, {}
-    for model in models:
-        clip = model if isinstance(model, ClipBundle) else load_clip(model, device=device, backend=backend)
+    loaded = (
+        model if isinstance(model, ClipBundle) else load_clip(model, device=device, backend=backend) for model in models
+    )
+    variants = ([clip, clip.with_corrections(corrections)] if corrections else [clip] for clip in loaded)
+    for clip in (variant for pair in variants for variant in pair):
         encoder = Encoder(clip, cache=cache, batch_size=batch_size, progress=progress)
         shared = {"skip_bad": skip_bad, "encoder": encoder, "batch_size": batch_size, "progress": progress}
         results[clip.spec], seconds[clip.spec] = {}, {}
@@ -159,10 +165,30 @@ def evaluate(
     default=None,
     help="Write results into this model card's model-index (last model; the first model is 'before').",
 )
+@click.option(
+    "--correction",
+    "corrections",
+    multiple=True,
+    metavar="SPEC",
+    help="Also score each model with this training-free correction stacked on (repeat to stack several), "
+    "e.g. span-subtraction:scale=1.9 or steering:FILE (see `negclip corrections fit`).",
+)
 @click.option("--no-plot", is_flag=True, help="Skip results.png.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(
-    models, benches, option_pairs, out_dir, cache_dir, batch_size, device, backend, skip_bad, model_card, no_plot, quiet
+    models,
+    benches,
+    option_pairs,
+    out_dir,
+    cache_dir,
+    batch_size,
+    device,
+    backend,
+    skip_bad,
+    model_card,
+    corrections,
+    no_plot,
+    quiet,
 ):
     """Score one or more MODELS on negation benchmarks and retention checks; compare them side by side.
 
@@ -181,6 +207,7 @@ def eval_command(
         options = parse_options(option_pairs, names)
         for name in names:  # check options before loading any model
             _call_options(available[name], options[name], {})
+        parse_corrections(corrections)  # a bad spec or steering file fails before any model loads
     except ValueError as err:
         raise click.UsageError(str(err)) from None
 
@@ -201,6 +228,7 @@ def eval_command(
             progress=not quiet,
             device=device,
             backend=backend,
+            corrections=list(corrections),
             on_result=show,
         )
     except (BenchmarkDataError, FileNotFoundError, ValueError, KeyError) as err:
@@ -214,7 +242,7 @@ def eval_command(
     if model_card:
         from ..model_card import update_model_index
 
-        specs = list(run["results"])
+        specs = list(run["results"])[:: 2 if corrections else 1]  # the card describes the weights, uncorrected
         before = run["results"][specs[0]] if len(specs) > 1 else None
         written.append(update_model_index(model_card, run["results"][specs[-1]], results_before=before))
     click.echo(report.markdown_table(run["results"]), nl=False)

@@ -23,20 +23,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json
+from ..benchmarks.mcq import MCQ_COLUMNS, PHRASING_COLUMNS
 from .captions import affirmative_captions, mcq_items
 from .scenes import CATEGORIES, Scene, bbox, generate_scenes, render
-
-MCQ_COLUMNS = (
-    "image_path",
-    "correct_answer",
-    "caption_0",
-    "caption_1",
-    "caption_2",
-    "caption_3",
-    "correct_answer_template",
-    "phrasing",  # after NegBench's columns (which a NegBench CSV has first): the negation phrasing family
-    "phrasing_split",  # train | held-out (held-out families never appear in training data)
-)
 
 
 @dataclass(frozen=True)
@@ -169,7 +158,7 @@ def _coco_instances(scenes: list[Scene], image_size: int) -> dict:
 def _mcq_csv(scenes: list[Scene], rng: random.Random) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MCQ_COLUMNS)
+    writer.writerow((*MCQ_COLUMNS, *PHRASING_COLUMNS))  # NegBench's columns first, so NegBench readers work
     for scene in scenes:
         for item in mcq_items(scene, rng):
             writer.writerow(

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .data.language import pluralize, with_article
+
 SPLITS = ("train", "held-out")
 
 
@@ -169,3 +171,9 @@ def families(split: str | None = None) -> tuple[Phrasing, ...]:
 def templates(use: str, split: str) -> tuple[str, ...]:
     """All ``use`` ("hybrid" / "only") templates of the families of ``split``, flat, in table order."""
     return tuple(t for p in families(split) for t in getattr(p, use))
+
+
+def fields(obj: str, second: str | None = None) -> dict:
+    """Template fields for negating ``obj`` (and ``second``, for "neither X nor Y"); ``{c}`` is the caller's."""
+    out = {"o": obj, "a": with_article(obj), "p": pluralize(obj)}
+    return out if second is None else {**out, "a2": with_article(second)}

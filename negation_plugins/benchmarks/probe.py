@@ -56,8 +56,8 @@ def negator_pairs(negator: str = "template", n_captions: int = 50, seed: int = 0
 
     from .. import plugins
     from ..data.io import CaptionItem
-    from ..data.language import lower_first, pluralize, upper_first, with_article
-    from ..phrasings import templates
+    from ..data.language import lower_first, upper_first
+    from ..phrasings import fields, templates
 
     rng = random.Random(seed)
     items, present, absent = [], [], []
@@ -82,8 +82,7 @@ def negator_pairs(negator: str = "template", n_captions: int = 50, seed: int = 0
         second = rng.choice([o for o in OBJECTS if o != obj and o not in item.objects])
         template, body = rng.choice(held_out), item.caption.rstrip(".")
         body = body if template.startswith("{c}") else lower_first(body)
-        fields = {"o": obj, "a": with_article(obj), "p": pluralize(obj), "a2": with_article(second)}
-        pairs.append((item.caption, upper_first(template.format(c=body, **fields)) + "."))
+        pairs.append((item.caption, upper_first(template.format(c=body, **fields(obj, second))) + "."))
         kinds.append("held-out")
     return pairs, kinds, unnegatable
 

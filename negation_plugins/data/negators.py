@@ -25,12 +25,11 @@ from collections.abc import Sequence
 
 from ..hookspecs import hookimpl
 from ..lexicon import count_negations, is_negated
-from ..phrasings import templates
+from ..phrasings import fields, templates
 from .io import KINDS, CaptionItem
 from .language import (
     lower_first,
     mentions,
-    pluralize,
     remove_mentions,
     strip_caption,
     upper_first,
@@ -97,10 +96,6 @@ def fits_context(text: str, context_length: int = CONTEXT_LENGTH) -> bool:
     return clip_token_count(text) + 2 <= context_length
 
 
-def _fields(obj: str) -> dict:
-    return {"o": obj, "a": with_article(obj), "p": pluralize(obj)}
-
-
 def _finish(text: str, end: str) -> str:
     return upper_first(text) + (end or "")
 
@@ -142,12 +137,12 @@ def _around(template: str) -> tuple[str, str]:
 
 
 def _fit(template: str, body: str, obj: str, end: str, context_length: int) -> str | None:
-    fields = _fields(obj)
-    prefix, suffix = (part.format(**fields) for part in _around(template))
+    values = fields(obj)
+    prefix, suffix = (part.format(**values) for part in _around(template))
     if fits_parts((prefix, body, suffix, end), context_length):
         return prefix + body + suffix
     words = body.split()
-    prefix, suffix = (part.format(**fields) for part in _around(SHORT_PREFIX_TEMPLATE))
+    prefix, suffix = (part.format(**values) for part in _around(SHORT_PREFIX_TEMPLATE))
     while words:
         body = " ".join(words)
         if fits_parts((prefix, body, suffix, end), context_length):
@@ -188,7 +183,7 @@ def negation_only(caption: str, obj: str, rng: random.Random) -> str:
     when it is there. Mixed into both kinds so bare negation cues are as common in true captions as in false ones
     (otherwise a model learns "a bare negation is false")."""
     _, end = strip_caption(caption)
-    return _finish(rng.choice(ONLY_NEGATION_TEMPLATES).format(**_fields(obj)), end or ".")
+    return _finish(rng.choice(ONLY_NEGATION_TEMPLATES).format(**fields(obj)), end or ".")
 
 
 def leave_one_out(caption: str, objects: Sequence[str], rng: random.Random) -> str:
@@ -222,7 +217,7 @@ def presence(
         others = [o for o in dict.fromkeys(other_objects) if o != obj and not mentions(o, obj)]
         remainder = _join([with_article(o) for o in others]) if others else ""
     if not remainder:
-        text = rng.choice(ONLY_NEGATION_TEMPLATES).format(**_fields(obj))
+        text = rng.choice(ONLY_NEGATION_TEMPLATES).format(**fields(obj))
         return _finish(text, end)
     template = rng.choice(HYBRID_TEMPLATES)
     if not template.startswith("{c}"):

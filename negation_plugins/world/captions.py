@@ -12,8 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..data.language import pluralize
-from ..phrasings import SPLITS, Phrasing, families
+from ..phrasings import SPLITS, Phrasing, families, fields
 from .scenes import Scene
 
 AFFIRMATIVE_TEMPLATES = (
@@ -70,17 +69,13 @@ def _affirm(template: str, objects: list[str]) -> str:
     return template.format(list=text, List=text[0].upper() + text[1:])
 
 
-def _fields(obj: str, second: str) -> dict:
-    return {"o": obj, "a": article(obj), "p": pluralize(obj), "a2": article(second)}
-
-
 def _negate(template: str, obj: str, second: str) -> str:
-    text = template.format(**_fields(obj, second))
+    text = template.format(**fields(obj, second))
     return text[0].upper() + text[1:] + "."
 
 
 def _hybrid(template: str, affirmed: list[str], negated: str, second: str) -> str:
-    text = template.format(c=join_list(affirmed), **_fields(negated, second))
+    text = template.format(c=join_list(affirmed), **fields(negated, second))
     return text[0].upper() + text[1:] + "."
 
 

@@ -214,19 +214,23 @@ def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_p
         pretrain_module.pretrain(world, tmp_path / "out2", config, cache_dir=tmp_path / "cache", progress=False)
 
 
-def test_the_package_ships_the_default_worlds_base_model(tmp_path):
-    """The model in the package is the one `negclip demo` (default world, seed 0) would pretrain: same cache key
+def test_a_shipped_base_model_matches_the_default_settings(tmp_path):
+    """A model in the package must be the one `negclip demo` (default world, seed 0) would pretrain: same cache key
     (a change to the world or pretraining settings must re-ship it: `negclip world pretrain --no-cache --ship`),
-    files intact, small, and it loads."""
+    files intact (sha256), small, loadable. Until one is shipped (see README) the demo pretrains and caches."""
     from dataclasses import asdict
 
     from negation_plugins.world import shipped
     from trainers.pretrain_world import PretrainConfig, cache_key
 
+    manifest = shipped.FOLDER / shipped.MANIFEST
+    if not manifest.is_file():
+        assert not shipped.FOLDER.exists() or not any(shipped.FOLDER.iterdir()), "model files without shipped.json"
+        return
     (tmp_path / "world.json").write_text(json.dumps({"config": asdict(WorldConfig())}))
     key = cache_key(WorldFiles.at(tmp_path), PretrainConfig())
     folder = shipped.shipped_model(key)
-    assert folder is not None, f"no shipped model for cache key {key}; shipped: {shipped.FOLDER / shipped.MANIFEST}"
+    assert folder is not None, f"{manifest} is for other settings than the default ({key}): re-ship the model"
     assert (folder / "open_clip_model.safetensors").stat().st_size < 20 * 2**20
     clip = npl.load_clip(f"local-dir:{folder}")
     assert clip.encode_text(["a red circle."]).shape[-1] == 64

@@ -102,17 +102,6 @@ def records_for(workdir: Path, world, mix: dict, seed: int) -> Path:
     return path
 
 
-def evaluate(spec: str, world) -> dict:
-    from negation_plugins import load_clip
-    from negation_plugins.benchmarks.mcq import run_mcq, run_retrieval
-
-    clip = load_clip(spec)
-    return {
-        "mcq": run_mcq(clip, world.mcq_csv, world.images, progress=False),
-        "retrieval": run_retrieval(clip, world.val_captions, world.images, progress=False),
-    }
-
-
 def figures(scores: dict, base: dict) -> dict:
     """Flat figures of one evaluation: seen/held-out MCQ columns and the retrieval ratio."""
     out = {}
@@ -120,7 +109,7 @@ def figures(scores: dict, base: dict) -> dict:
         mcq = scores["mcq"]["by_phrasing_split"][split]
         for column in COLUMNS:
             out[f"{name} {column}"] = mcq["accuracy" if column == "overall" else column]
-    out["R@1 x base"] = scores["retrieval"]["image_to_text_r1"] / max(base["retrieval"]["image_to_text_r1"], 1e-9)
+    out["R@1 x base"] = scores["retrieval"]["i2t_R@1"] / max(base["retrieval"]["i2t_R@1"], 1e-9)
     return out
 
 
@@ -145,6 +134,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from trainers.config import TrainConfig
+    from trainers.demo import evaluate_on_world as evaluate
     from trainers.finetune import train
 
     workdir = Path(args.workdir)

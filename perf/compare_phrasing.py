@@ -58,7 +58,6 @@ ROWS = (
     ),
     ("mcq + clip:1.0, LoRA r16 lr 3e-2", {}, ["negbench-mcq", "clip:1.0"], "lora", 3e-2, {}),
 )
-COLUMNS = ("overall", "affirmation", "negation", "hybrid")
 
 
 def prepare_base(workdir: Path, seed: int, pretrain_steps: int | None):
@@ -103,12 +102,12 @@ def records_for(workdir: Path, world, mix: dict, seed: int) -> Path:
 
 
 def figures(scores: dict, base: dict) -> dict:
-    """Flat figures of one evaluation: seen/held-out MCQ columns and the retrieval ratio."""
-    out = {}
+    """Flat figures of one evaluation: affirmation (no phrasing), seen/held-out MCQ, the retrieval ratio."""
+    splits = scores["mcq"]["by_phrasing_split"]
+    out = {"affirmation": scores["mcq"]["affirmation"]}
     for split, name in (("train", "seen"), ("held-out", "held-out")):
-        mcq = scores["mcq"]["by_phrasing_split"][split]
-        for column in COLUMNS:
-            out[f"{name} {column}"] = mcq["accuracy" if column == "overall" else column]
+        for column in ("overall", "negation", "hybrid"):
+            out[f"{name} {column}"] = splits[split]["accuracy" if column == "overall" else column]
     out["R@1 x base"] = scores["retrieval"]["i2t_R@1"] / max(base["retrieval"]["i2t_R@1"], 1e-9)
     return out
 
@@ -187,7 +186,10 @@ def main() -> int:
         )
         sys.stdout.flush()
         results["rows"][label] = {"runs": runs, "mix": mix, "objectives": objectives, "tuning": tuning, "lr": lr}
-    (workdir / "compare_phrasing.json").write_text(json.dumps(results, indent=1))
+    # rows of earlier runs in the same workdir (e.g. with --only) are kept
+    path = workdir / "compare_phrasing.json"
+    earlier = json.loads(path.read_text())["rows"] if path.is_file() else {}
+    path.write_text(json.dumps({**results, "rows": {**earlier, **results["rows"]}}, indent=1))
     return 0
 
 

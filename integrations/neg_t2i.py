@@ -254,10 +254,12 @@ def register_commands(cli):
     @click.option(
         "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.json and grids."
     )
-    @click.option("--steps", default=25, show_default=True)
-    @click.option("--size", type=int, default=None, help="Image side in pixels (default: the pipeline's).")
+    @click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1))
+    @click.option(
+        "--size", type=click.IntRange(min=8), default=None, help="Image side in pixels (default: the pipeline's)."
+    )
     @click.option("--seed", default=0, show_default=True)
-    @click.option("--images-per-prompt", default=1, show_default=True)
+    @click.option("--images-per-prompt", default=1, show_default=True, type=click.IntRange(min=1))
     @click.option("--route-negations", is_flag=True, help="Also move 'without X' into the negative prompt.")
     @click.option("--device", default="cpu", show_default=True)
     def t2i_eval(
@@ -276,9 +278,15 @@ def register_commands(cli):
         """Neg-T2I: generate for negating prompts with stock vs negation-aware encoder; judge the negated objects."""
         from diffusers import DiffusionPipeline
 
-        prompts = read_prompts(prompts_path)
-        judge = make_judge(judge_spec)
-        pipe = DiffusionPipeline.from_pretrained(pipeline).to(device)
+        from negation_plugins.checks import output_dir
+
+        output_dir(out_dir, "--out")
+        try:
+            prompts = read_prompts(prompts_path)
+            judge = make_judge(judge_spec)
+            pipe = DiffusionPipeline.from_pretrained(pipeline).to(device)
+        except (ValueError, OSError) as error:  # bad prompts/judge, or a pipeline that does not load (named)
+            raise click.ClickException(" ".join(str(error).split())) from None
         pipe.set_progress_bar_config(disable=True)
         report = evaluate(
             pipe,

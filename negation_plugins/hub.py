@@ -31,6 +31,8 @@ ADAPTER_FILES = (
     "pytorch_lora_weights.safetensors",
 )
 CARD_FILE = "README.md"
+# Never uploaded: the trainer's resumable checkpoints (optimizer states, ~3 GB each at ViT-L/14) and git/cache dirs.
+NEVER_PUSHED = ("checkpoints/", ".git/", ".cache/")
 
 
 class PushError(click.ClickException):
@@ -45,7 +47,7 @@ def adapter_patterns() -> list[str]:
 def files_to_push(folder: Path, adapter_only: bool) -> list[str]:
     """Relative paths that a push would upload, so an empty selection fails before any network call."""
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    paths = [p for p in paths if not p.startswith(".git/") and not p.startswith(".cache/")]
+    paths = [p for p in paths if not p.startswith(NEVER_PUSHED)]
     if adapter_only:
         paths = [p for p in paths if p == CARD_FILE or p.rsplit("/", 1)[-1] in ADAPTER_FILES]
     return paths
@@ -65,18 +67,29 @@ def push(
     ``adapter_only`` uploads only peft adapter files, diffusers LoRA weights and README.md (at any depth).
     ``token`` defaults to huggingface_hub's own lookup (``HF_TOKEN`` or the saved login).
     """
-    from huggingface_hub import HfApi, constants
+    import httpx2
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     folder = Path(folder)
     if not folder.is_dir():
         raise PushError(f"cannot push {folder}: not a directory")
     selected = files_to_push(folder, adapter_only)
+    if adapter_only and selected and all(p == CARD_FILE for p in selected):
+        raise PushError(
+            f"--adapter-only: {folder} holds no adapter files ({', '.join(ADAPTER_FILES)}), only {CARD_FILE}; "
+            "it is a fully tuned output: push it without --adapter-only"
+        )
     if not selected:
         what = f"adapter files ({', '.join(ADAPTER_FILES)}) or {CARD_FILE}" if adapter_only else "files"
         raise PushError(f"nothing to push: {folder} holds no {what}")
     if constants.is_offline_mode():
         raise PushError("cannot push: HF_HUB_OFFLINE is set; unset it to reach the Hub")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise PushError(f"--endpoint {endpoint!r}: expected an http:// or https:// URL")
+    token = token or None  # an empty --token / HF_TOKEN means "not given"
+    if token is None and get_token() is None:
+        raise PushError("no Hub token: pass --token, set HF_TOKEN or log in with `hf auth login`")
 
     api = HfApi(endpoint=endpoint, token=token)
     message = commit_message or (
@@ -89,10 +102,14 @@ def push(
             folder_path=folder,
             commit_message=message,
             allow_patterns=adapter_patterns() if adapter_only else None,
+            ignore_patterns=[f"{prefix}*" for prefix in NEVER_PUSHED],
             repo_type="model",
         )
     except (HfHubHTTPError, OfflineModeIsEnabled, ValueError) as error:
         raise PushError(f"push of {folder} to {repo_id} failed: {_without(token, str(error))}") from None
+    except httpx2.TransportError as error:  # huggingface_hub already retried with backoff
+        where = endpoint or constants.ENDPOINT
+        raise PushError(f"push of {folder} to {repo_id}: cannot reach the Hub at {where} ({error})") from None
     logger.info("pushed %d file(s) from %s to %s", len(selected), folder, commit.commit_url)
     return commit.commit_url
 

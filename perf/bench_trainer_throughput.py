@@ -43,10 +43,11 @@ def setup(workdir: Path, n_images: int, seed: int):
 
 
 def trainer_steps_per_second(spec, records, world, workdir, steps, batch_size, tuning, objectives, cache) -> float:
-    from trainers.config import TrainConfig
+    from trainers.config import build_config
     from trainers.finetune import train
 
-    config = TrainConfig(
+    config = build_config(
+        "world",
         model=spec,
         train=str(records),
         images=str(world.images),
@@ -60,6 +61,7 @@ def trainer_steps_per_second(spec, records, world, workdir, steps, batch_size, t
         progress=False,
         log_with="none",
         cache_image_features=cache,
+        feature_store=str(workdir / "feature-store"),
         export_transformers=False,
         warmup_steps=1,
     )
@@ -74,8 +76,9 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     from negation_plugins import load_clip
     from negation_plugins.losses import parse_objectives
     from trainers.batches import build_texts, load_examples, usable_examples
-    from trainers.config import TrainConfig
-    from trainers.finetune import ImageFeatures, split_text_features
+    from trainers.config import build_config
+    from trainers.features import embed_files
+    from trainers.finetune import split_text_features
     from trainers.optim import adamw
     from trainers.tuning import apply_tuning, open_clip_model
 
@@ -84,19 +87,18 @@ def bare_steps_per_second(spec, records, world, steps, batch_size, tuning, objec
     examples, _ = usable_examples(load_examples(str(records), "records", None, None), objective.requires, "bench")
     chunk = examples[:batch_size]
     model, _ = apply_tuning(bundle.model, tuning)
-    images = ImageFeatures(model, bundle.preprocess, Path(world.images), [e.image for e in chunk], True, False)
+    clip = open_clip_model(model)
+    image = embed_files(clip, bundle.preprocess, [Path(world.images) / e.image for e in chunk], workers=0)
     texts, answers = build_texts(chunk, objective.requires, random.Random(0), examples)
     tokens = bundle.tokenizer([t for key in texts for t in texts[key]])
-    image = images([e.image for e in chunk])
-    defaults = TrainConfig()
-    optimizer = adamw(model, defaults.lr, defaults.weight_decay)
-    clip = open_clip_model(model)
+    world_recipe = build_config("world")
+    optimizer = adamw(model, world_recipe.lr, world_recipe.weight_decay)
     model.train()
     start = time.perf_counter()
     for _ in range(steps):
         features = clip.encode_text(tokens, normalize=True)
         batch = {"image": image, "logit_scale": clip.logit_scale.exp()}
-        batch.update(split_text_features(features, texts, answers, len(chunk)))
+        batch.update(split_text_features(features, [(k, len(v)) for k, v in texts.items()], answers, len(chunk)))
         loss, _ = objective(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the trainer's default --grad-clip

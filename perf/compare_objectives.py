@@ -63,7 +63,7 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma list of row numbers (1-based) to run")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from trainers.config import TrainConfig
+    from trainers.config import build_config
     from trainers.demo import evaluate_on_world
     from trainers.finetune import train
 
@@ -83,7 +83,8 @@ def main() -> int:
     results = {"base": base_scores, "rows": {}}
     for number, (label, objectives, tuning, lr) in rows:
         out = workdir / f"run-{number}"
-        config = TrainConfig(
+        config = build_config(
+            "world",
             model=base,
             train=str(records),
             images=str(world.images),

@@ -1,9 +1,12 @@
 """Session-wide test setup: offline hub, small thread count, built-in plugins only, plugin fixtures."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The trainer's image-feature store: one per test session (subprocesses inherit it), never the user's cache.
+os.environ["NEGCLIP_FEATURE_STORE"] = tempfile.mkdtemp(prefix="negclip-feature-store-")
 # Installed third-party (entry-point) plugins must not change test results; a test that wants a plugin registers it
 # (``register_plugin``) or, for entry-point loading itself, runs a subprocess with its own environment.
 os.environ["NEGATION_PLUGINS"] = ""

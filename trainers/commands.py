@@ -1,5 +1,6 @@
 """Trainer commands: ``negclip demo`` (the one-command story), ``negclip finetune`` (the trainer's flags) and
-``negclip world pretrain`` (the world's base model; joins the library's ``negclip world`` group)."""
+``negclip world pretrain`` (the world's base model; joins the library's ``negclip world`` group) and
+``negclip recipes`` (the named presets with each value's source)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from negation_plugins.checks import output_dir
 from negation_plugins.hookspecs import hookimpl
 from negation_plugins.world.commands import world_group
 
@@ -33,16 +35,29 @@ from .pretrain_world import PretrainConfig, pretrain
     help="Folder for the world, base model, records, fine-tuned model, results, plot and card.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--images", "n_images", default=2000, show_default=True, type=int, help="Scenes in the world.")
 @click.option(
-    "--pretrain-steps", default=PretrainConfig.steps, show_default=True, type=int, help="Base model training steps."
+    "--images", "n_images", default=2000, show_default=True, type=click.IntRange(min=2), help="Scenes in the world."
 )
-@click.option("--max-steps", default=None, type=int, help=f"Fine-tuning steps [default: {FINETUNE_EPOCHS} epochs].")
+@click.option(
+    "--pretrain-steps",
+    default=PretrainConfig.steps,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Base model training steps.",
+)
+@click.option(
+    "--max-steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help=f"Fine-tuning steps [default: {FINETUNE_EPOCHS} epochs].",
+)
 @click.option("--no-cache", is_flag=True, help="Retrain the base model even if a cached one exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def demo_command(output, seed, n_images, pretrain_steps, max_steps, no_cache, no_progress):
     from .config import ConfigError
     from .demo import run_demo
+
+    output_dir(output, "--output")
 
     try:
         results = run_demo(
@@ -82,6 +97,24 @@ def finetune_command(ctx):
     ctx.exit(main(list(ctx.args)))
 
 
+@click.command("recipes")
+@click.argument("name", required=False)
+def recipes_command(name):
+    """List the `--recipe` presets: every value with the paper or public-code file it comes from."""
+    from .recipes import RECIPES
+
+    if name and name not in RECIPES:
+        raise click.ClickException(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    for recipe in [RECIPES[name]] if name else RECIPES.values():
+        click.echo(f"{recipe.name}: {recipe.description}")
+        for key, (value, source) in recipe.settings.items():
+            shown = " + ".join(value) if isinstance(value, list) else value
+            click.echo(f"  --{key.replace('_', '-'):<16} {str(shown):<28} {source}")
+        for note in recipe.notes:
+            click.echo(f"  note: {note}")
+        click.echo("")
+
+
 @click.command(name="pretrain")
 @click.option(
     "--world",
@@ -91,8 +124,10 @@ def finetune_command(ctx):
     help="A folder written by `negclip world make`.",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the open_clip folder.")
-@click.option("--steps", default=PretrainConfig.steps, show_default=True, help="Training steps.")
-@click.option("--batch-size", default=PretrainConfig.batch_size, show_default=True)
+@click.option(
+    "--steps", default=PretrainConfig.steps, show_default=True, type=click.IntRange(min=1), help="Training steps."
+)
+@click.option("--batch-size", default=PretrainConfig.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=PretrainConfig.lr, show_default=True, help="Peak learning rate (warmup, cosine decay).")
 @click.option("--seed", default=PretrainConfig.seed, show_default=True)
 @click.option(
@@ -121,6 +156,7 @@ def world_pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_di
 
     from .pretrain_world import RESULT_NAME, cache_key
 
+    output_dir(out, "--out")
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -140,4 +176,5 @@ def world_pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_di
 def register_commands(cli):
     cli.add_command(demo_command)
     cli.add_command(finetune_command)
+    cli.add_command(recipes_command)
     world_group.add_command(world_pretrain_command)

@@ -1,8 +1,8 @@
-"""The fine-tuning configuration: one dataclass, filled from a YAML file and/or command-line flags.
+"""The fine-tuning configuration: one dataclass, filled from a recipe, a YAML file and/or command-line flags.
 
-Flags override the YAML file; the YAML file overrides the defaults. The defaults are the best configuration
-measured on the synthetic world (see ``perf/compare_objectives.py``), so the minimal call
-``python -m trainers.finetune --model SPEC --train FILE --images DIR --output DIR`` already works well.
+Defaults <- ``--recipe NAME`` (trainers/recipes.py) <- YAML file <- flags. Without a recipe the defaults are safe for
+a web-pretrained CLIP: the learning rate is the papers' 1e-6 for full/front tuning (1e-4 for LoRA adapters) unless
+set. ``--recipe world`` is the best configuration measured on the synthetic world (``perf/compare_objectives.py``).
 Everything that can be checked without training is checked in :func:`validate`, so a bad config fails in
 seconds with a message naming the bad setting.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -21,7 +21,14 @@ DEFAULT_LORA_TARGETS = "attn,mlp"
 TUNING_PATTERN = re.compile(r"^(full|lora|front:(\d+)-(\d+))$")
 NEGATION_MODES = ("records", "on-the-fly")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+SAFE_LR = {"full": 1e-6, "front": 1e-6, "lora": 1e-4}  # full: NegationCLIP/Omni-NegCLIP; LoRA adapters start at 0
 SELECT_BY = ("val-loss", "mcq")
+TRACKERS = ("tensorboard", "wandb", "all", "none")
+ALIASES = {  # diffusers training examples' names for the same settings
+    "checkpointing_steps": ("--save-every",),
+    "resume": ("--resume-from-checkpoint", "--resume_from_checkpoint"),
+    "log_with": ("--report-to",),
+}
 
 
 class ConfigError(ValueError):
@@ -37,6 +44,9 @@ def setting(default, help: str):
 
 @dataclass
 class TrainConfig:
+    recipe: str | None = setting(
+        None, "fill settings from a named preset (see `negclip recipes`); flags and --config still override it"
+    )
     model: str = setting(
         "", "CLIP to fine-tune: open_clip name, hf-hub:ORG/REPO, local-dir:PATH, NegationCLIP .pth, transformers folder"
     )
@@ -63,31 +73,71 @@ class TrainConfig:
     lora_targets: str = setting(
         DEFAULT_LORA_TARGETS, "comma list of attn, mlp, or regexes over the text tower's module names"
     )
+    freeze: str = setting("", "comma list of text-tower parameters kept frozen under full/front tuning (e.g. ln_final)")
     max_steps: int | None = setting(None, "optimizer steps (overrides --epochs)")
     epochs: float = setting(5.0, "passes over the training examples (fractions allowed)")
     batch_size: int = setting(64, "examples per process per micro-batch")
-    lr: float = setting(3e-3, "peak learning rate (AdamW; linear warmup from 0, then cosine decay to a tenth of it)")
+    lr: float | None = setting(
+        None, "peak learning rate (AdamW, linear warmup, cosine decay); default 1e-6 (full/front) or 1e-4 (lora)"
+    )
     weight_decay: float = setting(0.01, "AdamW weight decay on matrices")
     warmup_steps: int = setting(20, "linear warmup steps")
     grad_clip: float = setting(1.0, "max gradient norm (0 disables)")
     seed: int = setting(0, "seed for the split, batches, negation sampling and LoRA init")
     val_fraction: float = setting(0.1, "share of images held out for validation (0 disables validation)")
-    eval_every: int = setting(50, "validate every N optimizer steps")
+    eval_every: int | None = setting(None, "validate every N optimizer steps (default: once per epoch)")
+    val_max_batches: int | None = setting(
+        None,
+        "validation batches per evaluation, split across processes (default: eval-every // 10, at most 50: "
+        "validation stays under ~5%% of the training time)",
+    )
     eval_mcq: str | None = setting(
         None, "NegBench-format MCQ CSV evaluated before/after training and at each validation"
     )
     eval_mcq_images: str | None = setting(None, "image root of --eval-mcq (default: --images)")
     select_by: str = setting("val-loss", "keep the best checkpoint by val-loss or by mcq accuracy")
     patience: int | None = setting(None, "stop after this many validations without improvement")
-    mixed_precision: str = setting("no", "no, bf16 or fp16 (fp16 needs a GPU)")
+    mixed_precision: str | None = setting(
+        None, "no, bf16 or fp16 (fp16 needs a GPU); default: what `accelerate launch`/`accelerate config` say"
+    )
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
-    save_every: int = setting(0, "write a resumable accelerate checkpoint every N steps (0: only at the end)")
-    resume: bool = setting(False, "continue from the newest checkpoint in OUTPUT/checkpoints")
-    cache_image_features: bool = setting(True, "embed each image once with the frozen vision tower (default on)")
+    checkpointing_steps: int = setting(
+        500, "write a resumable accelerate checkpoint every N steps into OUTPUT/checkpoints (0: never)"
+    )
+    checkpoints_total_limit: int | None = setting(None, "keep only the newest N checkpoints (default: all)")
+    resume: str | None = setting(
+        None, "latest (newest checkpoint in OUTPUT/checkpoints; the default for a bare --resume) or a checkpoint PATH"
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute the text tower's activations in backward (less memory, ~30%% more compute)"
+    )
+    gather_negatives: bool = setting(
+        False,
+        "contrastive losses and TNG hard-object mining over the global batch of all processes (open_clip's "
+        "gather_with_grad) instead of each process's own; off by default",
+    )
+    cache_image_features: bool = setting(
+        True,
+        "use the image-feature store: each image embedded once by the frozen vision tower, kept on disk and "
+        "reused by later runs (default on; off: images decoded and embedded every step)",
+    )
+    feature_store: str | None = setting(
+        None,
+        "folder of the image-feature store (default: $NEGCLIP_FEATURE_STORE or ~/.cache/negation-"
+        "plugins/image-features); must be visible to every process",
+    )
+    dataloader_num_workers: int = setting(
+        2,
+        "DataLoader worker processes preparing batches (tokenizing, MCQ options, on-the-fly negation, image "
+        "decoding); 0: in the training process",
+    )
+    log_every: int = setting(
+        10, "write losses to metrics.jsonl and the trackers every N steps (one host sync per N steps)"
+    )
     push_to_hub: str | None = setting(None, "after training, push OUTPUT to this Hub repo id")
     hub_private: bool = setting(False, "create the Hub repo as private")
     export_transformers: bool = setting(True, "also write transformers CLIPModel / CLIPTextModel folders")
-    log_with: str = setting("tensorboard", "accelerate tracker (tensorboard, or none)")
+    log_with: str = setting("tensorboard", "accelerate tracker: tensorboard, wandb, all or none")
     progress: bool = setting(True, "show a tqdm progress bar on the main process")
 
     def to_dict(self) -> dict:
@@ -100,30 +150,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a CLIP text encoder for negation (run with `accelerate launch -m trainers.finetune`).",
     )
     parser.add_argument("--config", help="YAML file with any of the settings below (flags override it)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved settings as JSON and exit (loads no data or model)"
+    )
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, ())]
+        flag = flags[0]
         help_text = f.metadata["help"]
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "resume":
+            parser.add_argument(*flags, dest=f.name, nargs="?", const="latest", default=None, help=help_text)
         elif f.name == "objective":
             parser.add_argument(
                 flag, dest=f.name, action="append", default=None, metavar="NAME[:WEIGHT]", help=help_text
             )
         else:
-            kind = {"int | None": int, "int": int, "float": float}.get(f.type, str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            kind = {"int": int, "float": float}.get(f.type.removesuffix(" | None"), str)
+            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help_text)
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults <- YAML (--config) <- flags."""
+def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """Defaults <- recipe <- YAML (--config) <- flags; returns (config, --dry-run)."""
     args = vars(build_parser().parse_args(argv))
+    dry_run = args.pop("dry_run")
     values: dict = {}
     config_path = args.pop("config")
     if config_path:
         values.update(load_yaml(config_path))
     values.update({k: v for k, v in args.items() if v is not None})
-    return TrainConfig(**values)
+    return build_config(**values), dry_run
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    return parse_command_line(argv)[0]
+
+
+def build_config(recipe: str | None = None, **settings) -> TrainConfig:
+    """Defaults <- the named recipe <- ``settings``, with tuning-dependent defaults filled in."""
+    from .recipes import get_recipe
+
+    values = get_recipe(recipe).values() if recipe else {}
+    values.update(settings)
+    return resolve_defaults(TrainConfig(recipe=recipe, **values))
+
+
+def resolve_defaults(config: TrainConfig) -> TrainConfig:
+    """Fill the settings whose safe default depends on others (the learning rate on the tuning mode)."""
+    if config.lr is None:
+        return replace(config, lr=SAFE_LR.get(config.tuning.strip().split(":")[0], SAFE_LR["full"]))
+    return config
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -143,6 +220,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
     if isinstance(data.get("objective"), str):
         data["objective"] = [data["objective"]]
+    if isinstance(data.get("resume"), bool):  # `resume: true` as in older configs
+        data["resume"] = "latest" if data["resume"] else None
     return data
 
 
@@ -161,9 +240,12 @@ def parse_tuning(tuning: str) -> tuple[str, tuple[int, int] | None]:
 
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data; the trainer checks model/data facts right after loading them."""
+    from negation_plugins.checks import output_dir
+
     for name in ("model", "train", "output"):
         if not getattr(config, name):
             raise ConfigError(f"--{name} is required")
+    output_dir(config.output, "--output")
     if not Path(config.train).is_file():
         raise ConfigError(f"--train {config.train}: file does not exist")
     if config.images and not Path(config.images).is_dir():
@@ -172,29 +254,49 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--negation {config.negation!r}: expected one of {', '.join(NEGATION_MODES)}")
     if config.instances and not Path(config.instances).is_file():
         raise ConfigError(f"--instances {config.instances}: file does not exist")
-    if config.mixed_precision not in MIXED_PRECISION:
+    if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"--mixed-precision {config.mixed_precision!r}: expected one of {', '.join(MIXED_PRECISION)}")
+    if config.log_with not in TRACKERS:
+        raise ConfigError(f"--report-to/--log-with {config.log_with!r}: expected one of {', '.join(TRACKERS)}")
+    if config.resume not in (None, "latest") and not (Path(config.resume) / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"--resume {config.resume}: not a complete checkpoint folder (no trainer_state.json); "
+            "use latest or OUTPUT/checkpoints/step-NNNNNNN"
+        )
+    if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
+        raise ConfigError(f"--checkpoints-total-limit must be >= 1, got {config.checkpoints_total_limit}")
+    if config.checkpointing_steps < 0:
+        raise ConfigError(f"--checkpointing-steps must be >= 0, got {config.checkpointing_steps}")
     if config.select_by not in SELECT_BY:
         raise ConfigError(f"--select-by {config.select_by!r}: expected one of {', '.join(SELECT_BY)}")
     if config.select_by == "mcq" and not config.eval_mcq:
         raise ConfigError("--select-by mcq needs --eval-mcq CSV")
     if config.eval_mcq and not Path(config.eval_mcq).is_file():
         raise ConfigError(f"--eval-mcq {config.eval_mcq}: file does not exist")
-    parse_tuning(config.tuning)
+    if config.eval_mcq_images and not Path(config.eval_mcq_images).is_dir():
+        raise ConfigError(f"--eval-mcq-images {config.eval_mcq_images}: folder does not exist")
+    mode, _ = parse_tuning(config.tuning)
+    if config.freeze and mode == "lora":
+        raise ConfigError("--freeze applies to full or front:A-B tuning; LoRA already keeps the base weights frozen")
     positive = {
         "batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "eval_every": config.eval_every,
+        "log_every": config.log_every,
         "lora_rank": config.lora_rank,
     }
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("eval_every", "val_max_batches"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.dataloader_num_workers < 0:
+        raise ConfigError(f"--dataloader-num-workers must be >= 0, got {config.dataloader_num_workers}")
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {config.max_steps}")
     if config.max_steps is None and not config.epochs > 0:
         raise ConfigError(f"--epochs must be > 0, got {config.epochs}")
-    if not config.lr > 0:
+    if config.lr is None or not config.lr > 0:
         raise ConfigError(f"--lr must be > 0, got {config.lr}")
     if not 0 <= config.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
@@ -202,3 +304,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--patience must be >= 1, got {config.patience}")
     if not config.objective:
         raise ConfigError("at least one --objective is needed")
+    if config.push_to_hub:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            raise ConfigError(f"--push-to-hub {config.push_to_hub}: no Hub token; set HF_TOKEN or `hf auth login`")

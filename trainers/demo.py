@@ -57,7 +57,7 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
     the default negbench-mcq objective with the CLIP retention term at full weight (at 0.5, LoRA kept only 0.948 of
     the base model's retrieval), the checkpoint kept by MCQ accuracy on the TRAINING scenes' questions (held-out
     scenes are only for the report)."""
-    from .config import TrainConfig
+    from .config import build_config
 
     settings = {
         "model": model,
@@ -76,7 +76,7 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
         "log_with": "tensorboard",
     }
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return build_config("world", **settings)
 
 
 def run_demo(

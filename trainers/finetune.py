@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,20 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .batches import (
-    BatchPlan,
-    Example,
-    absent_object_index,
-    batch_rng,
-    build_texts,
-    distractor_images,
-    load_examples,
-    split_by_image,
-    usable_examples,
-)
-from .config import ConfigError, TrainConfig, parse_config, validate
+from .batches import BatchPlan, Example, absent_object_index, load_examples, split_by_image, usable_examples
+from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
+from .data import ON_THE_FLY_KEYS, EvalPlan, MicroBatches, TokenCache, batch_loader, negate_on_the_fly, on_the_fly_seed
+from .features import autocast_bf16, build_feature_table, default_root
 from .optim import adamw, warmup_cosine
-from .tuning import apply_tuning, clamp_logit_scale, open_clip_model
+from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model
 
 logger = logging.getLogger("trainers.finetune")
 
@@ -58,104 +51,101 @@ class TextEncoder(nn.Module):
         return clip.encode_text(tokens, normalize=True), clip.logit_scale.exp()
 
 
-class ImageFeatures:
-    """Image embeddings from the frozen vision tower: computed once up front (cache) or per batch from disk."""
+class ImageSource:
+    """Image features for the training thread: rows of the feature table (kept on the device), or the frozen vision
+    tower run on pixels the DataLoader workers decoded (``--no-cache-image-features``)."""
 
-    def __init__(self, clip, preprocess, images_root: Path, paths: list[str], cache: bool, progress: bool):
-        self.clip, self.preprocess, self.root, self.cached = clip, preprocess, images_root, None
-        missing = [p for p in paths if not (images_root / p).is_file()]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} of {len(paths)} record images do not exist under --images {images_root}, "
-                f"e.g. {missing[0]!r}"
-            )
-        if cache:
-            from tqdm.auto import tqdm
-
-            self.index = {p: i for i, p in enumerate(paths)}
-            chunks = [
-                self._embed(paths[i : i + 256])
-                for i in tqdm(range(0, len(paths), 256), disable=not progress, desc="caching image features")
-            ]
-            self.cached = torch.cat(chunks)
+    def __init__(self, clip, table: torch.Tensor | None, device):
+        self.clip, self.device = clip, device
+        self.table = None if table is None else table.to(device)
 
     @torch.no_grad()
-    def _embed(self, paths: list[str]) -> torch.Tensor:
-        from PIL import Image
-
-        visual = open_clip_model(self.clip).visual
-        visual.eval()
-        pixels = []
-        for path in paths:
-            with Image.open(self.root / path) as image:
-                pixels.append(self.preprocess(image.convert("RGB")))
-        device = next(visual.parameters()).device
-        features = open_clip_model(self.clip).encode_image(torch.stack(pixels).to(device), normalize=True)
-        return features.float()
-
-    def __call__(self, paths: list[str]) -> torch.Tensor:
-        if self.cached is not None:
-            return self.cached[torch.tensor([self.index[p] for p in paths])]
-        return self._embed(paths)
-
-
-class TokenCache:
-    """Tokenize each distinct text once: the same captions come back every epoch, and BPE in Python costs
-    about as much as a tiny text tower's forward pass."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.context_length = int(getattr(tokenizer, "context_length", 77))
-        self.rows: dict[str, torch.Tensor] = {}
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        new = list(dict.fromkeys(t for t in texts if t not in self.rows))
-        if new:
-            self.rows.update(zip(new, self.tokenizer(new)))
-        return torch.stack([self.rows[t] for t in texts])
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.table is not None:
+            return self.table[images].float()
+        with autocast_bf16(self.device):
+            return self.clip.encode_image(images, normalize=True).float()
 
 
 def make_batch(
-    encoder,
-    tokenizer,
-    image_features: ImageFeatures,
-    examples: list[Example],
-    requires: tuple[str, ...],
-    rng,
-    pool: list[Example],
-    absent_index,
-    otf_seed: int | None,
-    device,
+    encoder, host: dict, images: ImageSource, tokens: TokenCache, otf_seed: int, device, gather=None
 ) -> dict:
-    """Embed everything the objectives need; all texts go through ONE encoder forward."""
-    batch = {"image": image_features([e.image for e in examples]).to(device)}
-    texts, answers = build_texts(examples, requires, rng, pool)
-    if "hybrid" in requires or "full" in requires:
-        from negation_plugins.data.onthefly import OnTheFlyNegation
+    """Embed everything the objectives need from a DataLoader item; all texts go through ONE encoder forward.
 
-        objects = [e.present_objects for e in examples] if any(e.present_objects for e in examples) else None
-        generated = OnTheFlyNegation(seed=otf_seed, context_length=tokenizer.context_length)(
-            texts["caption"], image_embeds=batch["image"], objects=objects
-        )
-        texts["hybrid"], texts["full"] = generated["hybrid"], generated["full"]
-    if "distractor_image" in requires:
-        batch["distractor_image"] = image_features(distractor_images(examples, rng, absent_index, pool)).to(device)
-    features, logit_scale = encoder(tokenizer([t for key in texts for t in texts[key]]).to(device))
-    batch.update(split_text_features(features.float(), texts, answers, len(examples)))
+    Items without a feature table carry raw captions for TNG's negation, done here after embedding the images.
+    With ``gather`` (an Accelerator, for ``--gather-negatives``) those hard objects are mined over every process's
+    batch and the returned rows are the global batch (see :func:`gather_batch`)."""
+    batch = {"image": images(host["images"])}
+    if "distractors" in host:
+        batch["distractor_image"] = images(host["distractors"])
+    layout, token_ids = list(host["layout"]), host["tokens"]
+    if "captions" in host:
+        captions, objects, embeds = host["captions"], host["objects"], batch["image"]
+        if gather is not None:
+            from accelerate.utils import gather_object
+
+            captions, objects, embeds = gather_object(captions), gather_object(objects), gather.gather(embeds)
+        generated = negate_on_the_fly(captions, embeds, objects, otf_seed, tokens.context_length)
+        own = slice(None) if gather is None else _own_rows(gather, host["n"])
+        new = [t for key in ON_THE_FLY_KEYS for t in generated[key][own]]
+        layout += [(key, host["n"]) for key in ON_THE_FLY_KEYS]
+        token_ids = torch.cat([token_ids, tokens(new)])
+    features, logit_scale = encoder(token_ids.to(device, non_blocking=True))
+    batch.update(split_text_features(features.float(), layout, host.get("mcq_answer"), host["n"]))
     batch["logit_scale"] = logit_scale.float()
-    return batch
+    return batch if gather is None else gather_batch(batch, gather)
 
 
-def split_text_features(features: torch.Tensor, texts: dict[str, list[str]], answers, n_examples: int) -> dict:
-    """Undo the one-forward flattening: rows per text key, MCQ options as (examples, options, dim) with answers."""
+def split_text_features(features: torch.Tensor, layout: list[tuple[str, int]], answers, n_examples: int) -> dict:
+    """Undo the one-forward flattening: rows per text key (``layout``: key and row count, in order), MCQ options as
+    (examples, options, dim) with answers."""
     parts, start = {}, 0
-    for key, key_texts in texts.items():
-        parts[key] = features[start : start + len(key_texts)]
-        start += len(key_texts)
+    for key, count in layout:
+        parts[key] = features[start : start + count]
+        start += count
     if "mcq" in parts:
         parts["mcq"] = parts["mcq"].reshape(n_examples, -1, features.shape[-1])
-        parts["mcq_answer"] = torch.tensor(answers, device=features.device)
+        parts["mcq_answer"] = torch.as_tensor(answers, device=features.device)
     return parts
+
+
+PER_EXAMPLE_KEYS = (
+    "image",
+    "caption",
+    "absence",
+    "presence",
+    "hybrid",
+    "full",
+    "mcq",
+    "mcq_answer",
+    "distractor_image",
+)
+
+
+def _own_rows(accelerator, n: int) -> slice:
+    return slice(accelerator.process_index * n, (accelerator.process_index + 1) * n)
+
+
+def gather_with_grad(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    """Every process's rows in rank order; this process's own rows keep their autograd graph (open_clip's
+    gather_with_grad with local rows put back), the others are constants."""
+    gathered = accelerator.gather(tensor.detach().contiguous())
+    own = _own_rows(accelerator, tensor.shape[0])
+    return torch.cat([gathered[: own.start], tensor, gathered[own.stop :]])
+
+
+def gather_batch(batch: dict, accelerator) -> dict:
+    """The global batch for ``--gather-negatives``: each process computes the loss of all processes' examples.
+
+    Gradients: the loss must be backpropagated times ``num_processes`` (see the loop): each process's gradient then
+    covers its own rows' share of the global loss, and DDP's average over processes gives exactly the gradient of
+    the single-process loss on the concatenated batch. The logit scale appears whole on every process, so its
+    gradient is divided by ``num_processes`` here to cancel that factor."""
+    out = {k: gather_with_grad(v, accelerator) if k in PER_EXAMPLE_KEYS else v for k, v in batch.items()}
+    world = accelerator.num_processes
+    out["logit_scale"] = batch["logit_scale"] / world + (batch["logit_scale"] * (1 - 1 / world)).detach()
+    return out
 
 
 def check_model_and_tokenizer(bundle, examples: list[Example]) -> None:
@@ -190,23 +180,43 @@ def latest_checkpoint(output: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def evaluate(state, config, val: list[Example], pool, absent_index, make) -> dict:
-    """Validation loss on fixed batches (the same every time) and, if given, MCQ accuracy."""
+def check_images_exist(root: Path, paths: list[str]) -> None:
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(paths)} record images do not exist under --images {root}, e.g. {missing[0]!r}"
+        )
+
+
+def eval_schedule(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(validate every N steps, validation batches per evaluation). Defaults: once per epoch, and at most
+    ``N // 10`` batches, never more than 50: a forward-only batch costs about a third of a training step, so each
+    validation costs ~3 % of the steps since the last one, whatever the dataset size."""
+    every = config.eval_every or steps_per_epoch
+    batches = config.val_max_batches or max(1, min(50, every // 10))
+    return every, batches
+
+
+def evaluate(state, config, val_data: MicroBatches | None, val_plan: EvalPlan, make, accelerator) -> dict:
+    """Validation loss over fixed batches (the same every time), split across processes and summed; MCQ accuracy
+    (computed once, on the main process, and shared)."""
     results = {}
     model = state["model"]
-    if val:
-        losses = []
+    if val_data is not None:
+        rounds = -(-val_plan.chunks() // accelerator.num_processes)
+        total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
         with torch.no_grad():
-            for number, start in enumerate(range(0, len(val), config.batch_size)):
-                chunk = val[start : start + config.batch_size]
-                if len(chunk) < 2:
-                    continue
-                batch = make(chunk, batch_rng(config.seed, number, 0, "val"), config.seed + 10_000 + number)
-                losses.append(float(state["objective"](batch)[0]))
-        if losses:
-            results["validation"] = {"loss": round(sum(losses) / len(losses), 5)}
+            for number, host in enumerate(batch_loader(val_data, 0, rounds, config.dataloader_num_workers)):
+                if host["n"] >= 2:
+                    total += torch.stack([state["objective"](make(host, number))[0].double(), total.new_ones(())])
+        loss_sum, batches = accelerator.reduce(total, reduction="sum").tolist()
+        if batches:
+            results["validation"] = {"loss": round(loss_sum / batches, 5)}
     if config.eval_mcq:
-        results["mcq"] = run_benchmark_mcq(state["bundle"], model, config)
+        from accelerate.utils import broadcast_object_list
+
+        shared = [run_benchmark_mcq(state["bundle"], model, config) if accelerator.is_main_process else None]
+        results["mcq"] = broadcast_object_list(shared)[0]
     model.train()
     open_clip_model(model).visual.eval()
     return results
@@ -238,6 +248,7 @@ def train(config: TrainConfig) -> dict:
     from negation_plugins.losses import parse_objectives
 
     # ---- settings and everything that can fail before training -------------------------------------------------
+    config = resolve_defaults(config)
     validate(config)
     output = Path(config.output)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -247,6 +258,11 @@ def train(config: TrainConfig) -> dict:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     requires = objective.requires
+    if config.negation == "on-the-fly" and not {"hybrid", "full"} & set(requires):
+        raise ConfigError(
+            f"--negation on-the-fly builds negated texts only for objectives that read them (tng); "
+            f"--objective {' + '.join(config.objective)} would train without any negation: add --objective tng"
+        )
     _forget_previous_run_settings()
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -256,6 +272,10 @@ def train(config: TrainConfig) -> dict:
     )
     set_seed(config.seed)
     is_main = accelerator.is_main_process
+    if torch.cuda.is_available():  # TF32 matmuls on Ampere+ (diffusers' --allow_tf32; fp32 elsewhere unchanged)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    gather = accelerator if config.gather_negatives and accelerator.num_processes > 1 else None
 
     examples = load_examples(config.train, config.negation, config.images or None, config.instances)
     examples, dropped = usable_examples(examples, requires, config.train)
@@ -270,27 +290,49 @@ def train(config: TrainConfig) -> dict:
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_targets=config.lora_targets,
+        freeze=config.freeze,
         seed=config.seed,
     )
     if not trainable:
         raise ConfigError(f"--tuning {config.tuning} leaves no parameter to train")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
+    # ---- image features: from the store, embedding only what it lacks (each process a disjoint shard) ---------
     images_root = Path(config.images or ".")
-    image_features = ImageFeatures(
-        model,
-        bundle.preprocess,
-        images_root,
-        sorted({e.image for e in examples}),
-        config.cache_image_features,
-        progress=config.progress and is_main,
-    )
-    absent_index = absent_object_index(train_set)
+    paths = sorted({e.image for e in examples})
+    check_images_exist(images_root, paths)
+    if not config.cache_image_features:  # decoded only when a batch needs them: find what a cheap check can now
+        from negation_plugins.data.io import check_image
+
+        for path in paths:
+            problem = check_image(images_root / path)
+            if problem:
+                raise ValueError(f"{images_root / path}: {problem} (a record image under --images)")
+    clip = open_clip_model(model)
+    clip.visual.eval()
+    features_started = time.perf_counter()
+    table, feature_counts = None, {"computed": 0, "from_store": 0}
+    if config.cache_image_features:
+        table, feature_counts = build_feature_table(
+            accelerator,
+            clip,
+            bundle.preprocess,
+            [images_root / p for p in paths],
+            config.feature_store or default_root(),
+            config.dataloader_num_workers,
+            progress=config.progress and is_main,
+        )
+    features_seconds = time.perf_counter() - features_started
+    images = ImageSource(clip, table, accelerator.device)
 
     encoder = TextEncoder(model)
     optimizer = adamw(encoder, config.lr, config.weight_decay)
     plan = BatchPlan(len(train_set), config.batch_size, accelerator.num_processes, config.seed)
     accum = config.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(plan.micro_batches_per_epoch() / accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.micro_batches_per_epoch() / accum))
+    eval_every, val_batches = eval_schedule(config, steps_per_epoch)
     # Stepped here once per optimizer step (accelerate's prepared scheduler steps once per process per step);
     # its state travels in STATE_FILE (plain JSON, no pickle to load on resume).
     schedule = warmup_cosine(optimizer, config.warmup_steps, total_steps, min_lr_rate=MIN_LR_RATE)
@@ -298,20 +340,45 @@ def train(config: TrainConfig) -> dict:
     device = accelerator.device
     state = {"model": model, "objective": objective, "bundle": bundle}
 
-    val_absent_index = absent_object_index(val_set)
-    tokens = TokenCache(bundle.tokenizer)
-
-    def make(chunk, rng, otf_seed, pool=train_set, index=absent_index, text_encoder=encoder):
-        return make_batch(text_encoder, tokens, image_features, chunk, requires, rng, pool, index, otf_seed, device)
-
-    def make_eval(chunk, rng, otf_seed):
-        return make(
-            chunk, rng, otf_seed, pool=val_set, index=val_absent_index, text_encoder=accelerator.unwrap_model(encoder)
+    def micro_batches(split_examples, split_plan, split, gather_split):
+        return MicroBatches(
+            split_examples,
+            split_plan,
+            accelerator.process_index,
+            requires,
+            bundle.tokenizer,
+            config.seed,
+            split,
+            {p: i for i, p in enumerate(paths)},
+            None if table is None else table,
+            bundle.preprocess,
+            images_root,
+            absent_object_index(split_examples),
+            gather=gather_split,
         )
+
+    train_data = micro_batches(train_set, plan, "train", gather is not None)
+    val_subset = val_set[: val_batches * config.batch_size]
+    val_plan = EvalPlan(len(val_subset), config.batch_size, accelerator.num_processes)
+    val_data = micro_batches(val_subset, val_plan, "val", False) if val_subset else None
+    tokens = TokenCache(bundle.tokenizer)  # for negations made in this thread (no feature table)
+    timer = {"validation": 0.0, "evaluations": 0}
+
+    def run_evaluation() -> dict:
+        started = time.perf_counter()
+        unwrapped = accelerator.unwrap_model(encoder)
+
+        def make_eval(host, number):
+            return make_batch(unwrapped, host, images, tokens, on_the_fly_seed(config.seed + 10_000, number, 0), device)
+
+        results = evaluate(state, config, val_data, val_plan, make_eval, accelerator)
+        timer["validation"] += time.perf_counter() - started
+        timer["evaluations"] += 1
+        return results
 
     # ---- resume -----------------------------------------------------------------------------------------------
     step, best, best_state, bad_evals, history = 0, None, None, 0, []
-    checkpoint = latest_checkpoint(output) if config.resume else None
+    checkpoint = latest_checkpoint(output) if config.resume == "latest" else config.resume and Path(config.resume)
     if config.resume and checkpoint is None and is_main:
         logger.warning("--resume: no checkpoint in %s; starting from step 0", output / CHECKPOINTS)
     if checkpoint is not None:
@@ -325,75 +392,93 @@ def train(config: TrainConfig) -> dict:
 
             best_state = load_file(str(checkpoint / BEST_FILE))
         if is_main:  # forget steps logged after this checkpoint by the interrupted run
+            output.mkdir(parents=True, exist_ok=True)
             kept = [line for line in _read_lines(output / METRICS_FILE) if json.loads(line)["step"] <= step]
             (output / METRICS_FILE).write_text("".join(line + "\n" for line in kept))
     else:
-        results_before = evaluate(state, config, val_set, train_set, absent_index, make_eval)
+        results_before = run_evaluation()
         if is_main:
             output.mkdir(parents=True, exist_ok=True)
             (output / METRICS_FILE).write_text("")
     if config.log_with != "none":
         accelerator.init_trackers("finetune", config=_tracker_config(config))
 
-    # ---- the loop ---------------------------------------------------------------------------------------------
-    start_time = time.perf_counter()
+    # ---- the loop: the DataLoader prepares micro-batches; this thread runs the model ---------------------------
+    pending: list[tuple[int, float, torch.Tensor, dict]] = []  # per-step losses kept on the device until a flush
+
+    def flush(extra: dict | None = None) -> None:
+        """One host sync for all steps since the last flush: metrics.jsonl, trackers, history, progress bar."""
+        if not pending:
+            return
+        values = torch.stack([torch.stack([loss, *parts.values()]) for _, _, loss, parts in pending]).tolist()
+        for (number, lr, _, parts), row in zip(pending, values):
+            record = {"step": number, "loss": round(row[0], 6), "lr": lr}
+            record.update({f"loss/{k}": round(v, 6) for k, v in zip(parts, row[1:])})
+            record.update((extra or {}).get(number, {}))
+            history.append(record)
+            if config.log_with != "none":
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=number)
+            if is_main:
+                with open(output / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{values[-1][0]:.4f}")
+        pending.clear()
+
+    start_time, validation_before_loop, results = time.perf_counter(), timer["validation"], None
     examples_seen = 0
     bar = tqdm(total=total_steps, initial=step, desc="fine-tuning", disable=not (config.progress and is_main))
     model.train()
-    open_clip_model(model).visual.eval()
+    clip.visual.eval()
     stopped_early = False
+    loader = iter(batch_loader(train_data, step * accum, total_steps * accum, config.dataloader_num_workers))
     while step < total_steps:
-        parts_sum: dict[str, float] = {}
-        loss_sum = 0.0
+        loss_sum, parts_sum = torch.zeros((), device=device), {}
         for micro in range(accum):
             micro_batch = step * accum + micro
-            chunk = [train_set[i] for i in plan.indices(micro_batch, accelerator.process_index)]
-            rng = batch_rng(config.seed, micro_batch, accelerator.process_index)
+            host = next(loader)
             with accelerator.accumulate(encoder), accelerator.autocast():
-                batch = make(chunk, rng, config.seed * 1_000_003 + micro_batch * 101 + accelerator.process_index)
+                rank_seed = 0 if gather else accelerator.process_index  # gathered: one negation of the global batch
+                batch = make_batch(
+                    encoder, host, images, tokens, on_the_fly_seed(config.seed, micro_batch, rank_seed), device, gather
+                )
                 loss, parts = objective(batch)
-                accelerator.backward(loss)
+                accelerator.backward(loss * accelerator.num_processes if gather else loss)
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach()) / accum
+            loss_sum = loss_sum + loss.detach().float() / accum
             for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + float(value) / accum
-            examples_seen += len(chunk)
+                parts_sum[name] = parts_sum.get(name, 0.0) + value.detach().float() / accum
+            examples_seen += host["n"]
         clamp_logit_scale(model)
         step += 1
-        record = {
-            "step": step,
-            "loss": round(loss_sum, 6),
-            "lr": optimizer.param_groups[0]["lr"],
-            **{f"loss/{k}": round(v, 6) for k, v in parts_sum.items()},
-        }
+        pending.append((step, optimizer.param_groups[0]["lr"], loss_sum, parts_sum))
         schedule.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.4f}")
 
-        if step % config.eval_every == 0 or step == total_steps:
-            results = evaluate(state, config, val_set, train_set, absent_index, make_eval)
-            record.update(_flat(results))
+        extra, results = {}, None
+        if step % eval_every == 0 or step == total_steps:
+            results = run_evaluation()
+            extra[step] = _flat(results)
             current = score(results, config.select_by)
             if current is not None and (best is None or current > best):
                 best, best_state, bad_evals = current, trainable_state(model), 0
+                best_state = None if step == total_steps else best_state  # the final weights are the best
             elif current is not None:
                 bad_evals += 1
             if config.patience and bad_evals >= config.patience:
                 stopped_early = True
-        history.append(record)
-        if config.log_with != "none":
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-        if is_main:
-            with open(output / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if config.save_every and step % config.save_every == 0 and step < total_steps and not stopped_early:
+        every = config.checkpointing_steps
+        save = every and step % every == 0 and step < total_steps and not stopped_early
+        if extra or save or step % config.log_every == 0 or step == total_steps or stopped_early:
+            flush(extra)
+        if save:
             save_checkpoint(
                 accelerator,
                 output,
                 step,
+                config.checkpoints_total_limit,
                 {
                     "step": step,
                     "best": best,
@@ -409,7 +494,7 @@ def train(config: TrainConfig) -> dict:
                 logger.info("early stop at step %d: %d validations without improvement", step, bad_evals)
             break
     bar.close()
-    train_seconds = time.perf_counter() - start_time
+    train_seconds = time.perf_counter() - start_time - (timer["validation"] - validation_before_loop)
 
     # ---- best weights, final evaluation, outputs --------------------------------------------------------------
     accelerator.wait_for_everyone()
@@ -418,7 +503,8 @@ def train(config: TrainConfig) -> dict:
         with torch.no_grad():
             for name, value in best_state.items():
                 named[name].copy_(value.to(named[name].device))
-    results_after = evaluate(state, config, val_set, train_set, absent_index, make_eval)
+    # the last validation already measured these weights unless older best weights were restored
+    results_after = run_evaluation() if best_state is not None or results is None else results
     # One fingerprint of the trained weights per process: equal on all ranks iff gradients were synced.
     fingerprint = torch.tensor(
         [sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)],
@@ -437,8 +523,18 @@ def train(config: TrainConfig) -> dict:
         "dropped_examples": dropped,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_seconds": round(train_seconds, 2),
+        "seconds": {
+            "train": round(train_seconds, 2),
+            "validation": round(timer["validation"], 2),
+            "features": round(features_seconds, 2),
+        },
+        "image_features": feature_counts,
+        "eval_every": eval_every,
+        "val_batches": val_batches,
+        "evaluations": timer["evaluations"],
         "examples_per_second": round(examples_seen / max(train_seconds, 1e-9), 2),
         "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
         "results_before": results_before,
         "results_after": results_after,
         "config": config.to_dict(),
@@ -467,9 +563,10 @@ def _forget_previous_run_settings() -> None:
     GradientState._reset_state()
 
 
-def save_checkpoint(accelerator, output: Path, step: int, trainer_state: dict, best_state) -> None:
+def save_checkpoint(accelerator, output: Path, step: int, keep: int | None, trainer_state: dict, best_state) -> None:
     """accelerate's full state (model, optimizer, RNG) plus ours, written to a temp folder then renamed, so a
-    kill mid-save never leaves a checkpoint that looks complete."""
+    kill mid-save never leaves a checkpoint that looks complete; then only the newest ``keep`` complete ones stay
+    (diffusers' --checkpoints_total_limit, applied after the new one is complete)."""
     from safetensors.torch import save_file
 
     final = output / CHECKPOINTS / f"step-{step:07d}"
@@ -481,7 +578,19 @@ def save_checkpoint(accelerator, output: Path, step: int, trainer_state: dict, b
             save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / BEST_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state))
         os.replace(tmp, final)
+        complete = sorted(p for p in final.parent.glob("step-*") if (p / STATE_FILE).is_file())
+        for old in complete[: -keep if keep else 0]:
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def _remove_unfinished_output(output: Path) -> None:
+    """A run that failed before its first checkpoint leaves nothing to resume: remove the folder it created
+    (logs, metrics.jsonl) so no half-made output looks like a result. Only the main process deletes."""
+    import shutil
+
+    if os.environ.get("RANK", "0") == "0" and output.is_dir() and latest_checkpoint(output) is None:
+        shutil.rmtree(output, ignore_errors=True)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -507,12 +616,19 @@ def _tracker_config(config: TrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = None
     try:
-        config = parse_config(argv)
+        config, dry_run = parse_command_line(argv)
+        if dry_run:
+            print(json.dumps(config.to_dict(), indent=1))
+            return 0
+        output_existed = Path(config.output).exists()
         summary = train(config)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
+        if config is not None and not output_existed:
+            _remove_unfinished_output(Path(config.output))
         return 2
     after = summary["results_after"]
     print(json.dumps({"output": config.output, "steps": summary["steps"], "results_after": after}, indent=1))

@@ -89,18 +89,23 @@ def apply_tuning(
     lora_rank: int = 16,
     lora_alpha: float = 32.0,
     lora_targets: str = "attn,mlp",
+    freeze: str = "",
     seed: int = 0,
 ) -> tuple[nn.Module, list[str]]:
     """Freeze everything except the tuned part; returns (model to train, names of trainable parameters).
 
-    For ``lora`` the returned model is a ``peft.PeftModel`` around ``model`` (LoRA layers injected in place).
+    ``freeze`` names text-tower parameters (prefixes such as ``ln_final``) kept frozen under full/front tuning
+    (NegationCLIP's code freezes ln_final). For ``lora`` the returned model is a ``peft.PeftModel`` around ``model``
+    (LoRA layers injected in place).
     """
     mode, layer_range = parse_tuning(tuning)
+    if mode == "lora":
+        return _apply_lora(model, lora_rank, lora_alpha, lora_targets, seed)
     tower = text_tower(model)
     scale = ["logit_scale"]
     if mode == "full":
-        return model, _unfreeze(model, tower.embedding_names() + [tower.prefix + "transformer"] + scale)
-    if mode == "front":
+        names = _unfreeze(model, tower.embedding_names() + [tower.prefix + "transformer"] + scale)
+    else:
         start, end = layer_range
         if end >= tower.layers:
             raise ConfigError(
@@ -108,8 +113,23 @@ def apply_tuning(
                 f"layer {end} does not exist"
             )
         layers = [f"{tower.prefix}transformer.resblocks.{i}" for i in range(start, end + 1)]
-        return model, _unfreeze(model, tower.embedding_names() + layers + scale)
-    return _apply_lora(model, lora_rank, lora_alpha, lora_targets, seed)
+        names = _unfreeze(model, tower.embedding_names() + layers + scale)
+    return model, _refreeze(model, names, tower, freeze)
+
+
+def _refreeze(model: nn.Module, names: list[str], tower: TextTower, freeze: str) -> list[str]:
+    frozen = [tower.prefix + item.strip() for item in freeze.split(",") if item.strip()]
+    for prefix in frozen:
+        if not any(_starts(name, [prefix]) for name in names):
+            raise ConfigError(
+                f"--freeze {prefix.removeprefix(tower.prefix)!r} names no trainable text-tower parameter; "
+                "e.g. ln_final, token_embedding, text_projection, transformer.resblocks.0"
+            )
+    params = dict(model.named_parameters())
+    for name in names:
+        if _starts(name, frozen):
+            params[name].requires_grad_(False)
+    return [name for name in names if not _starts(name, frozen)]
 
 
 def _apply_lora(model, rank, alpha, targets, seed):
@@ -150,6 +170,12 @@ def open_clip_model(model: nn.Module) -> nn.Module:
     if isinstance(model, peft.PeftModel):
         return model.base_model.model
     return model
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute the text tower's residual blocks in backward (open_clip's flag; the frozen vision tower never
+    runs backward, so it is left alone)."""
+    text_tower(open_clip_model(model)).module.transformer.grad_checkpointing = True
 
 
 def clamp_logit_scale(model: nn.Module) -> None:

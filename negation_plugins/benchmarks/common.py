@@ -14,6 +14,7 @@ import torch
 from ..atomic import atomic_write
 from ..data.io import check_image
 from ..factory import ClipBundle
+from ..images import load_rgb  # noqa: F401 (benchmarks import it from here)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -100,13 +101,6 @@ def read_coco_pairs(
             continue
         pairs.append((file, by_image[image["id"]]))
     return pairs, problems
-
-
-def load_rgb(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert("RGB")
 
 
 def model_fingerprint(clip: ClipBundle) -> str:

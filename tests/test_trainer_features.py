@@ -1,0 +1,103 @@
+"""The image-feature store and the DataLoader pipeline: two gloo processes each embed half the images, a second run
+embeds none, a changed image or another preprocessing is embedded again; batches do not depend on the worker count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from negation_plugins.testing import tiny_model_dir
+from tests.test_trainer_accelerate import ROOT, environment, free_port, metrics, trainer_args
+from tests.test_trainer_support import write_records
+from trainers.config import parse_config
+from trainers.finetune import train
+
+
+@pytest.fixture(scope="module")
+def setup(world_coco, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("features")
+    write_records(world_coco, folder / "records.jsonl", limit=200)
+    return {"spec": tiny_model_dir(folder / "model"), "records": folder / "records.jsonl", "images": world_coco.images}
+
+
+def n_images(records: Path) -> int:
+    return len({json.loads(line)["image"] for line in records.read_text().splitlines()})
+
+
+def test_two_processes_each_embed_half_and_a_second_run_embeds_none(setup, tmp_path):
+    store = tmp_path / "store"
+    accelerate = Path(sys.executable).with_name("accelerate")
+
+    def launch(out):
+        command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+        command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+        args = trainer_args(setup, out, "--max-steps", "2", "--feature-store", str(store))
+        done = subprocess.run(
+            [*command, "-m", "trainers.finetune", *args],
+            cwd=ROOT,
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((out / "results.json").read_text())
+
+    first = launch(tmp_path / "first")
+    total = first["image_features"]["computed"]  # the images of the examples the omni objective can use
+    assert 0.5 * n_images(setup["records"]) < total <= n_images(setup["records"])
+    assert first["image_features"]["from_store"] == 0
+    assert sorted(first["image_features"]["per_process"]) == [total // 2, total - total // 2]
+    assert not [p for p in store.rglob("*") if p.name.startswith(".")]  # no temp file left behind
+    second = launch(tmp_path / "second")
+    assert second["image_features"] == {"computed": 0, "from_store": total, "per_process": [0, 0]}
+    assert set(first["seconds"]) == {"train", "validation", "features"} and first["mixed_precision"] == "no"
+
+
+def test_changed_image_and_other_preprocessing_are_embedded_again(setup, tmp_path):
+    from negation_plugins import load_clip
+    from trainers.features import FeatureStore, store_key
+
+    images = tmp_path / "images"
+    images.mkdir()
+    names = sorted({json.loads(line)["image"] for line in setup["records"].read_text().splitlines()})
+    for name in names:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        (images / name).write_bytes((Path(setup["images"]) / name).read_bytes())
+    store = tmp_path / "store"
+
+    def run(out):
+        args = trainer_args(setup, out, "--max-steps", "1", "--feature-store", str(store), "--images", str(images))
+        return train(parse_config(args))["image_features"]
+
+    used = run(tmp_path / "a")["computed"]
+    assert used > 0.5 * len(names)
+    for name in names:  # same paths, different file identities
+        os.utime(images / name, ns=(1, 1))
+    assert run(tmp_path / "b") == {"computed": used, "from_store": 0, "per_process": [used]}
+    assert run(tmp_path / "c") == {"computed": 0, "from_store": used, "per_process": [0]}
+
+    bundle = load_clip(setup["spec"])
+    key = store_key(bundle.model.visual, bundle.preprocess)
+    other = store_key(bundle.model.visual, lambda image: image)
+    assert key != other and len(FeatureStore(store, key).load()) == 2 * used
+    rows = FeatureStore(store, key).load()
+    assert all(row.dtype == torch.float16 for row in rows.values())
+
+
+@pytest.mark.parametrize("extra", [(), ("--no-cache-image-features",)])
+def test_losses_do_not_depend_on_the_number_of_workers(setup, tmp_path, extra):
+    """The sampler hands out the plan's micro-batch numbers; workers only build them."""
+    losses = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        args = trainer_args(setup, out, "--max-steps", "3", "--dataloader-num-workers", workers, *extra)
+        train(parse_config(args))
+        losses.append([r["loss"] for r in metrics(out)])
+    assert losses[0] == losses[1] and len(losses[0]) == 3

@@ -1,0 +1,155 @@
+"""Micro-batches from a torch DataLoader: workers draw texts, tokenize, negate on the fly and decode images, so the
+training thread only runs the model.
+
+Item ``g`` of :class:`MicroBatches` is micro-batch ``g`` of this process, a pure function of (seed, g, rank) as
+:class:`trainers.batches.BatchPlan` defines it; the sampler is ``range(first, last)``, so a resumed run asks for
+exactly the micro-batches the interrupted one had left, whatever the number of workers.
+
+Images come as rows of the feature table (cached mode) or as preprocessed pixels decoded in the workers
+(``--no-cache-image-features``). TNG's on-the-fly negation needs image features for hard-object mining: with the
+table it runs in the worker (over all processes' examples of the micro-batch with ``--gather-negatives``, which
+the plan lets every worker rebuild without talking to the others); without it, in the training thread.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .batches import BatchPlan, Example, batch_rng, build_texts, distractor_images
+
+ON_THE_FLY_KEYS = ("hybrid", "full")
+
+
+class TokenCache:
+    """Tokenize each distinct text once: the same captions come back every epoch, and BPE in Python costs
+    about as much as a tiny text tower's forward pass. One per worker process."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.context_length = int(getattr(tokenizer, "context_length", 77))
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        new = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if new:
+            self.rows.update(zip(new, self.tokenizer(new)))
+        return torch.stack([self.rows[t] for t in texts])
+
+
+class EvalPlan:
+    """Validation: fixed consecutive chunks (the same every time); chunk ``g * world_size + rank`` on ``rank``."""
+
+    def __init__(self, n_examples: int, batch_size: int, world_size: int):
+        self.n, self.batch_size, self.world_size = n_examples, batch_size, world_size
+
+    def chunks(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def indices(self, micro_batch: int, rank: int) -> list[int]:
+        start = (micro_batch * self.world_size + rank) * self.batch_size
+        return list(range(min(start, self.n), min(start + self.batch_size, self.n)))
+
+
+def negate_on_the_fly(captions, image_embeds, objects, seed: int, context_length: int) -> dict[str, list[str]]:
+    """TNG-CLIP's hybrid and full negations of a batch (hard objects mined by image similarity)."""
+    from negation_plugins.data.onthefly import OnTheFlyNegation
+
+    generated = OnTheFlyNegation(seed=seed, context_length=context_length)(
+        captions, image_embeds=image_embeds, objects=objects if any(objects) else None
+    )
+    return {key: generated[key] for key in ON_THE_FLY_KEYS}
+
+
+def on_the_fly_seed(seed: int, micro_batch: int, rank: int) -> int:
+    return seed * 1_000_003 + micro_batch * 101 + rank
+
+
+class MicroBatches(Dataset):
+    """Host-side micro-batches of one process: token ids, image rows or pixels, MCQ answers."""
+
+    def __init__(
+        self,
+        examples: list[Example],
+        plan: BatchPlan | EvalPlan,
+        rank: int,
+        requires: tuple[str, ...],
+        tokenizer,
+        seed: int,
+        split: str,
+        image_rows: dict[str, int],
+        table: torch.Tensor | None,
+        preprocess,
+        images_root,
+        absent_index: dict[str, list[int]],
+        gather: bool = False,
+    ):
+        self.examples, self.plan, self.rank, self.requires = examples, plan, rank, requires
+        self.tokens = TokenCache(tokenizer)
+        self.seed, self.split, self.image_rows, self.table = seed, split, image_rows, table
+        self.preprocess, self.images_root, self.absent_index, self.gather = (
+            preprocess,
+            images_root,
+            absent_index,
+            gather,
+        )
+        self.on_the_fly = any(key in requires for key in ON_THE_FLY_KEYS)
+
+    def chunk(self, micro_batch: int, rank: int) -> list[Example]:
+        return [self.examples[i] for i in self.plan.indices(micro_batch, rank)]
+
+    def __getitem__(self, micro_batch: int) -> dict:
+        chunk = self.chunk(micro_batch, self.rank)
+        if not chunk:  # past the end of a validation split
+            return {"n": 0}
+        rng = batch_rng(self.seed, micro_batch, self.rank, self.split)
+        texts, answers = build_texts(chunk, self.requires, rng, self.examples)
+        images = [e.image for e in chunk]
+        out: dict = {"n": len(chunk)}
+        if "distractor_image" in self.requires:
+            out["distractors"] = self._images(distractor_images(chunk, rng, self.absent_index, self.examples))
+        if self.on_the_fly and self.table is not None:
+            texts.update(self._negate(chunk, micro_batch))
+        elif self.on_the_fly:  # no features here: the training thread negates after embedding the images
+            out["captions"] = texts["caption"]
+            out["objects"] = [e.present_objects for e in chunk]
+        out["images"] = self._images(images)
+        out["layout"] = [(key, len(values)) for key, values in texts.items()]
+        out["tokens"] = self.tokens([t for values in texts.values() for t in values])
+        if answers is not None:
+            out["mcq_answer"] = torch.tensor(answers)
+        return out
+
+    def _images(self, paths: list[str]) -> torch.Tensor:
+        """Rows of the feature table, or decoded and preprocessed pixels."""
+        if self.table is not None:
+            return torch.tensor([self.image_rows[p] for p in paths])
+        from negation_plugins.images import load_rgb
+
+        return torch.stack([self.preprocess(load_rgb(self.images_root / path)) for path in paths])
+
+    def _negate(self, chunk: list[Example], micro_batch: int) -> dict[str, list[str]]:
+        world = self.plan.world_size if self.gather else 1
+        ranks = range(world) if self.gather else [self.rank]
+        group = [e for r in ranks for e in (self.chunk(micro_batch, r) if self.gather else chunk)]
+        embeds = self.table[torch.tensor([self.image_rows[e.image] for e in group])].float()
+        seed = on_the_fly_seed(
+            self.seed + (10_000 if self.split != "train" else 0), micro_batch, 0 if self.gather else self.rank
+        )
+        texts = negate_on_the_fly(
+            [e.caption for e in group], embeds, [e.present_objects for e in group], seed, self.tokens.context_length
+        )
+        own = slice(self.rank * len(chunk), (self.rank + 1) * len(chunk)) if self.gather else slice(None)
+        return {key: values[own] for key, values in texts.items()}
+
+
+def batch_loader(dataset: MicroBatches, first: int, last: int, workers: int) -> DataLoader:
+    """Micro-batches ``first .. last-1`` in order; each item is already a batch (``batch_size=None``)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(first, last),
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if workers else None,
+    )

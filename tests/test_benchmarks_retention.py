@@ -124,14 +124,16 @@ def test_negation_probe_distribution_matches_hand(tmp_path):
     affirmative, negated = clip.encode_text([a for a, _ in pairs]), clip.encode_text([n for _, n in pairs])
     cosines = torch.tensor([dot(a, n) for a, n in zip(affirmative, negated)])
     dist = got["cosine"]
-    assert got["n_pairs"] == len(pairs) == 100 and got["n_unnegatable"] == 0 and kinds.count("presence") == 50
+    assert got["n_pairs"] == len(pairs) == 150 and got["n_unnegatable"] == 0 and kinds.count("presence") == 50
+    assert kinds.count("held-out") == 50 and kinds[100:] == ["held-out"] * 50  # absences in unseen phrasings
     assert all(a != n and a.rstrip(".").lower() != n.rstrip(".").lower() for a, n in pairs)
     assert dist["mean"] == pytest.approx(float(cosines.mean()), abs=1e-5)
-    assert got["mean_presence"] == pytest.approx(float(cosines[50:].mean()), abs=1e-5)
-    middle = sorted(cosines.tolist())[49:51]
+    assert got["mean_presence"] == pytest.approx(float(cosines[50:100].mean()), abs=1e-5)
+    assert got["mean_held-out"] == pytest.approx(float(cosines[100:].mean()), abs=1e-5)
+    middle = sorted(cosines.tolist())[74:76]
     assert dist["median"] == pytest.approx(sum(middle) / 2, abs=1e-5)
     assert dist["min"] <= dist["p05"] <= dist["p25"] <= dist["median"] <= dist["p75"] <= dist["p95"] <= dist["max"]
-    assert sum(dist["histogram"]["counts"]) == 100
+    assert sum(dist["histogram"]["counts"]) == 150
 
     records = tmp_path / "negations.jsonl"
     records.write_text(

@@ -42,6 +42,9 @@ def test_demo_writes_results_plot_card_and_a_loadable_model(tmp_path, monkeypatc
     assert results["base_model"]["i2t_R@1"] == results["before"]["retrieval"]["i2t_R@1"]
     assert results["base_model"]["t2i_R@1"] == results["before"]["retrieval"]["t2i_R@1"]
     assert results["training"]["steps"] == 12
+    # seen and held-out negation phrasings are scored apart; a non-default world is pretrained, not shipped
+    assert set(results["after"]["mcq"]["by_phrasing_split"]) == {"train", "held-out"}
+    assert results["base_model"]["shipped"] is False and "held-out phrasings" in result.output
     assert results["data"]["absence"] > 0 and results["data"]["presence"] > 0
     with Image.open(out / "before_after.png") as plot:
         assert plot.size[0] > 300

@@ -99,6 +99,24 @@ def test_hand_built_items_score_as_dictated(three_items):
     assert (result["n_affirmation"], result["n_negation"], result["n_hybrid"]) == (1, 1, 1)
 
 
+def test_phrasing_split_columns_give_seen_and_held_out_accuracy(three_items, tmp_path):
+    """The world's extra columns (after NegBench's): per split, that split's negation/hybrid items plus all
+    affirmation items; the negation item (answered wrong) is held-out, the hybrid one (right) is in a train family."""
+    clip, path, images = three_items
+    rows = list(csv.reader(open(path)))[1:]
+    extra = [["", ""], ["x-free", "held-out"], ["no", "train"]]
+    split_csv = write_csv(
+        tmp_path / "split.csv", [r + e for r, e in zip(rows, extra)], HEADER + ["phrasing", "phrasing_split"]
+    )
+    result = run_mcq(clip, split_csv, images, progress=False)
+    assert result["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    seen, held_out = result["by_phrasing_split"]["train"], result["by_phrasing_split"]["held-out"]
+    assert (seen["accuracy"], seen["n_items"], seen["hybrid"], seen["negation"]) == (1.0, 2, 1.0, None)
+    assert (held_out["accuracy"], held_out["n_items"], held_out["negation"]) == (0.5, 2, 0.0)
+    assert [r.phrasing for r in read_mcq_csv(split_csv)] == ["", "x-free", "no"]
+    assert "by_phrasing_split" not in run_mcq(clip, path, images, progress=False)  # a NegBench CSV: no split
+
+
 def test_scoring_functions():
     image = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
     options = torch.tensor(

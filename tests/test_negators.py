@@ -1,6 +1,7 @@
 """Template negator: properties over arbitrary captions/objects, grammar details, the 77-token limit."""
 
 import random
+import re
 import string
 
 import pytest
@@ -24,6 +25,7 @@ from negation_plugins.data.negators import (
 )
 from negation_plugins.data.vocabulary import COCO_CATEGORIES
 from negation_plugins.lexicon import count_negations
+from negation_plugins.phrasings import families, templates
 
 WORDS = ["a", "the", "man", "red", "dog", "riding", "on", "and", "with", "couch", "two", "cats", "in", "field",
          "next", "to", "tree", "of", "photo", ",", "there", "is", "big", "horse", "no", "not"]  # fmt: skip
@@ -158,3 +160,46 @@ def test_negation_only_and_partial_forms_balance_true_and_false_captions():
     assert all(count_negations(t) == 1 for t in absence)
     with pytest.raises(ValueError, match="negation_only_share must be in"):
         plugins.get_one("negators", "template")(negation_only_share=1.5)
+
+
+# Surface marks of the held-out phrasing families (written independently of their templates).
+HELD_OUT_MARKS = re.compile(
+    r"-free\b|\black|n't\b|without a single|resembling|empty of|\bthere (is|are) no\b|nowhere|devoid|missing|"
+    r"fails to|omitting|neither",
+    re.IGNORECASE,
+)
+
+
+def test_phrasing_families_train_and_held_out_are_disjoint_and_sound():
+    train, held_out = families("train"), families("held-out")
+    assert len(train) >= 10 and len(held_out) >= 10
+    assert not set(templates("hybrid", "train")) & set(templates("hybrid", "held-out"))
+    assert set(HYBRID_TEMPLATES) == set(templates("hybrid", "train"))
+    for phrasing in train:  # what the negator writes: one counted cue, the object named once, no held-out mark
+        for template in phrasing.hybrid + phrasing.only:
+            text = template.format(c="a man on a bench", o="dog", a="a dog", p="dogs")
+            assert count_negations(text) == 1 and mentions(text, "dog"), text
+            assert not HELD_OUT_MARKS.search(text), text
+    for phrasing in held_out:  # each held-out family is recognisably not a train phrasing
+        for template in phrasing.hybrid + phrasing.only:
+            assert HELD_OUT_MARKS.search(template.format(c="a", o="dog", a="a dog", p="dogs", a2="a cat")), template
+    with pytest.raises(ValueError, match="split must be one of train, held-out"):
+        families("test")
+
+
+def test_negator_never_writes_a_held_out_phrasing():
+    negator = plugins.get_one("negators", "template")()
+    rng = random.Random(0)
+    items = [
+        CaptionItem("a.png", "a red circle, a blue star and a square.", objects=("circle", "star", "square")),
+        CaptionItem("b.png", "A man riding a horse on the beach.", objects=("person", "horse")),
+        CaptionItem("c.png", "two cats on a couch", objects=("cat", "couch")),
+    ]
+    texts = []
+    for kind, obj in (("absence", "dog"), ("presence", None)):
+        for item in items:
+            targets = [obj or item.objects[0]] * 300
+            texts += negator.rewrite([item] * 300, targets, kind, rng)
+    assert all(t is not None for t in texts)
+    assert not [t for t in texts if HELD_OUT_MARKS.search(t)]
+    assert len({t for t in texts}) > 100  # breadth: many distinct surface forms

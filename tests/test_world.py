@@ -16,6 +16,7 @@ from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq
 from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.cli import cli
 from negation_plugins.lexicon import NEGATION_WORDS
+from negation_plugins.phrasings import BY_FAMILY
 from negation_plugins.world import (
     CATEGORIES,
     WorldConfig,
@@ -24,7 +25,14 @@ from negation_plugins.world import (
     make_world,
 )
 
-NEGATION_CUE = re.compile(r"\b(no|not|without|nothing)\b", re.IGNORECASE)
+# Generic English negation cues (wider than the lexicon: held-out phrasings use words it does not count) and the
+# clause boundaries of a caption: a clause with a cue negates the objects it names, the others affirm theirs.
+NEGATION_CUE = re.compile(
+    r"\b(no|not|without|nothing|never|cannot|absent|free|lacking|lacks|empty|devoid|nowhere|missing|fails|omitting|"
+    r"neither)\b|n't\b",
+    re.IGNORECASE,
+)
+CLAUSE = re.compile(r"[,;]| but | with | only | just ", re.IGNORECASE)
 
 
 def digest(root):
@@ -87,14 +95,18 @@ def test_coco_exports_are_consistent(world_coco):
 
 
 def objects_in(text):
-    return [c for c in CATEGORIES if re.search(rf"\b{c}\b", text.lower())]
+    return [c for c in CATEGORIES if re.search(rf"\b{c}(e?s)?\b", text.lower())]  # singular or plural
+
+
+def affirmed_and_negated(caption):
+    affirmed, negated = [], []
+    for clause in CLAUSE.split(caption):
+        (negated if NEGATION_CUE.search(clause) else affirmed).extend(objects_in(clause))
+    return affirmed, negated
 
 
 def truth(caption, present):
-    """Objects after the first negation cue are negated, before it affirmed (how the world's templates are built)."""
-    cue = NEGATION_CUE.search(caption)
-    affirmed = objects_in(caption[: cue.start()] if cue else caption)
-    negated = objects_in(caption[cue.start() :]) if cue else []
+    affirmed, negated = affirmed_and_negated(caption)
     return all(o in present for o in affirmed) and not any(o in present for o in negated)
 
 
@@ -123,12 +135,18 @@ def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, sp
     assert not any(bow_hits["negation"]) and not any(bow_hits["hybrid"])
     # presence-based false captions: "... but no X" / "no X" with X in the image
     assert any(
-        not truth(c, present[r.image_path])
-        and NEGATION_CUE.search(c)
-        and set(objects_in(c[NEGATION_CUE.search(c).start() :])) & present[r.image_path]
+        not truth(c, present[r.image_path]) and set(affirmed_and_negated(c)[1]) & present[r.image_path]
         for r in rows
         for c in r.captions
     )
+    # negation and hybrid items in train and held-out phrasing families, about half each, every family used
+    phrased = [r for r in rows if r.type != "affirmation"]
+    assert all(r.phrasing in BY_FAMILY and r.phrasing_split == BY_FAMILY[r.phrasing].split for r in phrased)
+    assert all(r.phrasing == "" and r.phrasing_split == "" for r in rows if r.type == "affirmation")
+    held_out = sum(r.phrasing_split == "held-out" for r in phrased)
+    assert 0.35 < held_out / len(phrased) < 0.65
+    if split == "mcq_train_csv":
+        assert {r.phrasing for r in phrased} == set(BY_FAMILY)
 
 
 def test_world_cli_make(tmp_path):
@@ -162,3 +180,57 @@ def test_world_model_loads_everywhere_and_fails_on_negation(world_model, world_c
         clip, captions=world_coco.val_captions, images=world_coco.images, captions_per_image=1, progress=False
     )
     assert retrieval["i2t_R@1"] >= 0.3, retrieval  # 80 held-out scenes: chance is 0.0125
+
+
+def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_path, monkeypatch):
+    from negation_plugins.world import shipped
+    from trainers import pretrain_world as pretrain_module
+
+    model = tmp_path / "model"
+    model.mkdir()
+    files = {"open_clip_config.json": "{}", "open_clip_model.safetensors": "weights", "pretrain_result.json": "{}"}
+    for name, text in files.items():
+        (model / name).write_text(text)
+    (model / "result.json").write_text("not shipped")
+    folder = tmp_path / "package" / "base_model"
+    manifest = shipped.ship(model, tuple(files), "world-abc", folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "shipped.json"])
+    assert manifest["sha256"]["open_clip_model.safetensors"] == shipped.sha256(model / "open_clip_model.safetensors")
+    assert shipped.shipped_model("world-abc", folder) == folder and shipped.shipped_model("world-xyz", folder) is None
+    assert shipped.shipped_model("world-abc", tmp_path / "nothing") is None
+
+    # pretrain() copies the shipped model instead of training when the cache key matches
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "world.json").write_text(json.dumps({"config": {"n_images": 3}}))
+    config = pretrain_module.PretrainConfig(steps=1)
+    shipped.ship(model, tuple(files), pretrain_module.cache_key(WorldFiles.at(world), config), folder)
+    monkeypatch.setattr(shipped, "FOLDER", folder)
+    result = pretrain_module.pretrain(world, tmp_path / "out", config, cache_dir=tmp_path / "cache", progress=False)
+    assert result["shipped"] and (tmp_path / "out" / "open_clip_model.safetensors").read_text() == "weights"
+
+    (folder / "open_clip_model.safetensors").write_text("damaged")
+    with pytest.raises(shipped.ShippedModelError, match=r"open_clip_model.safetensors: sha256 .* does not match"):
+        pretrain_module.pretrain(world, tmp_path / "out2", config, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_a_shipped_base_model_matches_the_default_settings(tmp_path):
+    """A model in the package must be the one `negclip demo` (default world, seed 0) would pretrain: same cache key
+    (a change to the world or pretraining settings must re-ship it: `negclip world pretrain --no-cache --ship`),
+    files intact (sha256), small, loadable. Until one is shipped (see README) the demo pretrains and caches."""
+    from dataclasses import asdict
+
+    from negation_plugins.world import shipped
+    from trainers.pretrain_world import PretrainConfig, cache_key
+
+    manifest = shipped.FOLDER / shipped.MANIFEST
+    if not manifest.is_file():
+        assert not shipped.FOLDER.exists() or not any(shipped.FOLDER.iterdir()), "model files without shipped.json"
+        return
+    (tmp_path / "world.json").write_text(json.dumps({"config": asdict(WorldConfig())}))
+    key = cache_key(WorldFiles.at(tmp_path), PretrainConfig())
+    folder = shipped.shipped_model(key)
+    assert folder is not None, f"{manifest} is for other settings than the default ({key}): re-ship the model"
+    assert (folder / "open_clip_model.safetensors").stat().st_size < 20 * 2**20
+    clip = npl.load_clip(f"local-dir:{folder}")
+    assert clip.encode_text(["a red circle."]).shape[-1] == 64

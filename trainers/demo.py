@@ -1,11 +1,12 @@
 """``negclip demo``: the whole story on the synthetic world, in one folder, in minutes on a CPU.
 
 1. make the world (rendered shape scenes, COCO captions/instances, NegBench-format MCQ CSV);
-2. pretrain the base CLIP on affirmative captions only (or reuse the cached one): it reads "no X" as "X";
+2. the base CLIP pretrained on affirmative captions only: it reads "no X" as "X" (for the default world and seed the
+   model shipped with the package, so every machine starts from the same weights; else pretrained and cached);
 3. generate negation records: template negator + annotation verifier, absence and presence kinds;
 4. fine-tune the text tower with LoRA and the best measured objective;
-5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type and affirmative Recall@K
-   (``coco-retrieval``);
+5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type, for seen and held-out negation
+   phrasings, and affirmative Recall@K (``coco-retrieval``);
 6. write results.json, before_after.png and the model card (README.md) next to the trained model.
 
 Layout of ``--output``: world/, base_model/, records.jsonl, model/ (the trainer's output), results.json,
@@ -129,7 +130,7 @@ def run_demo(
         "after": after,
         "affirmative_retrieval_retained": retention,
         "gain": {t: _diff(after["mcq"][t], before["mcq"][t]) for t in ("accuracy", *MCQ_TYPES)},
-        "base_model": {k: pretrain_result[k] for k in ("i2t_R@1", "t2i_R@1", "cached")},
+        "base_model": {k: pretrain_result[k] for k in ("i2t_R@1", "t2i_R@1", "cached", "shipped")},
         "data": {k: data_summary.get(k) for k in ("absence", "presence", "captions", "verifier_rejected")},
         "training": {
             k: summary[k]
@@ -183,15 +184,18 @@ def plot_before_after(before: dict, after: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     labels = ["overall", *MCQ_TYPES]
-    keys = ["accuracy", *MCQ_TYPES]
+    keys = [("accuracy",), *((t,) for t in MCQ_TYPES)]
+    if "by_phrasing_split" in before:  # the world's MCQ: also negation phrasings never seen in training
+        labels += ["overall\nheld-out", "negation\nheld-out", "hybrid\nheld-out"]
+        keys += [("by_phrasing_split", "held-out", k) for k in ("accuracy", "negation", "hybrid")]
     positions = range(len(labels))
-    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    figure, axes = plt.subplots(figsize=(8.4, 3.8), dpi=120)
     for offset, (name, values) in zip((-0.2, 0.2), (("base", before), ("fine-tuned (LoRA)", after))):
-        heights = [values[k] or 0.0 for k in keys]
+        heights = [_lookup(values, key) or 0.0 for key in keys]
         bars = axes.bar([p + offset for p in positions], heights, width=0.4, label=name)
         axes.bar_label(bars, labels=[f"{h:.2f}" for h in heights], fontsize=8)
     axes.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance (4 options)")
-    axes.set_xticks(list(positions), labels)
+    axes.set_xticks(list(positions), labels, fontsize=8)
     axes.set_ylim(0, 1.08)
     axes.set_ylabel("MCQ accuracy (held-out scenes)")
     axes.set_title("Negation MCQ on the synthetic world, before / after fine-tuning")
@@ -200,6 +204,12 @@ def plot_before_after(before: dict, after: dict, path: Path) -> Path:
     atomic_write(path, figure.savefig)
     plt.close(figure)
     return path
+
+
+def _lookup(values: dict, key: tuple[str, ...]):
+    for part in key:
+        values = values[part]
+    return values
 
 
 def _write_card(output: Path, config, before: dict, after: dict, summary: dict) -> None:

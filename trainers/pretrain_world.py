@@ -6,7 +6,8 @@ It stands in for the web-pretrained CLIPs of the papers: good at "what is in the
 seen a negation). Saved as a local open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
 ``open_clip.create_model_and_transforms("local-dir:PATH")`` and ``negation_plugins.load_clip`` both load.
 A finished run is cached under ``~/.cache/negation-plugins/world-<hash>`` (hash of the world and the config), so
-re-runs with the same seed reuse it; without the cache the same seed gives the same weights.
+re-runs with the same seed reuse it; without the cache the same seed gives the same weights on the same machine.
+The default world's model ships with the package (:mod:`negation_plugins.world.shipped`) and is used first.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.convert import save_open_clip
 from negation_plugins.factory import ClipBundle
 from negation_plugins.world.export import WorldFiles
+from negation_plugins.world.shipped import shipped_model
 
 from .optim import adamw, warmup_cosine
 
@@ -99,18 +101,22 @@ def pretrain(
     """Train (or fetch from the cache) the base model into ``out``; returns the result dict (also in ``out``)."""
     world = world if isinstance(world, WorldFiles) else WorldFiles.at(world)
     out = Path(out)
-    cached = Path(cache_dir or default_cache_dir()) / cache_key(world, config)
-    if use_cache and (cached / RESULT_NAME).is_file():
-        logger.info("reusing cached world model %s", cached)
-        if cached.resolve() != out.resolve():
-            copy_folder(cached, out)
+    key = cache_key(world, config)
+    cached = Path(cache_dir or default_cache_dir()) / key
+    shipped = shipped_model(key) if use_cache else None
+    for source in (shipped, cached if use_cache and (cached / RESULT_NAME).is_file() else None):
+        if source is None:
+            continue
+        logger.info("reusing the %s world model %s", "shipped" if source == shipped else "cached", source)
+        if source.resolve() != out.resolve():
+            copy_folder(source, out)
         result = json.loads((out / RESULT_NAME).read_text())
-        return {**result, "cached": True}
+        return {**result, "cached": True, "shipped": source == shipped}
 
     result = _train_and_save(world, out, config, progress)
     if use_cache and cached.resolve() != out.resolve():
         copy_folder(out, cached)
-    return {**result, "cached": False}
+    return {**result, "cached": False, "shipped": False}
 
 
 def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progress: bool) -> dict:

@@ -3,6 +3,9 @@
 Each row of a NegBench MCQ CSV (``image_path, correct_answer, caption_0..caption_3, correct_answer_template``)
 is one image with 4 captions; the model answers with the caption of highest cosine similarity to the image.
 Accuracy is reported overall and per template type (positive -> affirmation, negative -> negation, hybrid).
+A CSV with the optional ``phrasing_split`` column (the synthetic world's: ``train`` / ``held-out`` phrasing family of
+each negation and hybrid item, see :mod:`negation_plugins.phrasings`) also gets ``by_phrasing_split``: per split, the
+same figures over that split's negation and hybrid items plus all affirmation items (which have no negation phrasing).
 The same code scores the public NegBench CSVs and the synthetic world's ``mcq_*.csv``.
 """
 
@@ -29,6 +32,7 @@ MCQ_COLUMNS = (
     "caption_3",
     "correct_answer_template",
 )
+PHRASING_COLUMNS = ("phrasing", "phrasing_split")  # optional, after NegBench's (the synthetic world writes them)
 TYPE_NAMES = {
     "positive": "affirmation",
     "negative": "negation",
@@ -46,6 +50,8 @@ class McqRow:
     captions: tuple[str, str, str, str]
     correct_answer: int
     type: str  # affirmation | negation | hybrid
+    phrasing: str = ""  # the negation phrasing family and its split (train | held-out), when the CSV has them
+    phrasing_split: str = ""
 
 
 def read_mcq_csv(path: str | os.PathLike, problems: RowProblems | None = None) -> list[McqRow]:
@@ -94,7 +100,8 @@ def _parse_row(number: int, record: dict) -> tuple[McqRow | None, str]:
             f"correct_answer_template {record['correct_answer_template']!r} is not positive, negative or hybrid"
         )
     captions = tuple(record[f"caption_{i}"].strip() for i in range(4))
-    return McqRow(number, record["image_path"].strip(), captions, answer, TYPE_NAMES[template]), ""
+    phrasing, split = ((record.get(c) or "").strip() for c in PHRASING_COLUMNS)
+    return McqRow(number, record["image_path"].strip(), captions, answer, TYPE_NAMES[template], phrasing, split), ""
 
 
 def mcq_predictions(image_embeds: torch.Tensor, option_embeds: torch.Tensor) -> torch.Tensor:
@@ -145,8 +152,24 @@ def run_mcq(
     predictions = mcq_predictions(image_embeds, option_embeds)
     return {
         **mcq_accuracy(predictions, [r.correct_answer for r in kept], [r.type for r in kept]),
+        **phrasing_split_accuracy(predictions.tolist(), kept),
         **problems.summary(),
     }
+
+
+def phrasing_split_accuracy(predictions: list[int], rows: list[McqRow]) -> dict:
+    """``{"by_phrasing_split": {split: accuracy dict}}`` over each split's negation/hybrid rows plus all affirmation
+    rows; empty when no row names a split (a NegBench CSV)."""
+    splits = sorted({r.phrasing_split for r in rows} - {""})
+    if not splits:
+        return {}
+    by_split = {}
+    for split in splits:
+        chosen = [(p, r) for p, r in zip(predictions, rows) if r.type == "affirmation" or r.phrasing_split == split]
+        by_split[split] = mcq_accuracy(
+            [p for p, _ in chosen], [r.correct_answer for _, r in chosen], [r.type for _, r in chosen]
+        )
+    return {"by_phrasing_split": by_split}
 
 
 class McqBenchmark(Benchmark):

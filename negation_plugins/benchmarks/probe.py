@@ -49,11 +49,15 @@ HISTOGRAM_EDGES = [round(-1 + 0.1 * i, 1) for i in range(21)]
 def negator_pairs(negator: str = "template", n_captions: int = 50, seed: int = 0):
     """``(pairs, kinds, n_unnegatable)`` made by a registered negator from built-in two-object captions: each
     caption negated once for an object it shows ("presence": meaning flips) and once for one it does not
-    ("absence": an added "no X")."""
+    ("absence": an added "no X"); plus "held-out" pairs: the absence phrased in a held-out family of
+    :mod:`negation_plugins.phrasings` (never in training data), so ``mean_held-out`` vs ``mean_absence`` shows
+    whether a fine-tuned model's negation reaches phrasings it was not trained on."""
     import random
 
     from .. import plugins
     from ..data.io import CaptionItem
+    from ..data.language import lower_first, upper_first
+    from ..phrasings import fields, templates
 
     rng = random.Random(seed)
     items, present, absent = [], [], []
@@ -73,6 +77,13 @@ def negator_pairs(negator: str = "template", n_captions: int = 50, seed: int = 0
                 continue
             pairs.append((item.caption, negated))
             kinds.append(kind)
+    held_out = templates("hybrid", "held-out")
+    for item, obj in zip(items, absent):
+        second = rng.choice([o for o in OBJECTS if o != obj and o not in item.objects])
+        template, body = rng.choice(held_out), item.caption.rstrip(".")
+        body = body if template.startswith("{c}") else lower_first(body)
+        pairs.append((item.caption, upper_first(template.format(c=body, **fields(obj, second))) + "."))
+        kinds.append("held-out")
     return pairs, kinds, unnegatable
 
 

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 from ..hookspecs import hookimpl
 from ..lexicon import count_negations, is_negated
+from ..phrasings import fields, templates
 from .io import KINDS, CaptionItem
 from .language import (
     lower_first,
     mentions,
-    pluralize,
     remove_mentions,
     strip_caption,
     upper_first,
@@ -38,30 +38,10 @@ from .language import (
 
 CONTEXT_LENGTH = 77
 
-# Caption + absence of an object ("hybrid" in TNG-CLIP). {c}: caption body, {o}: object, {a}: with article,
+# Caption + absence of an object ("hybrid" in TNG-CLIP), from the TRAIN phrasing families only (the held-out ones
+# measure generalization to phrasings never trained on). {c}: caption body, {o}: object, {a}: with article,
 # {p}: plural. Every template adds exactly ONE negation word, so outputs never double-negate.
-HYBRID_TEMPLATES = (
-    "{c} with no {o}",
-    "{c}, without {a}",
-    "{c}, but not {a}",
-    "{c}; there is no {o}",
-    "{c}; {p} are absent",
-    "{c}, lacking {a}",
-    "{c}, free of {p}",
-    "{c}, with nothing like {a}",
-    "{c}, which does not include {a}",
-    "{c}, not a single {o} in sight",
-    "{c}, with {a} nowhere to be seen",
-    "{c}, and there are no {p}",
-    "{c}, and nothing that looks like {a}",
-    "{c} but no {p}",
-    "{c}; {a} cannot be seen",
-    "{c}, with {a} not present",
-    "No {o} is visible, but {c}",
-    "There is no {o} here, only {c}",
-    "Without {a}, {c}",
-    "Not a single {o}, just {c}",
-)
+HYBRID_TEMPLATES = templates("hybrid", "train")
 # Negating a whole caption (TNG-CLIP "full"): true for any image the caption does not describe.
 FULL_TEMPLATES = (
     "this image does not show {c}",
@@ -76,16 +56,7 @@ FULL_TEMPLATES = (
     "this scene is not {c}",
 )
 # Negation with nothing affirmative left (presence negation of an image's only known object).
-ONLY_NEGATION_TEMPLATES = (
-    "there is no {o} in this image",
-    "no {p} here",
-    "this image shows no {o}",
-    "not a single {o} can be seen",
-    "an image without {a}",
-    "a picture lacking {a}",
-    "nothing that looks like {a} appears here",
-    "{p} are absent from this picture",
-)
+ONLY_NEGATION_TEMPLATES = templates("only", "train")
 # When a caption is too long, the cue goes first so truncating the caption's tail keeps it.
 SHORT_PREFIX_TEMPLATE = "no {o}: {c}"
 
@@ -123,10 +94,6 @@ def fits_context(text: str, context_length: int = CONTEXT_LENGTH) -> bool:
     if len(text) <= context_length - 2:
         return True
     return clip_token_count(text) + 2 <= context_length
-
-
-def _fields(obj: str) -> dict:
-    return {"o": obj, "a": with_article(obj), "p": pluralize(obj)}
 
 
 def _finish(text: str, end: str) -> str:
@@ -170,12 +137,12 @@ def _around(template: str) -> tuple[str, str]:
 
 
 def _fit(template: str, body: str, obj: str, end: str, context_length: int) -> str | None:
-    fields = _fields(obj)
-    prefix, suffix = (part.format(**fields) for part in _around(template))
+    values = fields(obj)
+    prefix, suffix = (part.format(**values) for part in _around(template))
     if fits_parts((prefix, body, suffix, end), context_length):
         return prefix + body + suffix
     words = body.split()
-    prefix, suffix = (part.format(**fields) for part in _around(SHORT_PREFIX_TEMPLATE))
+    prefix, suffix = (part.format(**values) for part in _around(SHORT_PREFIX_TEMPLATE))
     while words:
         body = " ".join(words)
         if fits_parts((prefix, body, suffix, end), context_length):
@@ -216,7 +183,7 @@ def negation_only(caption: str, obj: str, rng: random.Random) -> str:
     when it is there. Mixed into both kinds so bare negation cues are as common in true captions as in false ones
     (otherwise a model learns "a bare negation is false")."""
     _, end = strip_caption(caption)
-    return _finish(rng.choice(ONLY_NEGATION_TEMPLATES).format(**_fields(obj)), end or ".")
+    return _finish(rng.choice(ONLY_NEGATION_TEMPLATES).format(**fields(obj)), end or ".")
 
 
 def leave_one_out(caption: str, objects: Sequence[str], rng: random.Random) -> str:
@@ -250,7 +217,7 @@ def presence(
         others = [o for o in dict.fromkeys(other_objects) if o != obj and not mentions(o, obj)]
         remainder = _join([with_article(o) for o in others]) if others else ""
     if not remainder:
-        text = rng.choice(ONLY_NEGATION_TEMPLATES).format(**_fields(obj))
+        text = rng.choice(ONLY_NEGATION_TEMPLATES).format(**fields(obj))
         return _finish(text, end)
     template = rng.choice(HYBRID_TEMPLATES)
     if not template.startswith("{c}"):
@@ -315,7 +282,9 @@ class Negator:
 
 class TemplateNegator(Negator):
     name = "template"
-    description = f"Rule-based negation: {len(HYBRID_TEMPLATES)} cue forms, articles/plurals, fits 77 tokens"
+    description = (
+        f"Rule-based negation: {len(HYBRID_TEMPLATES)} train-family cue forms, articles/plurals, fits 77 tokens"
+    )
 
     def __init__(
         self,

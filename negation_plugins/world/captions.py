@@ -1,9 +1,10 @@
 """Text for scenes: affirmative captions (the "web data" the base model sees) and NegBench-style MCQ items.
 
-Affirmative captions never contain a negation word of :mod:`negation_plugins.lexicon`. MCQ items follow NegBench: 4 options, one correct, of template
-type affirmation / negation / hybrid; distractors swap present and absent objects and include presence-based false
-captions ("... but no X" with X in the image). The negation phrasings are deliberately varied, some unlike a plain
-"no X" template, because that is what real benchmarks do.
+Affirmative captions never contain a negation word of :mod:`negation_plugins.lexicon`. MCQ items follow NegBench: 4
+options, one correct, of template type affirmation / negation / hybrid; distractors swap present and absent objects and
+include presence-based false captions ("... but no X" with X in the image). Negation and hybrid items are phrased in a
+family of :mod:`negation_plugins.phrasings`, half of them in a HELD-OUT family the template negator never writes into
+training data, and each item records its family and split, so the benchmark reports seen and unseen phrasings apart.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..phrasings import SPLITS, Phrasing, families, fields
 from .scenes import Scene
 
 AFFIRMATIVE_TEMPLATES = (
@@ -25,21 +27,6 @@ AFFIRMATIVE_TEMPLATES = (
 CAPTIONS_PER_IMAGE = 5
 
 MCQ_AFFIRMATION = ("This image features {list}.", "{List}.", "A picture of {list}.")
-MCQ_NEGATION = (
-    "This image does not feature {a}.",
-    "There is no {obj} in this image.",
-    "No {obj} is present.",
-    "Not a single {obj} can be seen.",
-    "Nothing that looks like {a} appears here.",
-    "A picture without any {obj}.",
-)
-MCQ_HYBRID = (
-    "This image features {list}, but not {a}.",
-    "{List} but no {obj}.",
-    "{List}, without {a}.",
-    "{List}; there is no {obj}.",
-    "{List} and nothing that looks like {a}.",
-)
 TEMPLATE_TYPES = ("positive", "negative", "hybrid")
 
 
@@ -73,6 +60,8 @@ class McqItem:
     captions: tuple[str, str, str, str]
     correct_answer: int
     template: str  # positive | negative | hybrid
+    phrasing: str = ""  # the negation phrasing family (negative and hybrid items), see negation_plugins.phrasings
+    phrasing_split: str = ""  # its split: train | held-out
 
 
 def _affirm(template: str, objects: list[str]) -> str:
@@ -80,13 +69,19 @@ def _affirm(template: str, objects: list[str]) -> str:
     return template.format(list=text, List=text[0].upper() + text[1:])
 
 
-def _negate(template: str, obj: str) -> str:
-    return template.format(obj=obj, a=article(obj))
+def _negate(template: str, obj: str, second: str) -> str:
+    text = template.format(**fields(obj, second))
+    return text[0].upper() + text[1:] + "."
 
 
-def _hybrid(template: str, affirmed: list[str], negated: str) -> str:
-    text = join_list(affirmed)
-    return template.format(list=text, List=text[0].upper() + text[1:], obj=negated, a=article(negated))
+def _hybrid(template: str, affirmed: list[str], negated: str, second: str) -> str:
+    text = template.format(c=join_list(affirmed), **fields(negated, second))
+    return text[0].upper() + text[1:] + "."
+
+
+def _pick_phrasing(rng: random.Random) -> Phrasing:
+    """Half of the items in a train family, half in a held-out one; families uniform within their split."""
+    return rng.choice(families(rng.choice(SPLITS)))
 
 
 def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
@@ -105,36 +100,50 @@ def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
     ]
     items.append(_shuffle_item(correct, distractors, "positive", rng))
 
-    template = rng.choice(MCQ_NEGATION)
-    correct = _negate(template, absent[0])
+    # "neither X nor Y" negates a second object: always another absent one, so it never decides the answer.
+    second = absent[-1]
+    phrasing = _pick_phrasing(rng)
+    template = rng.choice(phrasing.only)
+    correct = _negate(template, absent[0], second)
     distractors = [
-        _negate(template, present[0]),  # presence-based false: negates an object that is there
+        _negate(template, present[0], second),  # presence-based false: negates an object that is there
         _affirm(rng.choice(MCQ_AFFIRMATION), [absent[0]]),  # affirms the absent object
-        _negate(template, present[1]) if len(present) > 1 else _affirm(rng.choice(MCQ_AFFIRMATION), [absent[1]]),
+        _negate(template, present[1], second)
+        if len(present) > 1
+        else _affirm(rng.choice(MCQ_AFFIRMATION), [absent[1]]),
     ]
-    items.append(_shuffle_item(correct, distractors, "negative", rng))
+    items.append(_shuffle_item(correct, distractors, "negative", rng, phrasing))
 
     if len(present) > 1:
         # NegBench's shape: the correct caption affirms part of the scene and negates an absent object; the
         # presence-based false caption affirms the same part and negates the object that IS there, so a
         # bag-of-words reader (all mentioned objects present) prefers it.
-        template = rng.choice(MCQ_HYBRID)
+        phrasing = _pick_phrasing(rng)
+        template = rng.choice(phrasing.hybrid)
         affirmed = present[1:]
-        correct = _hybrid(template, affirmed, absent[0])
+        correct = _hybrid(template, affirmed, absent[0], second)
         distractors = [
-            _hybrid(template, affirmed, present[0]),  # presence-based false: "... but no X" with X there
-            _hybrid(template, [absent[0]], present[1]),  # present and absent swapped
-            _hybrid(template, [absent[1]] + present[2:], present[0]),
+            _hybrid(template, affirmed, present[0], second),  # presence-based false: "... but no X" with X there
+            _hybrid(template, [absent[0]], present[1], second),  # present and absent swapped
+            _hybrid(template, [absent[1]] + present[2:], present[0], second),
         ]
-        items.append(_shuffle_item(correct, distractors, "hybrid", rng))
+        items.append(_shuffle_item(correct, distractors, "hybrid", rng, phrasing))
     return items
 
 
-def _shuffle_item(correct: str, distractors: list[str], template: str, rng: random.Random) -> McqItem:
+def _shuffle_item(
+    correct: str, distractors: list[str], template: str, rng: random.Random, phrasing: Phrasing | None = None
+) -> McqItem:
     options = [correct] + distractors
     if len(set(options)) != 4:
         raise AssertionError(f"MCQ options are not distinct: {options}")
     order = list(range(4))
     rng.shuffle(order)
     captions = tuple(options[i] for i in order)
-    return McqItem(captions=captions, correct_answer=order.index(0), template=template)
+    return McqItem(
+        captions=captions,
+        correct_answer=order.index(0),
+        template=template,
+        phrasing=phrasing.family if phrasing else "",
+        phrasing_split=phrasing.split if phrasing else "",
+    )

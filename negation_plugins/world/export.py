@@ -5,7 +5,7 @@ Layout of ``make_world(out)``::
     out/images/000001.png ...            rendered scenes (train and val)
     out/captions_{train,val}.json        COCO captions (affirmative only, 5 phrasings per image)
     out/instances_{train,val}.json       COCO instances (bbox, category_id, categories; colour as an attribute)
-    out/mcq_{train,val}.csv              NegBench MCQ CSV (image_path relative to out/images)
+    out/mcq_{train,val}.csv              NegBench MCQ CSV (image_path relative to out/images) + phrasing columns
     out/world.json                       the settings and file names
 
 Train and val scenes are disjoint (different content), so val numbers measure generalisation.
@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json
-from ..benchmarks.mcq import MCQ_COLUMNS
+from ..benchmarks.mcq import MCQ_COLUMNS, PHRASING_COLUMNS
 from .captions import affirmative_captions, mcq_items
 from .scenes import CATEGORIES, Scene, bbox, generate_scenes, render
 
@@ -158,8 +158,17 @@ def _coco_instances(scenes: list[Scene], image_size: int) -> dict:
 def _mcq_csv(scenes: list[Scene], rng: random.Random) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MCQ_COLUMNS)
+    writer.writerow((*MCQ_COLUMNS, *PHRASING_COLUMNS))  # NegBench's columns first, so NegBench readers work
     for scene in scenes:
         for item in mcq_items(scene, rng):
-            writer.writerow([_file_name(scene), item.correct_answer, *item.captions, item.template])
+            writer.writerow(
+                [
+                    _file_name(scene),
+                    item.correct_answer,
+                    *item.captions,
+                    item.template,
+                    item.phrasing,
+                    item.phrasing_split,
+                ]
+            )
     return buffer.getvalue()

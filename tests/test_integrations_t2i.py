@@ -157,4 +157,5 @@ def test_t2i_eval_cli(tmp_path):
     assert "negation success" in result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["settings"]["route_negations"] is True and report["prompts"][0]["objects"] == ["cars"]
+    assert (report["settings"]["device"], report["settings"]["dtype"]) == ("cpu", "float32")  # no GPU: CPU, fp32
     assert (tmp_path / "out" / "grid_negation.png").is_file()

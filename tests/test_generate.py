@@ -1,11 +1,7 @@
 """`negclip generate` on the synthetic world: every record checked against the instances; kill -9 and resume."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +10,7 @@ from click.testing import CliRunner
 from negation_plugins.cli import cli
 from negation_plugins.data.io import read_coco_captions, read_negation_records
 from negation_plugins.data.language import mention_pattern
+from negation_plugins.testing import stop_generate_midway
 
 
 def _generate(*args):
@@ -89,26 +86,7 @@ def test_killed_run_resumes_without_duplicates_or_losses(world_coco, tmp_path):
 
     out = tmp_path / "resumed.jsonl"
     progress = out.with_name(out.name + ".progress.json")
-    command = [
-        sys.executable,
-        "-c",
-        "from negation_plugins.cli import cli; cli()",
-        "generate",
-        *common,
-        "--out",
-        str(out),
-    ]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if progress.exists() and json.loads(progress.read_text() or "{}").get("chunks_done", 0) >= 3:
-            break
-        time.sleep(0.005)
-    assert process.poll() is None, "generation finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = json.loads(progress.read_text())["chunks_done"]
+    done = stop_generate_midway(common, out, after_chunks=3, stop=signal.SIGKILL)
     n_chunks = -(-len(data["annotations"]) // 8)
     assert 0 < done < n_chunks and not out.exists()
 

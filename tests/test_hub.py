@@ -96,13 +96,7 @@ def test_push_uploads_every_file_byte_for_byte(hub, trained, caplog, capsys):
 
 def test_adapter_only_and_repush_to_existing_repo(hub, trained, caplog):
     caplog.set_level(logging.DEBUG)
-    push(
-        trained,
-        "tester/neg-lora",
-        adapter_only=True,
-        token=TOKEN,
-        endpoint=hub.endpoint,
-    )
+    push(trained, "tester/neg-lora", adapter_only=True, token=TOKEN, endpoint=hub.endpoint)
     repo = hub.state.repos["tester/neg-lora"]
     expected = [
         "README.md",
@@ -116,13 +110,7 @@ def test_adapter_only_and_repush_to_existing_repo(hub, trained, caplog):
 
     # Second push: the repo exists (409 answered, exist_ok) and only the changed file is sent.
     write_model_card(trained, base_model="org/base", results_after={"mcq": {"accuracy": 0.9}})
-    push(
-        trained,
-        "tester/neg-lora",
-        adapter_only=True,
-        token=TOKEN,
-        endpoint=hub.endpoint,
-    )
+    push(trained, "tester/neg-lora", adapter_only=True, token=TOKEN, endpoint=hub.endpoint)
     assert len(repo.commits) == 2 and repo.commits[1]["paths"] == ["README.md"]
     assert repo.files["README.md"] == (trained / "README.md").read_bytes()
     assert_token_absent(hub, caplog)

@@ -9,18 +9,24 @@ from negation_plugins.testing import tiny_sd_pipeline, tokenizer
 from tests.test_integrations_helpers import PROMPTS
 
 
-@pytest.mark.e2e
-def test_negationclip_pth_at_vit_l14_text_into_sd1_pipeline_in_one_call(tmp_path):
+def openai_checkpoint(path, embed_dim: int, width: int, heads: int, layers: int):
+    """A NegationCLIP-style .pth (OpenAI key layout, quick_gelu) with the given text tower and a tiny vision tower."""
     torch.manual_seed(0)
-    # ViT-L/14 text tower (768 wide, 12 layers, 12 heads, 77 tokens) with a tiny vision tower: random weights
     model = open_clip.model.CLIP(
-        embed_dim=768,
+        embed_dim=embed_dim,
         vision_cfg={"layers": 1, "width": 64, "head_width": 64, "patch_size": 16, "image_size": 32},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": width, "heads": heads, "layers": layers},
         quick_gelu=True,
     ).eval()
-    path = tmp_path / "negationclip_ViT-L14.pth"
     torch.save(model.state_dict(), path)
+    return model
+
+
+@pytest.mark.e2e
+def test_negationclip_pth_at_vit_l14_text_into_sd1_pipeline_in_one_call(tmp_path):
+    # ViT-L/14 text tower (768 wide, 12 layers, 12 heads, 77 tokens), random weights
+    path = tmp_path / "negationclip_ViT-L14.pth"
+    model = openai_checkpoint(path, embed_dim=768, width=768, heads=12, layers=12)
 
     pipe = tiny_sd_pipeline(cross_attention_dim=768)
     negation_plugins.apply(pipe, str(path))
@@ -41,15 +47,8 @@ def test_negationclip_pth_at_vit_l14_text_into_sd1_pipeline_in_one_call(tmp_path
 
 
 def test_vit_b32_width_into_sd1_width_fails_clearly(tmp_path):
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(
-        embed_dim=64,
-        vision_cfg={"layers": 1, "width": 64, "head_width": 64, "patch_size": 16, "image_size": 32},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1},
-        quick_gelu=True,
-    )
     path = tmp_path / "negationclip_ViT-B32.pth"
-    torch.save(model.state_dict(), path)
+    openai_checkpoint(path, embed_dim=64, width=512, heads=8, layers=1)
     pipe = tiny_sd_pipeline(cross_attention_dim=768)
     with pytest.raises(ValueError, match=r"negationclip_ViT-B32.pth.*text width is 512 but .* needs 768"):
         negation_plugins.apply(pipe, str(path))

@@ -78,37 +78,10 @@ def test_evaluate_stock_vs_negation_writes_report_and_grids(tmp_path):
 
 
 def test_owlvit_judge_scores_presence():
-    from transformers import (
-        OwlViTConfig,
-        OwlViTForObjectDetection,
-        OwlViTImageProcessor,
-        OwlViTProcessor,
-    )
+    from negation_plugins.testing import tiny_owlvit
 
-    torch.manual_seed(0)
-    config = OwlViTConfig(
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 16,
-        },
-        projection_dim=32,
-    )
-    processor = OwlViTProcessor(
-        image_processor=OwlViTImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=_short_tokenizer(),
-    )
-    judge = OwlVitJudge(OwlViTForObjectDetection(config), processor)
+    model, processor = tiny_owlvit()
+    judge = OwlVitJudge(model, processor)
     images = [Image.new("RGB", (40, 40), color) for color in ("red", "blue")]
     scores = judge.presence(images, "car")
     assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
@@ -117,12 +90,6 @@ def test_owlvit_judge_scores_presence():
         with torch.no_grad():
             logits = judge.model(**inputs).logits
         assert score == pytest.approx(float(logits.sigmoid().max()), abs=1e-6)
-
-
-def _short_tokenizer():
-    from negation_plugins.tokenizer import clip_tokenizer
-
-    return clip_tokenizer(context_length=16)
 
 
 def test_t2i_eval_cli(tmp_path):

@@ -3,10 +3,7 @@
 import inspect
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +17,7 @@ from negation_plugins.data.io import CaptionItem, read_negation_records
 from negation_plugins.data.language import mention_pattern
 from negation_plugins.data.llm import LlmError, LlmNegator, parse_caption, parse_object, retry_after_seconds
 from negation_plugins.lexicon import count_negations
+from negation_plugins.testing import stop_generate_midway
 from negation_plugins.testing.chat_server import ChatServer
 from tests.test_data_io import _coco
 
@@ -228,23 +226,12 @@ def test_concurrent_run_killed_and_resumed_writes_the_same_bytes(tmp_path, stop)
     with ChatServer() as server:
         _generate_llm(inputs, server.url, tmp_path / "reference.jsonl", "concurrency=4")
         out = tmp_path / "resumed.jsonl"
-        progress = out.with_name(out.name + ".progress.json")
         server.latency = 0.1
-        command = [sys.executable, "-c", "from negation_plugins.cli import cli; cli()", "generate", "--no-progress",
-                   "--captions", str(captions), "--instances", str(instances), "--images", str(images),
-                   "--out", str(out), "--negator", "llm", "--negator-option", f"url={server.url}",
-                   "--negator-option", "concurrency=4", "--chunk-size", "4"]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if progress.exists() and json.loads(progress.read_text() or "{}").get("chunks_done", 0) >= 2:
-                break
-            time.sleep(0.005)
-        assert process.poll() is None, "generation finished before it could be killed"
-        process.send_signal(stop)
-        process.wait(timeout=30)  # Ctrl-C: the waiting caption tasks are cancelled, not awaited
-        done = json.loads(progress.read_text())["chunks_done"]
+        args = ["--no-progress", "--captions", str(captions), "--instances", str(instances), "--images", str(images),
+                "--negator", "llm", "--negator-option", f"url={server.url}", "--negator-option", "concurrency=4",
+                "--chunk-size", "4"]  # fmt: skip
+        # Ctrl-C: the waiting caption tasks are cancelled, not awaited (the child must exit within 30 s)
+        done = stop_generate_midway(args, out, after_chunks=2, stop=stop)
         assert 0 < done < 10 and not out.exists()
         summary = _generate_llm(inputs, server.url, out, "concurrency=4")
     assert summary["resumed_from_chunk"] >= done

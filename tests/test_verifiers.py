@@ -31,27 +31,12 @@ def test_annotations_verifier_uses_ground_truth_and_counts(world_coco):
 
 
 def test_detector_verifier_with_tiny_owlvit(tmp_path):
-    from transformers import (
-        OwlViTConfig,
-        OwlViTForObjectDetection,
-        OwlViTImageProcessor,
-        OwlViTProcessor,
-    )
+    from negation_plugins.testing import tiny_owlvit
 
-    from negation_plugins.tokenizer import clip_tokenizer
-
-    torch.manual_seed(0)
-    config = OwlViTConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "max_position_embeddings": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 16},
-        projection_dim=32,
-    )  # fmt: skip
     folder = tmp_path / "owlvit"
-    OwlViTForObjectDetection(config).save_pretrained(folder)
-    image_processor = OwlViTImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
-    OwlViTProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(16)).save_pretrained(folder)
+    model, processor = tiny_owlvit(intermediate_size=37)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     images, items = _items(tmp_path)
     verifier = plugins.get_one("verifiers", "detector")(images=images, model=str(folder), batch_size=3)
     scores = verifier.scores(items, ["dog", "cat", "umbrella", "dog"])

@@ -10,7 +10,7 @@ import pickle
 from pathlib import Path
 
 from . import Benchmark
-from .common import BenchmarkDataError, RowProblems, encoder_for, resolve_image
+from .common import BenchmarkDataError, RowProblems, encoder_for, resolve_image, true_over_false
 
 EVAL_SIZE = 40_000
 
@@ -88,13 +88,8 @@ class CCNeg(Benchmark):
         if not items:
             raise BenchmarkDataError(f"{file}: no scorable items in the evaluation split")
         enc = encoder_for(clip, encoder, batch_size, progress)
-        image_embs = enc.image_files([i for i, _, _ in items], desc="CC-Neg images")
-        true = enc.texts([t for _, t, _ in items], desc="CC-Neg true captions")
-        negated = enc.texts([n for _, _, n in items], desc="CC-Neg negated captions")
-        correct = (image_embs * true).sum(1) > (image_embs * negated).sum(1)
         return {
-            "accuracy": float(correct.float().mean()),
-            "n_items": len(items),
+            **true_over_false(enc, items, "CC-Neg"),
             "eval_start": start,
             **problems.summary(),
         }

@@ -406,3 +406,34 @@ def retrieval_recalls(
 
 def _recalls(ranks: torch.Tensor, ks: Sequence[int], prefix: str) -> dict[str, float]:
     return {f"{prefix}R@{int(k)}": float((ranks < int(k)).float().mean()) if len(ranks) else float("nan") for k in ks}
+
+
+def read_json_file(path: Path, expected: type, what: str):
+    """A benchmark's JSON file, refused in one line when it does not parse or is not ``expected`` (``what`` says
+    what was wanted, e.g. "a list of items")."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, expected):
+        raise BenchmarkDataError(f"{path}: expected {what}, got {type(data).__name__}")
+    return data
+
+
+def retrieval_of_groups(enc: Encoder, groups, ks, directions=("t2i", "i2t"), what: str = "retrieval") -> dict:
+    """Recall@K over ``groups`` of ``(image_path, [its captions])``, with the image and caption counts."""
+    image_embs = enc.image_files([image for image, _ in groups], desc=f"{what} images")
+    captions = [c for _, caps in groups for c in caps]
+    owners = [i for i, (_, caps) in enumerate(groups) for _ in caps]
+    text_embs = enc.texts(captions, desc=f"{what} captions")
+    recalls = retrieval_recalls(image_embs, text_embs, owners, ks, directions=directions)
+    return {**recalls, "n_images": len(groups), "n_captions": len(captions)}
+
+
+def true_over_false(enc: Encoder, items, what: str) -> dict:
+    """Pairwise accuracy over ``(image_path, true_caption, false_caption)``: the true caption must score higher."""
+    image_embs = enc.image_files([image for image, _, _ in items], desc=f"{what} images")
+    true = enc.texts([t for _, t, _ in items], desc=f"{what} true captions")
+    false = enc.texts([f for _, _, f in items], desc=f"{what} false captions")
+    correct = (image_embs * true).sum(1) > (image_embs * false).sum(1)
+    return {"accuracy": float(correct.float().mean()), "n_items": len(items)}

@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from . import Benchmark
-from .common import BenchmarkDataError, RowProblems, encoder_for, resolve_image, retrieval_recalls
+from .common import BenchmarkDataError, RowProblems, encoder_for, resolve_image, retrieval_of_groups
 
 
 def read_retrieval_csv(path, images=None, skip_bad=False):
@@ -61,13 +61,4 @@ class NegBenchRetrieval(Benchmark):
         if not rows:
             raise BenchmarkDataError(f"{csv}: no scorable rows ({problems.summary()['n_skipped']} skipped)")
         enc = encoder_for(clip, encoder, batch_size, progress)
-        image_embs = enc.image_files([image for image, _ in rows], desc="retrieval images")
-        captions = [c for _, caps in rows for c in caps]
-        owners = [i for i, (_, caps) in enumerate(rows) for _ in caps]
-        text_embs = enc.texts(captions, desc="retrieval captions")
-        return {
-            **retrieval_recalls(image_embs, text_embs, owners, ks, directions=("t2i",)),
-            "n_images": len(rows),
-            "n_captions": len(captions),
-            **problems.summary(),
-        }
+        return {**retrieval_of_groups(enc, rows, ks, directions=("t2i",)), **problems.summary()}

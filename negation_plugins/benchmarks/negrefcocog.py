@@ -4,7 +4,6 @@ otherwise a model that ties every crop would score 100%."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -17,6 +16,7 @@ from .common import (
     RowProblems,
     encoder_for,
     load_rgb,
+    read_json_file,
     resolve_image,
 )
 
@@ -50,12 +50,7 @@ class NegRefCOCOg(Benchmark):
 
     def run(self, clip, *, file, images=None, seed=0, skip_bad=False, encoder=None, batch_size=64, progress=True):
         path = Path(file)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
-        if not isinstance(data, list):
-            raise BenchmarkDataError(f"{path}: expected a list of items, got {type(data).__name__}")
+        data = read_json_file(path, list, "a list of items")
         problems = RowProblems(path, skip_bad)
         rng = random.Random(int(seed))
         enc = encoder_for(clip, encoder, batch_size, progress)

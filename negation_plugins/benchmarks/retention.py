@@ -23,7 +23,7 @@ from .common import (
     encoder_for,
     pessimistic_rank,
     read_coco_pairs,
-    retrieval_recalls,
+    retrieval_of_groups,
 )
 
 DEFAULT_TEMPLATES = (
@@ -211,13 +211,4 @@ class CocoRetrieval(Benchmark):
         if captions_per_image is not None:  # the 5k-test protocol keeps each image's first 5
             pairs = [(file, caps[: int(captions_per_image)]) for file, caps in pairs]
         enc = encoder_for(clip, encoder, batch_size, progress)
-        image_embs = enc.image_files([f for f, _ in pairs], desc="COCO images")
-        texts = [c for _, caps in pairs for c in caps]
-        owners = [i for i, (_, caps) in enumerate(pairs) for _ in caps]
-        text_embs = enc.texts(texts, desc="COCO captions")
-        return {
-            **retrieval_recalls(image_embs, text_embs, owners, ks),
-            "n_images": len(pairs),
-            "n_captions": len(texts),
-            **problems.summary(),
-        }
+        return {**retrieval_of_groups(enc, pairs, ks, what="COCO"), **problems.summary()}

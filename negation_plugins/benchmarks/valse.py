@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import Benchmark
-from .common import BenchmarkDataError, RowProblems, encoder_for, resolve_image
+from .common import BenchmarkDataError, RowProblems, encoder_for, read_json_file, resolve_image, true_over_false
 
 
 class ValseExistence(Benchmark):
@@ -15,12 +14,7 @@ class ValseExistence(Benchmark):
 
     def run(self, clip, *, file, images=None, min_mturk=2, skip_bad=False, encoder=None, batch_size=64, progress=True):
         path = Path(file)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise BenchmarkDataError(f"{path}: expected a dict of id -> item, got {type(data).__name__}")
+        data = read_json_file(path, dict, "a dict of id -> item")
         problems = RowProblems(path, skip_bad)
         items, filtered = [], 0
         for key, item in data.items():
@@ -44,13 +38,8 @@ class ValseExistence(Benchmark):
         if not items:
             raise BenchmarkDataError(f"{path}: no scorable items ({filtered} below mturk.caption >= {min_mturk})")
         enc = encoder_for(clip, encoder, batch_size, progress)
-        image_embs = enc.image_files([i for i, _, _ in items], desc="VALSE images")
-        captions = enc.texts([c for _, c, _ in items], desc="VALSE captions")
-        foils = enc.texts([f for _, _, f in items], desc="VALSE foils")
-        correct = (image_embs * captions).sum(1) > (image_embs * foils).sum(1)
         return {
-            "accuracy": float(correct.float().mean()),
-            "n_items": len(items),
+            **true_over_false(enc, items, "VALSE"),
             "n_filtered_mturk": filtered,
             **problems.summary(),
         }

@@ -156,3 +156,60 @@ def tiny_sdxl_pipeline(width_1: int = 32, width_2: int = 48, projection_dim: int
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_owlvit(intermediate_size: int = 64, seed: int = 0):
+    """A real OWL-ViT detector from configs (32 px images, 16-token queries) and its processor."""
+    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
+
+    from ..tokenizer import clip_tokenizer
+
+    torch.manual_seed(seed)
+    tower = {
+        "hidden_size": 32,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+    config = OwlViTConfig(
+        text_config={**tower, "max_position_embeddings": 16},
+        vision_config={**tower, "image_size": 32, "patch_size": 16},
+        projection_dim=32,
+    )
+    size = {"height": 32, "width": 32}
+    image_processor = OwlViTImageProcessor(size=size, crop_size=size)
+    processor = OwlViTProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(context_length=16))
+    return OwlViTForObjectDetection(config), processor
+
+
+def stop_generate_midway(args: list[str], out: Path, after_chunks: int, stop: int, cwd: Path | None = None) -> int:
+    """Run ``negclip generate ARGS --out OUT`` in a child process, send it ``stop`` (a signal) once ``after_chunks``
+    chunks are committed, and return how many were. For resume tests: the run must still be going when stopped."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    progress = out.with_name(out.name + ".progress.json")
+    command = [
+        sys.executable,
+        "-c",
+        "from negation_plugins.cli import cli; cli()",
+        "generate",
+        *args,
+        "--out",
+        str(out),
+    ]
+    root = str(Path(__file__).resolve().parents[2])  # this checkout first, as for the parent process
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.exists() and json.loads(progress.read_text() or "{}").get("chunks_done", 0) >= after_chunks:
+            break
+        time.sleep(0.005)
+    if process.poll() is not None:
+        raise AssertionError("generation finished before it could be stopped")
+    process.send_signal(stop)
+    process.wait(timeout=30)
+    return json.loads(progress.read_text())["chunks_done"]

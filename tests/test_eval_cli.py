@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import negation_plugins as npl
 from negation_plugins.benchmarks.probe import negator_pairs
-from negation_plugins.benchmarks.suite import parse_options
+from negation_plugins.benchmarks.suite import parse_options, pick_eval_device
 from negation_plugins.cli import cli
 from negation_plugins.factory import Backend
 from tests.test_benchmarks_common import text_only_finetune, tiny_clip, write_images
@@ -177,7 +177,8 @@ def test_text_only_finetune_embeds_no_image_again(valse, register_plugin, tmp_pa
     assert base.exit_code == 0, base.output
     report = json.loads((tmp_path / "base" / "report.json").read_text())
     assert report["image_cache"] == {"hits": 0, "misses": 4} and report["text_cache"]["misses"] == 8
-    assert report["settings"] == {"device": "cpu", "precision": "fp32", "workers": 0, "batch_size": 64}
+    device, precision = pick_eval_device(None, None)  # CUDA in bf16 when present, else the CPU in fp32
+    assert report["settings"] == {"device": device, "precision": precision, "workers": 0, "batch_size": 64}
 
     tuned = run(["tiny:0:ft", *common, "--out", str(tmp_path / "tuned")])
     assert tuned.exit_code == 0, tuned.output

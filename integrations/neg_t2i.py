@@ -257,10 +257,12 @@ def register_commands(cli):
     @click.option(
         "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.json and grids."
     )
-    @click.option("--steps", default=25, show_default=True)
-    @click.option("--size", type=int, default=None, help="Image side in pixels (default: the pipeline's).")
+    @click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1))
+    @click.option(
+        "--size", type=click.IntRange(min=8), default=None, help="Image side in pixels (default: the pipeline's)."
+    )
     @click.option("--seed", default=0, show_default=True)
-    @click.option("--images-per-prompt", default=1, show_default=True)
+    @click.option("--images-per-prompt", default=1, show_default=True, type=click.IntRange(min=1))
     @click.option("--route-negations", is_flag=True, help="Also move 'without X' into the negative prompt.")
     @click.option("--device", default=None, help="Where to generate and judge [default: cuda when present, else cpu].")
     @click.option(
@@ -287,12 +289,17 @@ def register_commands(cli):
         from diffusers import DiffusionPipeline
 
         from negation_plugins.benchmarks.suite import PRECISIONS, pick_eval_device
+        from negation_plugins.checks import output_dir
 
-        device, precision = pick_eval_device(device, precision, "negclip t2i-eval")
-        prompts = read_prompts(prompts_path)
-        judge = make_judge(judge_spec, device=device)
-        pipe = DiffusionPipeline.from_pretrained(pipeline, torch_dtype=getattr(torch, PRECISIONS[precision]))
-        pipe = pipe.to(device)
+        output_dir(out_dir, "--out")
+        try:
+            device, precision = pick_eval_device(device, precision, "negclip t2i-eval")
+            prompts = read_prompts(prompts_path)
+            judge = make_judge(judge_spec, device=device)
+            pipe = DiffusionPipeline.from_pretrained(pipeline, torch_dtype=getattr(torch, PRECISIONS[precision]))
+            pipe = pipe.to(device)
+        except (ValueError, OSError) as error:  # bad prompts/judge, or a pipeline that does not load (named)
+            raise click.ClickException(" ".join(str(error).split())) from None
         pipe.set_progress_bar_config(disable=True)
         report = evaluate(
             pipe,

@@ -50,6 +50,13 @@ def atomic_write_json(path: str | os.PathLike, data, indent: int = 1) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
 
 
+def check_replaceable(target: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse a non-empty ``target`` unless ``overwrite``; commands call it early, before the work."""
+    target = Path(target)
+    if not overwrite and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} already exists and is not empty (pass overwrite=True / --overwrite)")
+
+
 def atomic_folder(target: str | os.PathLike, write: Callable[[Path], object], *, overwrite: bool = True) -> Path:
     """Call ``write(tmp)`` to fill a temporary sibling folder, then swap it in for ``target``.
 
@@ -58,8 +65,7 @@ def atomic_folder(target: str | os.PathLike, write: Callable[[Path], object], *,
     ``target`` is refused before anything is written.
     """
     target = Path(target)
-    if not overwrite and target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} already exists and is not empty (pass overwrite=True / --overwrite)")
+    check_replaceable(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

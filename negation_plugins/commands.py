@@ -23,17 +23,59 @@ from .hookspecs import hookimpl
     help="transformers class: CLIPTextModel, CLIPTextModelWithProjection or CLIPModel.",
 )
 @click.option("--backend", default=None, help="Force the backend that reads SRC (see `negclip plugins`).")
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
-def convert_command(src, dst, target, kind, backend, overwrite):
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists (never SRC itself).")
+@click.option(
+    "--text-heads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="OpenAI-format SRC: text attention heads (weights cannot tell; default: 64-wide heads, as OpenAI).",
+)
+@click.option("--vision-heads", type=click.IntRange(min=1), default=None, help="OpenAI-format SRC: vision heads.")
+@click.option(
+    "--activation",
+    type=click.Choice(["quick_gelu", "gelu"]),
+    default=None,
+    help="OpenAI-format SRC: MLP activation (default: quick_gelu, as OpenAI).",
+)
+def convert_command(src, dst, target, kind, backend, overwrite, text_heads, vision_heads, activation):
     """Convert any CLIP that `load_clip` reads (SRC) into a transformers or open_clip folder (DST).
 
     The conversion is exact and checked: both models run on the same inputs before anything is written.
     """
+    from . import checks
+    from .atomic import check_replaceable
     from .convert import ConversionError, save_open_clip, save_transformers
     from .factory import load_clip
 
+    checks.output_dir(dst, "DST")
+    src_path = Path(src.split(":", 1)[1] if src.startswith(("local-dir:", "openai:")) else src).expanduser()
+    if src_path.exists() and (
+        src_path.resolve() == Path(dst).resolve() or Path(dst).resolve() in src_path.resolve().parents
+    ):
+        raise checks.BadInputError(
+            f"DST {dst} is or contains SRC {src}: converting in place would delete the source; write to a new folder"
+        )
     try:
-        bundle = load_clip(src, backend=backend)
+        check_replaceable(dst, overwrite)
+    except FileExistsError as err:
+        raise checks.BadInputError(f"DST {err}") from None
+    options = {
+        name: value
+        for name, value in (("text_heads", text_heads), ("vision_heads", vision_heads), ("activation", activation))
+        if value is not None
+    }
+    try:
+        bundle = load_clip(src, backend=backend, **options)
+    except TypeError as err:
+        if not options:
+            raise
+        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        raise click.ClickException(f"{flags} apply only to OpenAI-format state dicts, not to {src} ({err})") from None
+    except (ConversionError, ValueError, FileNotFoundError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+    if bundle.info.get("assumed"):
+        click.echo(f"note: {src}: {bundle.info['assumed']}", err=True)
+    try:
         if target == "transformers":
             out = save_transformers(bundle, dst, kind=kind, overwrite=overwrite)
         else:
@@ -189,15 +231,12 @@ def compare_command(models, image, texts, as_json, device, corrections):
 
 
 def _read_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from .images import ImageDecodeError, load_rgb
 
     try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (FileNotFoundError, IsADirectoryError):
-        raise click.ClickException(f"--image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise click.ClickException(f"--image {path}: not a readable image ({err})") from None
+        return load_rgb(path)
+    except ImageDecodeError as err:
+        raise click.ClickException(f"--image {err}") from None
 
 
 @hookimpl

@@ -65,18 +65,29 @@ def push(
     ``adapter_only`` uploads only peft adapter files, diffusers LoRA weights and README.md (at any depth).
     ``token`` defaults to huggingface_hub's own lookup (``HF_TOKEN`` or the saved login).
     """
-    from huggingface_hub import HfApi, constants
+    import httpx2
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     folder = Path(folder)
     if not folder.is_dir():
         raise PushError(f"cannot push {folder}: not a directory")
     selected = files_to_push(folder, adapter_only)
+    if adapter_only and selected and all(p == CARD_FILE for p in selected):
+        raise PushError(
+            f"--adapter-only: {folder} holds no adapter files ({', '.join(ADAPTER_FILES)}), only {CARD_FILE}; "
+            "it is a fully tuned output: push it without --adapter-only"
+        )
     if not selected:
         what = f"adapter files ({', '.join(ADAPTER_FILES)}) or {CARD_FILE}" if adapter_only else "files"
         raise PushError(f"nothing to push: {folder} holds no {what}")
     if constants.is_offline_mode():
         raise PushError("cannot push: HF_HUB_OFFLINE is set; unset it to reach the Hub")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise PushError(f"--endpoint {endpoint!r}: expected an http:// or https:// URL")
+    token = token or None  # an empty --token / HF_TOKEN means "not given"
+    if token is None and get_token() is None:
+        raise PushError("no Hub token: pass --token, set HF_TOKEN or log in with `hf auth login`")
 
     api = HfApi(endpoint=endpoint, token=token)
     message = commit_message or (
@@ -93,6 +104,9 @@ def push(
         )
     except (HfHubHTTPError, OfflineModeIsEnabled, ValueError) as error:
         raise PushError(f"push of {folder} to {repo_id} failed: {_without(token, str(error))}") from None
+    except httpx2.TransportError as error:  # huggingface_hub already retried with backoff
+        where = endpoint or constants.ENDPOINT
+        raise PushError(f"push of {folder} to {repo_id}: cannot reach the Hub at {where} ({error})") from None
     logger.info("pushed %d file(s) from %s to %s", len(selected), folder, commit.commit_url)
     return commit.commit_url
 

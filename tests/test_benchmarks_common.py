@@ -229,3 +229,14 @@ def test_bf16_autocast_is_close_to_fp32_and_cached_apart(tmp_path):
     assert cache.stats() == {"hits": 0, "misses": 4}  # the precision is part of the key
     assert torch.allclose(bf16.texts(["no dog"]), fp32.texts(["no dog"]), atol=0.05)
     assert texts.stats() == {"hits": 0, "misses": 2}
+
+
+def test_an_undecodable_image_in_a_worker_fails_in_one_line(tmp_path):
+    from negation_plugins.images import ImageDecodeError
+
+    paths = sorted(write_images(tmp_path, ["a.png", "b.png"]).iterdir())
+    paths[1].write_bytes(paths[1].read_bytes()[:60])  # a truncated PNG: the header reads, the pixels do not
+    encoder = Encoder(tiny_clip(), batch_size=1, progress=False, workers=2)
+    with pytest.raises(ImageDecodeError, match=r"b.png: not a readable image") as caught:
+        encoder.image_files(paths)
+    assert "\n" not in str(caught.value)

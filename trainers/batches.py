@@ -75,7 +75,7 @@ def load_examples(train: str, negation: str, images: str | None, instances: str 
     elif _is_coco_without_negations(path):
         raise ValueError(
             f"--train {path} is a COCO captions file without negated captions; generate records with "
-            "`negclip generate` or train with --negation on-the-fly (TNG-CLIP templates) and --instances"
+            "`negclip generate` or train with --negation on-the-fly --objective tng (TNG-CLIP templates) and --instances"
         )
     else:
         records = io.read_negation_records(path)
@@ -182,13 +182,31 @@ def mcq_options(example: Example, rng: random.Random, pool: list[Example]) -> tu
     (false) variants, filled up with captions of other images."""
     true = rng.choice(example.absence) if example.absence else example.caption
     false = rng.sample(example.presence, min(len(example.presence), MCQ_OPTIONS - 1))
-    while len(false) < MCQ_OPTIONS - 1:
+    others = None  # the other images' examples, listed only when random draws keep hitting this image
+    for _ in range(8 * MCQ_OPTIONS):
+        if len(false) == MCQ_OPTIONS - 1:
+            break
         other = pool[rng.randrange(len(pool))]
         if other.image != example.image:
-            false.append(rng.choice(other.presence or other.absence or [other.caption]))
+            false.append(_filler(other, rng))
+    while len(false) < MCQ_OPTIONS - 1:
+        others = others if others is not None else [e for e in pool if e.image != example.image]
+        if others:
+            false.append(_filler(rng.choice(others), rng))
+        elif example.presence:  # a split with one image: repeat its own false captions
+            false.append(rng.choice(example.presence))
+        else:
+            raise ValueError(
+                f"MCQ options for {example.image}: no false caption to draw (it has no presence-negated caption and "
+                "it is the only image in its split); add presence records, more images, or another objective"
+            )
     options = [true, *false]
     rng.shuffle(options)
     return options, options.index(true)
+
+
+def _filler(other: Example, rng: random.Random) -> str:
+    return rng.choice(other.presence or other.absence or [other.caption])
 
 
 def distractor_images(

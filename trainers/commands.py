@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from negation_plugins.checks import output_dir
 from negation_plugins.hookspecs import hookimpl
 from negation_plugins.world.commands import world_group
 
@@ -33,16 +34,29 @@ from .pretrain_world import PretrainConfig, pretrain
     help="Folder for the world, base model, records, fine-tuned model, results, plot and card.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--images", "n_images", default=2000, show_default=True, type=int, help="Scenes in the world.")
 @click.option(
-    "--pretrain-steps", default=PretrainConfig.steps, show_default=True, type=int, help="Base model training steps."
+    "--images", "n_images", default=2000, show_default=True, type=click.IntRange(min=2), help="Scenes in the world."
 )
-@click.option("--max-steps", default=None, type=int, help=f"Fine-tuning steps [default: {FINETUNE_EPOCHS} epochs].")
+@click.option(
+    "--pretrain-steps",
+    default=PretrainConfig.steps,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Base model training steps.",
+)
+@click.option(
+    "--max-steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help=f"Fine-tuning steps [default: {FINETUNE_EPOCHS} epochs].",
+)
 @click.option("--no-cache", is_flag=True, help="Retrain the base model even if a cached one exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def demo_command(output, seed, n_images, pretrain_steps, max_steps, no_cache, no_progress):
     from .config import ConfigError
     from .demo import run_demo
+
+    output_dir(output, "--output")
 
     try:
         results = run_demo(
@@ -87,8 +101,10 @@ def finetune_command(ctx):
     help="A folder written by `negclip world make`.",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the open_clip folder.")
-@click.option("--steps", default=PretrainConfig.steps, show_default=True, help="Training steps.")
-@click.option("--batch-size", default=PretrainConfig.batch_size, show_default=True)
+@click.option(
+    "--steps", default=PretrainConfig.steps, show_default=True, type=click.IntRange(min=1), help="Training steps."
+)
+@click.option("--batch-size", default=PretrainConfig.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=PretrainConfig.lr, show_default=True, help="Peak learning rate (warmup, cosine decay).")
 @click.option("--seed", default=PretrainConfig.seed, show_default=True)
 @click.option(
@@ -108,6 +124,7 @@ def world_pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_di
     from negation_plugins.benchmarks.mcq import run_mcq
     from negation_plugins.world.export import WorldFiles
 
+    output_dir(out, "--out")
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

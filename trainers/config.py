@@ -161,9 +161,12 @@ def parse_tuning(tuning: str) -> tuple[str, tuple[int, int] | None]:
 
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data; the trainer checks model/data facts right after loading them."""
+    from negation_plugins.checks import output_dir
+
     for name in ("model", "train", "output"):
         if not getattr(config, name):
             raise ConfigError(f"--{name} is required")
+    output_dir(config.output, "--output")
     if not Path(config.train).is_file():
         raise ConfigError(f"--train {config.train}: file does not exist")
     if config.images and not Path(config.images).is_dir():
@@ -180,6 +183,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("--select-by mcq needs --eval-mcq CSV")
     if config.eval_mcq and not Path(config.eval_mcq).is_file():
         raise ConfigError(f"--eval-mcq {config.eval_mcq}: file does not exist")
+    if config.eval_mcq_images and not Path(config.eval_mcq_images).is_dir():
+        raise ConfigError(f"--eval-mcq-images {config.eval_mcq_images}: folder does not exist")
     parse_tuning(config.tuning)
     positive = {
         "batch_size": config.batch_size,
@@ -202,3 +207,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--patience must be >= 1, got {config.patience}")
     if not config.objective:
         raise ConfigError("at least one --objective is needed")
+    if config.push_to_hub:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            raise ConfigError(f"--push-to-hub {config.push_to_hub}: no Hub token; set HF_TOKEN or `hf auth login`")

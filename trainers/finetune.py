@@ -69,6 +69,13 @@ class ImageFeatures:
                 f"{len(missing)} of {len(paths)} record images do not exist under --images {images_root}, "
                 f"e.g. {missing[0]!r}"
             )
+        if not cache:  # decoded only when a batch needs them: find what a cheap check can now, not at step N
+            from negation_plugins.data.io import check_image
+
+            for path in paths:
+                problem = check_image(images_root / path)
+                if problem:
+                    raise ValueError(f"{images_root / path}: {problem} (a record image under --images)")
         if cache:
             from tqdm.auto import tqdm
 
@@ -81,14 +88,11 @@ class ImageFeatures:
 
     @torch.no_grad()
     def _embed(self, paths: list[str]) -> torch.Tensor:
-        from PIL import Image
+        from negation_plugins.images import load_rgb
 
         visual = open_clip_model(self.clip).visual
         visual.eval()
-        pixels = []
-        for path in paths:
-            with Image.open(self.root / path) as image:
-                pixels.append(self.preprocess(image.convert("RGB")))
+        pixels = [self.preprocess(load_rgb(self.root / path)) for path in paths]
         device = next(visual.parameters()).device
         features = open_clip_model(self.clip).encode_image(torch.stack(pixels).to(device), normalize=True)
         return features.float()
@@ -247,6 +251,11 @@ def train(config: TrainConfig) -> dict:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     requires = objective.requires
+    if config.negation == "on-the-fly" and not {"hybrid", "full"} & set(requires):
+        raise ConfigError(
+            f"--negation on-the-fly builds negated texts only for objectives that read them (tng); "
+            f"--objective {' + '.join(config.objective)} would train without any negation: add --objective tng"
+        )
     _forget_previous_run_settings()
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -484,6 +493,15 @@ def save_checkpoint(accelerator, output: Path, step: int, trainer_state: dict, b
     accelerator.wait_for_everyone()
 
 
+def _remove_unfinished_output(output: Path) -> None:
+    """A run that failed before its first checkpoint leaves nothing to resume: remove the folder it created
+    (logs, metrics.jsonl) so no half-made output looks like a result. Only the main process deletes."""
+    import shutil
+
+    if os.environ.get("RANK", "0") == "0" and output.is_dir() and latest_checkpoint(output) is None:
+        shutil.rmtree(output, ignore_errors=True)
+
+
 def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -507,12 +525,16 @@ def _tracker_config(config: TrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = None
     try:
         config = parse_config(argv)
+        output_existed = Path(config.output).exists()
         summary = train(config)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
+        if config is not None and not output_existed:
+            _remove_unfinished_output(Path(config.output))
         return 2
     after = summary["results_after"]
     print(json.dumps({"output": config.output, "steps": summary["steps"], "results_after": after}, indent=1))

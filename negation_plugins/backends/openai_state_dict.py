@@ -3,12 +3,16 @@
 This is how NegationCLIP (``negationclip_ViT-B32.pth``: a full fp32 OpenAI state dict), CoN-CLIP and
 Omni-NegCLIP (``{"model": state_dict, ...}``) publish their weights. open_clip's ``CLIP`` uses the same key
 layout, so the weights load unchanged into an open_clip model built from the inferred config. The number of
-attention heads cannot be read from the weights; OpenAI always used 64-wide heads (``text_heads`` /
-``vision_heads`` override that). Text-only state dicts (no ``visual.*`` keys) give a model with ``visual=None``.
+attention heads and the MLP activation cannot be read from the weights; OpenAI always used 64-wide heads and
+quick_gelu, so those are assumed unless ``text_heads`` / ``vision_heads`` / ``activation`` say otherwise. For a
+tower of a size OpenAI never published the assumption is a guess: it is logged as a warning naming the file and
+the options, and recorded in ``bundle.info["assumed"]``. Text-only state dicts (no ``visual.*`` keys) give a model
+with ``visual=None``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -18,7 +22,14 @@ from ..factory import Backend, ClipBundle
 from ..hookspecs import hookimpl
 from ..hub import CHECKPOINT_SUFFIXES
 
+logger = logging.getLogger(__name__)
+
 PREFIX = "openai:"
+ACTIVATIONS = ("quick_gelu", "gelu")
+# (width, layers) of the towers OpenAI published (ViT-B/32, B/16, L/14, L/14@336 and the ResNets' text towers):
+# for these, 64-wide heads and quick_gelu are known facts rather than guesses.
+PUBLISHED_TEXT = {(512, 12), (640, 12), (768, 12), (1024, 12)}
+PUBLISHED_VIT = {(768, 12), (1024, 24)}
 OPENAI_HEAD_WIDTH = 64
 # Metadata entries of OpenAI's original (JIT) state dicts; not weights.
 METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -164,6 +175,28 @@ def _describe(cfg: dict) -> str:
     return text + f", ViT {v['layers']}x{v['width']} patch {v['patch_size']} @ {v['image_size']}px"
 
 
+def _assumptions(cfg: dict, text_heads, vision_heads, activation) -> str:
+    """What was guessed about a tower of a size OpenAI never published ("" when nothing was)."""
+    t, v = cfg["text_cfg"], cfg["vision_cfg"]
+    unpublished = []
+    if text_heads is None and (t["width"], t["layers"]) not in PUBLISHED_TEXT:
+        unpublished.append(f"text {t['layers']}x{t['width']} ({t['heads']} heads): --text-heads")
+    if (
+        vision_heads is None
+        and v is not None
+        and not isinstance(v["layers"], tuple)
+        and (v["width"], v["layers"]) not in PUBLISHED_VIT
+    ):
+        unpublished.append(f"vision {v['layers']}x{v['width']} ({v['width'] // v['head_width']} heads): --vision-heads")
+    if not unpublished:
+        return ""
+    guessed = "64-wide attention heads" + (" and quick_gelu" if activation is None else "")
+    return (
+        f"not an architecture OpenAI published, so {guessed} are assumed (weights cannot tell); if the checkpoint "
+        f"differs, set {'; '.join(unpublished)}" + ("; --activation gelu" if activation is None else "")
+    )
+
+
 def _path_of(spec: str) -> Path:
     return Path(spec.removeprefix(PREFIX)).expanduser()
 
@@ -179,7 +212,15 @@ class OpenAIStateDictBackend(Backend):
         return path.suffix in CHECKPOINT_SUFFIXES and path.is_file()
 
     def load(
-        self, spec: str, *, device="cpu", text_heads=None, vision_heads=None, quick_gelu=True, **options
+        self,
+        spec: str,
+        *,
+        device="cpu",
+        text_heads=None,
+        vision_heads=None,
+        activation=None,
+        quick_gelu=None,
+        **options,
     ) -> ClipBundle:
         import open_clip
         from open_clip.model import set_model_preprocess_cfg
@@ -189,11 +230,20 @@ class OpenAIStateDictBackend(Backend):
 
         if options:
             raise TypeError(f"backend 'openai' got unknown options: {', '.join(options)}")
+        if activation is not None and activation not in ACTIVATIONS:
+            raise StateDictError(f"activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+        if quick_gelu is not None and activation is None:
+            activation = "quick_gelu" if quick_gelu else "gelu"
         path = _path_of(spec)
         state = load_state_dict(path)
         model, model_cfg = build_from_openai_state_dict(
-            state, str(path), text_heads=text_heads, vision_heads=vision_heads, quick_gelu=quick_gelu
+            state,
+            str(path),
+            text_heads=text_heads,
+            vision_heads=vision_heads,
+            quick_gelu=activation != "gelu",
         )
+        assumed = _assumptions(model_cfg, text_heads, vision_heads, activation)
         model = model.to(device)
         preprocess = None
         if model.visual is not None:
@@ -202,6 +252,9 @@ class OpenAIStateDictBackend(Backend):
             preprocess = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model_cfg["text_cfg"]["context_length"])
         info = {"backend": self.name, "path": str(path), "model_cfg": model_cfg, "architecture": _describe(model_cfg)}
+        if assumed:
+            info["assumed"] = assumed
+            logger.warning("%s: %s", path, assumed)
         return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, spec=spec, info=info)
 
 

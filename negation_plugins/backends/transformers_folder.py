@@ -41,9 +41,15 @@ def load_transformers_clip(source: str):
     """A transformers CLIP model from a local folder, refusing partial loads by key name."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source)
-    cls = _model_class(config)
-    model, info = cls.from_pretrained(source, output_loading_info=True)
+    folder = Path(source)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ValueError(f"{source}: has config.json but no weights file (model.safetensors or pytorch_model.bin)")
+    try:
+        config = AutoConfig.from_pretrained(source)
+        cls = _model_class(config)
+        model, info = cls.from_pretrained(source, output_loading_info=True)
+    except OSError as error:  # unreadable config or weights; transformers' message names the file
+        raise ValueError(f"{source}: cannot load a transformers CLIP: {' '.join(str(error).split())}") from None
     unexpected = [k for k in info.get("unexpected_keys", ()) if not k.endswith(IGNORED_UNEXPECTED)]
     problems = {
         "missing keys": sorted(info.get("missing_keys", ())),

@@ -16,6 +16,7 @@ import torch
 from ..atomic import atomic_write
 from ..data.io import check_image
 from ..factory import ClipBundle
+from ..images import ImageDecodeError, load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -102,13 +103,6 @@ def read_coco_pairs(
             continue
         pairs.append((file, by_image[image["id"]]))
     return pairs, problems
-
-
-def load_rgb(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert("RGB")
 
 
 def _hash_weights(digest, module: torch.nn.Module) -> None:
@@ -225,8 +219,16 @@ class _DecodedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocess(load_rgb(self.paths[index]))
+    def __getitem__(self, index: int) -> torch.Tensor | str:
+        try:
+            return self.preprocess(load_rgb(self.paths[index]))
+        except ImageDecodeError as error:  # handed back, not raised in a worker: the message stays one line
+            return str(error)
+
+
+def _stack_or_error(items: list) -> torch.Tensor | str:
+    errors = [item for item in items if isinstance(item, str)]
+    return errors[0] if errors else torch.stack(items)
 
 
 class Encoder:
@@ -330,10 +332,13 @@ class Encoder:
             batch_size=self.batch_size,
             num_workers=self.workers if len(todo) > self.batch_size else 0,  # one batch: not worth the start-up
             pin_memory=self.clip.device.type == "cuda",
+            collate_fn=_stack_or_error,
         )
         new, done = {}, 0
         with self._bar(len(todo), f"encode {desc}") as bar:
             for batch in loader:
+                if isinstance(batch, str):
+                    raise ImageDecodeError(batch)
                 embs = self._encode_batch(batch)
                 new.update(zip((keys[p] for p in todo[done : done + len(embs)]), embs))
                 done += len(embs)

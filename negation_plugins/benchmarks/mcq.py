@@ -80,9 +80,12 @@ def _parse_row(number: int, record: dict) -> tuple[McqRow | None, str]:
     if empty:
         return None, f"empty or missing value for {', '.join(empty)}"
     try:
-        answer = int(float(record["correct_answer"]))
+        value = float(record["correct_answer"])
     except ValueError:
         return None, f"correct_answer {record['correct_answer']!r} is not a number 0-3"
+    if not value.is_integer():  # "1.0" (a spreadsheet's export) is 1; "1.7" names no caption
+        return None, f"correct_answer {record['correct_answer']!r} is not a whole number 0-3"
+    answer = int(value)
     if not 0 <= answer <= 3:
         return None, f"correct_answer {answer} is out of range (captions are caption_0..caption_3)"
     template = record["correct_answer_template"].strip().lower()

@@ -215,7 +215,7 @@ def evaluate(
 )
 @click.option(
     "--model-card",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Write results into this model card's model-index (last model; the first model is 'before').",
 )
@@ -251,8 +251,14 @@ def eval_command(
     Example: negclip eval ViT-B-32:openai local-dir:./tuned --bench valse-existence,negation-probe
     -o valse-existence.file=existence.json -o valse-existence.images=coco/val2014 --out eval/
     """
-    from .. import plugins
+    from .. import checks, plugins
     from . import report
+
+    checks.output_dir(out_dir, "--out")  # outputs are checked before any model loads, not after the work
+    if cache_dir:
+        checks.output_dir(cache_dir, "--cache-dir")
+    if model_card:
+        checks.output_file(model_card, "--model-card")
 
     names = [b.strip() for group in benches for b in group.split(",") if b.strip()]
     available = plugins.get("benchmarks")

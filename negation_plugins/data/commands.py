@@ -119,11 +119,13 @@ class _GenerateGroup(click.Group):
 )
 @click.option(
     "--vocabulary",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     help="Object names, one per line (default: instances categories, else COCO's 80).",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--chunk-size", default=256, show_default=True, type=int, help="Captions per resumable chunk.")
+@click.option(
+    "--chunk-size", default=256, show_default=True, type=click.IntRange(min=1), help="Captions per resumable chunk."
+)
 @click.option("--skip-bad-images", is_flag=True, help="Skip (and count) captions whose image is missing or corrupt.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT and any unfinished run's progress instead of resuming.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -146,18 +148,21 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
     elif shard_spec == "auto" and shard[1] > 1:
         raise click.BadParameter("with --shard auto, put {shard} in the name (e.g. parts/negations-{shard}.jsonl) so "
                                  "each process writes its own file", param_hint="'--out'")  # fmt: skip
-    from .. import plugins
+    from .. import checks, plugins
     from .generate import generate
     from .io import DataError, read_captions
     from .llm import LlmError
     from .vocabulary import COCO_CATEGORIES
 
+    checks.output_file(out, "--out")
     try:
-        caption_set = read_captions(captions, instances, images, skip_bad_images)
         if vocabulary:
             words = [w.strip().lower() for w in Path(vocabulary).read_text(encoding="utf-8").splitlines()]
             vocab = list(dict.fromkeys(w for w in words if w))
-        else:
+            if not vocab:
+                raise DataError(f"--vocabulary {vocabulary}: no object names in it (expected one per line)")
+        caption_set = read_captions(captions, instances, images, skip_bad_images)
+        if not vocabulary:
             vocab = caption_set.categories or list(COCO_CATEGORIES)
         kind_list = [k.strip() for k in kinds.split(",")] if kinds else (
             ["absence", "presence"] if instances else ["absence"])  # fmt: skip
@@ -188,9 +193,11 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
 @click.option("--overwrite", is_flag=True, help="Replace OUT.")
 def merge_command(shards, out, overwrite):
     """Join the outputs of `negclip generate --shard I/N` (all N) into the file an unsharded run writes."""
+    from .. import checks
     from .generate import merge_shards
     from .io import DataError
 
+    checks.output_file(out, "--out")
     try:
         summary = merge_shards(shards, out, overwrite=overwrite)
     except (DataError, FileExistsError) as e:

@@ -271,6 +271,13 @@ def generate(
         raise ValueError(f"kinds must be among {', '.join(KINDS)}, got {list(kinds)}")
     if not vocabulary:
         raise ValueError("an object vocabulary is needed to pick objects to negate")
+    if not caption_set.items:
+        skipped = (
+            f" ({caption_set.skipped_bad_images} skipped for bad images)" if caption_set.skipped_bad_images else ""
+        )
+        raise DataError(f"{caption_set.source or 'captions'}: no captions to negate{skipped}; nothing written")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     items = caption_set.items
     n_chunks = (len(items) + chunk_size - 1) // chunk_size
     chunks = shard_range(n_chunks, shard)
@@ -317,6 +324,7 @@ def generate(
             with open(path, "a+b") as f:
                 f.truncate(size)
     else:
+        out.parent.mkdir(parents=True, exist_ok=True)
         for path in (partial, fallback_partial):
             path.unlink(missing_ok=True)
             path.touch()
@@ -355,6 +363,14 @@ def generate(
     finally:
         bar.close()
     final_stats = _merged_stats(stats, negator, verifier)
+    if not sharded and not stats["absence"] + stats["presence"]:  # nothing to negate: say why, write no empty file
+        for path in (partial, fallback_partial, progress_file):
+            path.unlink(missing_ok=True)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(final_stats.items()) if v) or "no reason recorded"
+        raise DataError(
+            f"{caption_set.source or 'captions'}: none of the {len(items)} captions could be negated "
+            f"({reasons}); check --vocabulary/--kinds; nothing written to {out}"
+        )
     final_stats["fallbacks"] = stats["fallbacks"]
     seconds = max(state.get("seconds", 0.0), 1e-9)
     summary = {

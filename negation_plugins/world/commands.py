@@ -19,12 +19,14 @@ def world_group():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the world into.")
 @click.option("--n-images", default=2000, show_default=True, help="Scenes in total (train + val).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--image-size", default=32, show_default=True, help="Image side in pixels.")
+@click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=8), help="Image side in pixels.")
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of scenes held out (val MCQ/retrieval).")
 def make_command(out, n_images, seed, image_size, val_fraction):
     """Render scenes and write images/, captions_*.json, instances_*.json, mcq_*.csv and world.json."""
+    from ..checks import output_dir
     from .export import WorldConfig, make_world
 
+    output_dir(out, "--out")
     config = WorldConfig(n_images=n_images, seed=seed, image_size=image_size, val_fraction=val_fraction)
     try:
         files = make_world(out, config)

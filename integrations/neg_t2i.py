@@ -52,10 +52,10 @@ class ClipPresenceJudge:
     name = "clip"
     threshold = 0.5
 
-    def __init__(self, clip):
+    def __init__(self, clip, device: str = "cpu"):
         from negation_plugins import ClipBundle, load_clip
 
-        self.clip = clip if isinstance(clip, ClipBundle) else load_clip(clip)
+        self.clip = clip if isinstance(clip, ClipBundle) else load_clip(clip, device=device)
         if not self.clip.has_vision:
             raise ValueError(f"judge clip:{self.clip.spec} is text-only; a presence judge needs a vision tower")
 
@@ -72,12 +72,12 @@ class OwlVitJudge:
     name = "owlvit"
     threshold = 0.1
 
-    def __init__(self, model, processor=None):
+    def __init__(self, model, processor=None, device: str = "cpu"):
         from transformers import OwlViTForObjectDetection, OwlViTProcessor
 
         if isinstance(model, (str, Path)):
             processor = processor or OwlViTProcessor.from_pretrained(model)
-            model = OwlViTForObjectDetection.from_pretrained(model)
+            model = OwlViTForObjectDetection.from_pretrained(model).to(device)
         if processor is None:
             raise ValueError("OwlVitJudge needs the processor that belongs to the given model")
         self.model, self.processor = model.eval(), processor
@@ -87,6 +87,7 @@ class OwlVitJudge:
         images = list(images)
         queries = [[f"a photo of a {object_name}"]] * len(images)
         inputs = self.processor(text=queries, images=images, padding="max_length", truncation=True, return_tensors="pt")
+        inputs = inputs.to(self.model.device)
         logits = self.model(**inputs).logits  # (images, boxes, queries)
         return logits.sigmoid().amax(dim=(1, 2)).tolist()
 
@@ -94,12 +95,12 @@ class OwlVitJudge:
 JUDGES = {"clip": ClipPresenceJudge, "owlvit": OwlVitJudge}
 
 
-def make_judge(spec: str) -> Judge:
-    """``clip:<load_clip spec>`` or ``owlvit:<transformers folder or hub id>``."""
+def make_judge(spec: str, device: str = "cpu") -> Judge:
+    """``clip:<load_clip spec>`` or ``owlvit:<transformers folder or hub id>``, loaded on ``device``."""
     kind, _, argument = spec.partition(":")
     if kind not in JUDGES or not argument:
         raise ValueError(f"judge {spec!r}: use one of {', '.join(f'{k}:SPEC' for k in JUDGES)}")
-    return JUDGES[kind](argument)
+    return JUDGES[kind](argument, device=device)
 
 
 def read_prompts(path: str | Path) -> list[NegatedPrompt]:
@@ -213,6 +214,8 @@ def evaluate(
             "seed": seed,
             "images_per_prompt": images_per_prompt,
             "route_negations": route_negations,
+            "device": str(pipe.device),
+            "dtype": str(pipe.dtype).removeprefix("torch."),
         },
     }
     if out_dir is not None:
@@ -261,7 +264,13 @@ def register_commands(cli):
     @click.option("--seed", default=0, show_default=True)
     @click.option("--images-per-prompt", default=1, show_default=True, type=click.IntRange(min=1))
     @click.option("--route-negations", is_flag=True, help="Also move 'without X' into the negative prompt.")
-    @click.option("--device", default="cpu", show_default=True)
+    @click.option("--device", default=None, help="Where to generate and judge [default: cuda when present, else cpu].")
+    @click.option(
+        "--precision",
+        type=click.Choice(["bf16", "fp32"]),
+        default=None,
+        help="The pipeline's dtype (the swapped encoder follows it) [default: bf16 on cuda, fp32 on cpu].",
+    )
     def t2i_eval(
         pipeline,
         encoder,
@@ -274,17 +283,21 @@ def register_commands(cli):
         images_per_prompt,
         route_negations,
         device,
+        precision,
     ):
         """Neg-T2I: generate for negating prompts with stock vs negation-aware encoder; judge the negated objects."""
         from diffusers import DiffusionPipeline
 
+        from negation_plugins.benchmarks.suite import PRECISIONS, pick_eval_device
         from negation_plugins.checks import output_dir
 
         output_dir(out_dir, "--out")
         try:
+            device, precision = pick_eval_device(device, precision, "negclip t2i-eval")
             prompts = read_prompts(prompts_path)
-            judge = make_judge(judge_spec)
-            pipe = DiffusionPipeline.from_pretrained(pipeline).to(device)
+            judge = make_judge(judge_spec, device=device)
+            pipe = DiffusionPipeline.from_pretrained(pipeline, torch_dtype=getattr(torch, PRECISIONS[precision]))
+            pipe = pipe.to(device)
         except (ValueError, OSError) as error:  # bad prompts/judge, or a pipeline that does not load (named)
             raise click.ClickException(" ".join(str(error).split())) from None
         pipe.set_progress_bar_config(disable=True)

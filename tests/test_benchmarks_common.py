@@ -3,6 +3,7 @@ every benchmark test scores with."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import random
 
@@ -14,12 +15,14 @@ from PIL import Image
 from negation_plugins.benchmarks.common import (
     BenchmarkDataError,
     Encoder,
+    ImageEmbeddingCache,
     RowProblems,
     TextEmbeddingCache,
     model_fingerprint,
     pessimistic_rank,
     resolve_image,
     retrieval_recalls,
+    vision_fingerprint,
 )
 from negation_plugins.factory import ClipBundle
 
@@ -168,6 +171,72 @@ def test_fingerprint_changes_with_any_weight():
 def test_encoder_image_files_match_one_by_one(tmp_path):
     clip = tiny_clip()
     paths = [p for p in sorted(write_images(tmp_path, [f"{i}.png" for i in range(5)]).iterdir())]
-    batched = Encoder(clip, batch_size=2, progress=False).image_files(paths + paths[:1])
-    for got, want in zip(batched, hand_image_embeddings(clip, paths + paths[:1])):
-        assert torch.allclose(got, want, atol=1e-5)
+    for workers in (0, 2):  # decoded in this process, then in two DataLoader workers (3 batches of 2)
+        batched = Encoder(clip, batch_size=2, progress=False, workers=workers).image_files(paths + paths[:1])
+        for got, want in zip(batched, hand_image_embeddings(clip, paths + paths[:1])):
+            assert torch.allclose(got, want, atol=1e-5)
+
+
+def text_only_finetune(clip: ClipBundle, seed: int = 5) -> ClipBundle:
+    """A copy of ``clip`` whose text tower (only) has moved, as after text-encoder fine-tuning."""
+    model = copy.deepcopy(clip.model)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return ClipBundle(model=model, tokenizer=clip.tokenizer, preprocess=clip.preprocess, spec=f"{clip.spec}-ft")
+
+
+def test_vision_fingerprint_ignores_the_text_tower_and_follows_vision_and_preprocessing():
+    clip = tiny_clip()
+    tuned = text_only_finetune(clip)
+    assert model_fingerprint(tuned) != model_fingerprint(clip)
+    assert vision_fingerprint(tuned) == vision_fingerprint(clip)
+    resized = ClipBundle(tuned.model, tuned.tokenizer, open_clip.image_transform(48, is_train=False), "resized")
+    assert vision_fingerprint(resized) != vision_fingerprint(clip)
+    with torch.no_grad():
+        tuned.model.visual.proj[0, 0] += 1e-3
+    assert vision_fingerprint(tuned) != vision_fingerprint(clip)
+
+
+def test_image_cache_on_disk_serves_a_text_only_finetune(tmp_path):
+    clip = tiny_clip()
+    paths = sorted(write_images(tmp_path / "imgs", [f"{i}.png" for i in range(3)]).iterdir())
+    cache = ImageEmbeddingCache(tmp_path / "cache")
+    first = Encoder(clip, image_cache=cache, progress=False).image_files(paths + paths[:1])
+    assert cache.stats() == {"hits": 0, "misses": 3}
+    cache.save()
+    assert [f.name.split("-")[0] for f in (tmp_path / "cache").iterdir()] == ["image"]
+
+    reloaded = ImageEmbeddingCache(tmp_path / "cache")
+    again = Encoder(text_only_finetune(clip), image_cache=reloaded, progress=False).image_files(paths)
+    assert reloaded.stats() == {"hits": 3, "misses": 0} and torch.equal(again, first[:3])
+    write_images(tmp_path / "imgs", ["1.png"], seed=9)  # a rewritten file is embedded afresh
+    Encoder(clip, image_cache=reloaded, progress=False).image_files(paths)
+    assert reloaded.stats() == {"hits": 5, "misses": 1}
+    Encoder(tiny_clip(seed=1), image_cache=reloaded, progress=False).image_files(paths[:1])  # other vision tower
+    assert reloaded.stats()["misses"] == 2
+
+
+def test_bf16_autocast_is_close_to_fp32_and_cached_apart(tmp_path):
+    clip = tiny_clip()
+    paths = sorted(write_images(tmp_path / "imgs", ["a.png", "b.png"]).iterdir())
+    cache, texts = ImageEmbeddingCache(), TextEmbeddingCache()
+    fp32 = Encoder(clip, cache=texts, image_cache=cache, progress=False)
+    bf16 = Encoder(clip, cache=texts, image_cache=cache, progress=False, dtype=torch.bfloat16)
+    low, full = bf16.image_files(paths), fp32.image_files(paths)
+    assert low.dtype == torch.float32 and not torch.equal(low, full) and torch.allclose(low, full, atol=0.05)
+    assert cache.stats() == {"hits": 0, "misses": 4}  # the precision is part of the key
+    assert torch.allclose(bf16.texts(["no dog"]), fp32.texts(["no dog"]), atol=0.05)
+    assert texts.stats() == {"hits": 0, "misses": 2}
+
+
+def test_an_undecodable_image_in_a_worker_fails_in_one_line(tmp_path):
+    from negation_plugins.images import ImageDecodeError
+
+    paths = sorted(write_images(tmp_path, ["a.png", "b.png"]).iterdir())
+    paths[1].write_bytes(paths[1].read_bytes()[:60])  # a truncated PNG: the header reads, the pixels do not
+    encoder = Encoder(tiny_clip(), batch_size=1, progress=False, workers=2)
+    with pytest.raises(ImageDecodeError, match=r"b.png: not a readable image") as caught:
+        encoder.image_files(paths)
+    assert "\n" not in str(caught.value)

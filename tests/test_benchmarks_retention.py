@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from negation_plugins import load_clip, plugins
-from negation_plugins.benchmarks.common import BenchmarkDataError
+from negation_plugins.benchmarks.common import BenchmarkDataError, Encoder, TextEmbeddingCache
 from negation_plugins.benchmarks.probe import negator_pairs
 from negation_plugins.benchmarks.retention import parse_templates
 from tests.test_benchmarks_common import (
@@ -51,6 +51,55 @@ def test_zeroshot_classification_matches_hand_topk(tmp_path):
             top5 += rank < 5
     assert got["n_images"] == 12 and got["n_classes"] == 6 and got["n_templates"] == 2
     assert got["top1"] == pytest.approx(top1 / 12) and got["top5"] == pytest.approx(top5 / 12)
+
+
+def prompts_seen(clip, **options):
+    """Run zero-shot classification with a text cache; return (metrics, a lookup of which prompts were embedded)."""
+    cache = TextEmbeddingCache()
+    encoder = Encoder(clip, cache=cache, progress=False)
+    got = bench("zeroshot-classification").run(clip, encoder=encoder, progress=False, **options)
+    return got, lambda prompt: bool(cache.get(encoder.model_key, [prompt]))
+
+
+def test_zeroshot_imagenet_wnid_folders_get_class_names_and_openai_templates(tmp_path):
+    root = tmp_path / "imagenet-val"
+    for c, wnid in enumerate(["n01440764", "n01443537", "n15075141"]):  # a partial set: tench, goldfish, toilet paper
+        write_images(root / wnid, [f"ILSVRC2012_val_{c}.JPEG"], seed=c)
+    got, seen = prompts_seen(tiny_clip(), root=root)
+    assert got["class_names"] == "imagenet-1k" and got["n_classes"] == 3 and got["n_templates"] == 80
+    assert seen("a bad photo of a tench.") and seen("itap of a toilet paper.") and seen("a photo of the goldfish.")
+    assert not seen("a bad photo of a n01440764.")
+
+    (root / "n00004475").mkdir()  # a WordNet id outside ImageNet-1k
+    write_images(root / "n00004475", ["x.png"])
+    with pytest.raises(BenchmarkDataError, match=r"n00004475 are WordNet ids outside ImageNet-1k.*classnames=FILE"):
+        prompts_seen(tiny_clip(), root=root)
+    (root / "names.tsv").write_text("n00004475\torganism\nn01440764\ttench fish\nn01443537\tgoldfish\n")
+    with pytest.raises(BenchmarkDataError, match=r"names.tsv: no name for class folder\(s\) n15075141"):
+        prompts_seen(tiny_clip(), root=root, classnames=str(root / "names.tsv"))
+    (root / "names.tsv").write_text("n00004475\torganism\nn01440764\ttench fish\nn01443537\tgoldfish\nn15075141\ttp\n")
+    got, seen = prompts_seen(tiny_clip(), root=root, classnames=str(root / "names.tsv"), templates="a photo of a {}.")
+    assert got["class_names"].endswith("names.tsv") and seen("a photo of a organism.") and seen("a photo of a tp.")
+
+
+def test_zeroshot_class_names_file_one_per_line_and_clear_errors(tmp_path):
+    root = write_image_folder(tmp_path / "data")
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"the {c}" for c in sorted(CLASSES)) + "\n")
+    got, seen = prompts_seen(tiny_clip(), root=root, classnames=str(names), templates="a photo of {}.")
+    assert got["class_names"] == str(names) and seen("a photo of the traffic_light.") and got["n_templates"] == 1
+    got, seen = prompts_seen(tiny_clip(), root=root, templates="a photo of {}.")  # no file: the folder names
+    assert got["class_names"] == "folders" and seen("a photo of traffic light.")
+
+    names.write_text("dog\ncat\n")
+    with pytest.raises(BenchmarkDataError, match=r"names.txt: 2 class names for 6 class folders"):
+        prompts_seen(tiny_clip(), root=root, classnames=str(names))
+    names.write_text("dog\tDog\ncat\n")
+    with pytest.raises(BenchmarkDataError, match=r"names.txt: line 2: expected 'folder<TAB>name'"):
+        prompts_seen(tiny_clip(), root=root, classnames=str(names))
+    write_images(root / "n01440764", ["x.png"])
+    with pytest.raises(BenchmarkDataError, match="some class folders are WordNet ids"):
+        prompts_seen(tiny_clip(), root=root)
 
 
 def test_templates_parse_from_list_string_or_file(tmp_path):

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 import negation_plugins as npl
 from negation_plugins.benchmarks.probe import negator_pairs
-from negation_plugins.benchmarks.suite import parse_options
+from negation_plugins.benchmarks.suite import parse_options, pick_eval_device
 from negation_plugins.cli import cli
 from negation_plugins.factory import Backend
-from tests.test_benchmarks_common import tiny_clip, write_images
+from tests.test_benchmarks_common import text_only_finetune, tiny_clip, write_images
 
 
 class TinyBackend(Backend):
@@ -27,7 +27,9 @@ class TinyBackend(Backend):
         return spec.startswith("tiny:")
 
     def load(self, spec, *, device="cpu", **options):
-        clip = tiny_clip(int(spec.split(":")[1]))
+        """``tiny:SEED``, or ``tiny:SEED:ft`` for its text-only fine-tune (same vision tower)."""
+        _, seed, *tuned = spec.split(":")
+        clip = text_only_finetune(tiny_clip(int(seed))) if tuned else tiny_clip(int(seed))
         clip.spec = spec
         return clip
 
@@ -153,6 +155,41 @@ def test_clear_errors_for_bad_benchmarks_options_and_rows(valse, register_plugin
     assert result.exit_code == 0, result.output
     got = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["tiny:0"]["valse-existence"]
     assert got["n_items"] == 3 and got["n_skipped"] == 1
+
+
+def test_text_only_finetune_embeds_no_image_again(valse, register_plugin, tmp_path):
+    """Images are cached on disk by vision tower: the second run, a text-only fine-tune, only embeds texts."""
+    register_plugin(TinyPlugin(), "tiny-plugin")
+    common = [
+        "--bench",
+        "valse-existence",
+        "-o",
+        f"valse-existence.file={valse / 'existence.json'}",
+        "-o",
+        f"valse-existence.images={valse / 'imgs'}",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-plot",
+        "--workers",
+        "0",
+    ]
+    base = run(["tiny:0", *common, "--out", str(tmp_path / "base")])
+    assert base.exit_code == 0, base.output
+    report = json.loads((tmp_path / "base" / "report.json").read_text())
+    assert report["image_cache"] == {"hits": 0, "misses": 4} and report["text_cache"]["misses"] == 8
+    device, precision = pick_eval_device(None, None)  # CUDA in bf16 when present, else the CPU in fp32
+    assert report["settings"] == {"device": device, "precision": precision, "workers": 0, "batch_size": 64}
+
+    tuned = run(["tiny:0:ft", *common, "--out", str(tmp_path / "tuned")])
+    assert tuned.exit_code == 0, tuned.output
+    report = json.loads((tmp_path / "tuned" / "report.json").read_text())
+    assert report["image_cache"] == {"hits": 4, "misses": 0}  # every image served from the cache
+    assert report["text_cache"] == {"hits": 0, "misses": 8}  # the text tower changed: texts embedded afresh
+
+    other = run(["tiny:1", *common, "--out", str(tmp_path / "other"), "--precision", "bf16"])
+    assert other.exit_code == 0, other.output
+    report = json.loads((tmp_path / "other" / "report.json").read_text())
+    assert report["image_cache"] == {"hits": 0, "misses": 4} and report["settings"]["precision"] == "bf16"
 
 
 @pytest.mark.e2e

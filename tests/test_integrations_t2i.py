@@ -15,6 +15,7 @@ from integrations.neg_t2i import (
     evaluate,
     read_prompts,
 )
+from negation_plugins.benchmarks.suite import PRECISIONS, pick_eval_device
 from negation_plugins.testing import tiny_clip, tiny_sd_pipeline
 
 
@@ -124,4 +125,6 @@ def test_t2i_eval_cli(tmp_path):
     assert "negation success" in result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["settings"]["route_negations"] is True and report["prompts"][0]["objects"] == ["cars"]
+    device, precision = pick_eval_device(None, None)  # CUDA in bf16 when present, else the CPU in fp32
+    assert (report["settings"]["device"], report["settings"]["dtype"]) == (device, PRECISIONS[precision])
     assert (tmp_path / "out" / "grid_negation.png").is_file()

@@ -1,11 +1,13 @@
 """What every benchmark shares: data errors with file+row, an optional skip-and-count mode, image path
-resolution, the COCO captions reader, batched encoding with a content-addressed text-embedding cache, and
+resolution, the COCO captions reader, batched encoding (images decoded in DataLoader workers, bf16 autocast on
+request) with embedding caches (texts keyed by the whole model, images by the vision tower and preprocessing), and
 retrieval ranks where ties count against the model."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 from ..atomic import atomic_write
 from ..data.io import check_image
 from ..factory import ClipBundle
-from ..images import load_rgb  # noqa: F401 (benchmarks import it from here)
+from ..images import ImageDecodeError, load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -103,23 +105,46 @@ def read_coco_pairs(
     return pairs, problems
 
 
+def _hash_weights(digest, module: torch.nn.Module) -> None:
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+
+
 def model_fingerprint(clip: ClipBundle) -> str:
     """Content hash of the weights and tokenizer settings: equal models share cache entries, any change misses."""
     digest = hashlib.sha256()
     digest.update(f"{type(clip.tokenizer).__name__}:{clip.context_length}".encode())
     for correction in clip.corrections:  # corrected embeddings must not share entries with plain ones
         digest.update(correction.describe().encode())
-    for name, tensor in sorted(clip.model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    _hash_weights(digest, clip.model)
     return digest.hexdigest()
 
 
-class TextEmbeddingCache:
-    """Text embeddings keyed by (model fingerprint, caption): in memory, and in ``directory`` when given
-    (one safetensors file per model, written atomically by :meth:`save`)."""
+def vision_fingerprint(clip: ClipBundle) -> str:
+    """Content hash of what an image embedding depends on: the vision tower's weights and the preprocessing.
+
+    The text tower and corrections are left out, so a base model and its text-only fine-tunes share entries.
+    """
+    digest = hashlib.sha256(b"vision:")
+    digest.update(re.sub(r" at 0x[0-9a-f]+", "", repr(clip.preprocess)).encode())  # no memory addresses
+    _hash_weights(digest, clip.model.visual)
+    return digest.hexdigest()
+
+
+def image_file_key(path: Path) -> str:
+    """Cache key of an image file: its resolved path, size and modification time (a rewritten file misses)."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+
+class EmbeddingCache:
+    """Embeddings keyed by (model key, item): in memory, and in ``directory`` when given (one safetensors file
+    ``{kind}-{model key}.safetensors`` per model key, written atomically by :meth:`save`)."""
+
+    kind = ""
 
     def __init__(self, directory: str | Path | None = None):
         self.directory = Path(directory) if directory is not None else None
@@ -129,11 +154,11 @@ class TextEmbeddingCache:
         self.misses = 0
 
     @staticmethod
-    def _key(text: str) -> str:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    def _key(item: str) -> str:
+        return hashlib.sha256(item.encode("utf-8")).hexdigest()
 
     def _file(self, model_key: str) -> Path:
-        return self.directory / f"text-{model_key[:32]}.safetensors"
+        return self.directory / f"{self.kind}-{model_key[:32]}.safetensors"
 
     def _table(self, model_key: str) -> dict[str, torch.Tensor]:
         if model_key not in self._models:
@@ -145,17 +170,17 @@ class TextEmbeddingCache:
             self._models[model_key] = table
         return self._models[model_key]
 
-    def get(self, model_key: str, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def get(self, model_key: str, items: Sequence[str]) -> dict[str, torch.Tensor]:
         table = self._table(model_key)
-        found = {t: table[k] for t in texts if (k := self._key(t)) in table}
+        found = {t: table[k] for t in items if (k := self._key(t)) in table}
         self.hits += len(found)
-        self.misses += len(texts) - len(found)
+        self.misses += len(items) - len(found)
         return found
 
     def put(self, model_key: str, embeddings: dict[str, torch.Tensor]) -> None:
         table = self._table(model_key)
-        for text, emb in embeddings.items():
-            table[self._key(text)] = emb.detach().cpu().contiguous()
+        for item, emb in embeddings.items():
+            table[self._key(item)] = emb.detach().cpu().contiguous()
         if embeddings:
             self._dirty.add(model_key)
 
@@ -173,27 +198,89 @@ class TextEmbeddingCache:
         return {"hits": self.hits, "misses": self.misses}
 
 
+class TextEmbeddingCache(EmbeddingCache):
+    """Text embeddings keyed by (model fingerprint, caption)."""
+
+    kind = "text"
+
+
+class ImageEmbeddingCache(EmbeddingCache):
+    """Image-file embeddings keyed by (vision fingerprint, :func:`image_file_key`)."""
+
+    kind = "image"
+
+
+class _DecodedImages(torch.utils.data.Dataset):
+    """Image files decoded and preprocessed, in DataLoader workers when there are any."""
+
+    def __init__(self, paths: Sequence[Path], preprocess):
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor | str:
+        try:
+            return self.preprocess(load_rgb(self.paths[index]))
+        except ImageDecodeError as error:  # handed back, not raised in a worker: the message stays one line
+            return str(error)
+
+
+def _stack_or_error(items: list) -> torch.Tensor | str:
+    errors = [item for item in items if isinstance(item, str)]
+    return errors[0] if errors else torch.stack(items)
+
+
 class Encoder:
     """Batched, progress-reporting encoding of one model's texts and images (normalized, float32, CPU).
 
-    Texts are de-duplicated and go through the cache; image files are encoded once per encoder.
+    Texts are de-duplicated and go through ``cache``; image files go through ``image_cache`` (a memory-only one
+    unless given), are decoded by ``workers`` DataLoader processes and encoded once per vision tower. With
+    ``dtype=torch.bfloat16`` the model runs under autocast; the dtype is part of every cache key.
     """
 
     def __init__(
-        self, clip: ClipBundle, cache: TextEmbeddingCache | None = None, batch_size: int = 64, progress: bool = True
+        self,
+        clip: ClipBundle,
+        cache: TextEmbeddingCache | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+        *,
+        image_cache: ImageEmbeddingCache | None = None,
+        workers: int = 0,
+        dtype: torch.dtype = torch.float32,
     ):
         self.clip = clip
         self.cache = cache
+        self.image_cache = image_cache if image_cache is not None else ImageEmbeddingCache()
         self.batch_size = int(batch_size)
         self.progress = progress
+        self.workers = int(workers)
+        self.dtype = dtype
         self._model_key: str | None = None
-        self._image_files: dict[Path, torch.Tensor] = {}
+        self._vision_key: str | None = None
 
     @property
     def model_key(self) -> str:
         if self._model_key is None:
-            self._model_key = model_fingerprint(self.clip)
+            self._model_key = f"{model_fingerprint(self.clip)}:{self.dtype}"
         return self._model_key
+
+    @property
+    def vision_key(self) -> str:
+        if self._vision_key is None:
+            self._check_images()
+            self._vision_key = f"{vision_fingerprint(self.clip)}:{self.dtype}"
+        return self._vision_key
+
+    def _check_images(self) -> None:
+        if not self.clip.has_vision:
+            raise ValueError(f"{self.clip.spec!r} is a text-only model: it has no vision tower to encode images")
+        if self.clip.preprocess is None:
+            raise ValueError(f"{self.clip.spec!r} has no image preprocessing: cannot encode images")
+
+    def _autocast(self):
+        return torch.autocast(self.clip.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def _bar(self, total: int, desc: str):
         from tqdm.auto import tqdm
@@ -205,7 +292,7 @@ class Encoder:
         known = self.cache.get(self.model_key, unique) if self.cache is not None else {}
         todo = [t for t in unique if t not in known]
         new = {}
-        with self._bar(len(todo), f"encode {desc}") as bar:
+        with self._bar(len(todo), f"encode {desc}") as bar, self._autocast():
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start : start + self.batch_size]
                 embs = self.clip.encode_text(chunk, batch_size=self.batch_size).float().cpu()
@@ -218,34 +305,47 @@ class Encoder:
             return torch.empty(0, 0)
         return torch.stack([known[t] for t in texts])
 
-    def _encode_pil(self, images: Sequence) -> torch.Tensor:
-        if self.clip.preprocess is None:
-            raise ValueError(f"{self.clip.spec!r} has no image preprocessing: cannot encode images")
-        batch = torch.stack([self.clip.preprocess(img) for img in images])
-        return self.clip.encode_image(batch, batch_size=self.batch_size).float().cpu()
+    def _encode_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.clip.encode_image(batch, batch_size=self.batch_size).float().cpu()
 
     def images(self, images: Sequence, desc: str = "images") -> torch.Tensor:
         """Encode PIL images (e.g. crops)."""
+        self._check_images()
         out = []
         with self._bar(len(images), f"encode {desc}") as bar:
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size]
-                out.append(self._encode_pil(chunk))
+                out.append(self._encode_batch(torch.stack([self.clip.preprocess(img) for img in chunk])))
                 bar.update(len(chunk))
         return torch.cat(out) if out else torch.empty(0, 0)
 
     def image_files(self, paths: Sequence[Path], desc: str = "images") -> torch.Tensor:
-        """Encode image files, each distinct file once."""
-        todo = [p for p in dict.fromkeys(paths) if p not in self._image_files]
-        with self._bar(len(todo), f"encode {desc}") as bar:
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                embs = self._encode_pil([load_rgb(p) for p in chunk])
-                self._image_files.update(zip(chunk, embs))
-                bar.update(len(chunk))
+        """Encode image files, each distinct file once per vision tower (and never again with an on-disk cache)."""
         if not paths:
             return torch.empty(0, 0)
-        return torch.stack([self._image_files[p] for p in paths])
+        keys = {path: image_file_key(path) for path in dict.fromkeys(paths)}
+        known = self.image_cache.get(self.vision_key, list(keys.values()))
+        todo = [path for path, key in keys.items() if key not in known]
+        loader = torch.utils.data.DataLoader(
+            _DecodedImages(todo, self.clip.preprocess),
+            batch_size=self.batch_size,
+            num_workers=self.workers if len(todo) > self.batch_size else 0,  # one batch: not worth the start-up
+            pin_memory=self.clip.device.type == "cuda",
+            collate_fn=_stack_or_error,
+        )
+        new, done = {}, 0
+        with self._bar(len(todo), f"encode {desc}") as bar:
+            for batch in loader:
+                if isinstance(batch, str):
+                    raise ImageDecodeError(batch)
+                embs = self._encode_batch(batch)
+                new.update(zip((keys[p] for p in todo[done : done + len(embs)]), embs))
+                done += len(embs)
+                bar.update(len(embs))
+        self.image_cache.put(self.vision_key, new)
+        known.update(new)
+        return torch.stack([known[keys[p]] for p in paths])
 
 
 def encoder_for(clip: ClipBundle, encoder: Encoder | None, batch_size: int, progress: bool) -> Encoder:

@@ -1,22 +1,27 @@
 """The evaluation suite: registers the public negation benchmarks and retention checks, and ``negclip eval``.
 
 ``evaluate(models, benches, options)`` is the library entry point; the command adds reports, a plot and
-model-card metadata around it. One text-embedding cache is shared by every model and benchmark of a run.
+model-card metadata around it. One text-embedding cache and one image-embedding cache are shared by every model
+and benchmark of a run: models with the same vision tower (a base model and its text-only fine-tunes) embed each
+image once, and never again across runs when the caches live on disk (``--cache-dir``).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 import time
 from pathlib import Path
 
 import click
+import torch
 
 from ..corrections import parse_corrections
+from ..devices import pick_device
 from ..hookspecs import hookimpl
 from .ccneg import CCNeg
-from .common import BenchmarkDataError, Encoder, TextEmbeddingCache
+from .common import BenchmarkDataError, Encoder, ImageEmbeddingCache, TextEmbeddingCache
 from .negbench import NegBenchRetrieval
 from .negrefcocog import NegRefCOCOg
 from .probe import NegationProbe
@@ -33,6 +38,21 @@ BENCHMARKS = (
     NegationProbe,
 )
 SHARED_OPTIONS = ("skip_bad", "encoder", "batch_size", "progress")  # given to every benchmark that accepts them
+PRECISIONS = {"bf16": "bfloat16", "fp32": "float32"}
+
+
+def pick_eval_device(device: str | None, precision: str | None, what: str = "negclip eval") -> tuple[str, str]:
+    """``(device, precision)``: CUDA in bf16 when present, else the CPU in fp32, unless given."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"{what}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device, dtype = pick_device(device, PRECISIONS.get(precision), what)
+    return device, {v: k for k, v in PRECISIONS.items()}[str(dtype).removeprefix("torch.")]
+
+
+def default_workers(device: str) -> int:
+    """Decoding workers when the user gives none: up to 8 beside a GPU; none on the CPU, whose cores the model
+    already uses."""
+    return min(8, os.cpu_count() or 1) if str(device).startswith("cuda") else 0
 
 
 @hookimpl
@@ -85,16 +105,21 @@ def evaluate(
     options=None,
     *,
     cache=None,
+    image_cache=None,
     batch_size=64,
     skip_bad=False,
     progress=True,
-    device="cpu",
+    device=None,
+    precision=None,
+    workers=None,
     backend=None,
     corrections=None,
     on_result=None,
 ) -> dict:
     """Run every benchmark on every model (a spec or a loaded :class:`ClipBundle`); with ``corrections`` (specs of
     :mod:`negation_plugins.corrections`), each model is scored as is and again with them stacked on.
+    ``device``/``precision`` (``bf16``/``fp32``) default to CUDA in bf16 when present, else the CPU in fp32;
+    ``workers`` decode images (default: :func:`default_workers`).
 
     Returns ``{"results": {model: {bench: metrics}}, "seconds": {model: {bench: s}}}``.
     """
@@ -102,6 +127,10 @@ def evaluate(
     from ..factory import ClipBundle, load_clip
 
     options = options or {b: {} for b in benches}
+    device, precision = pick_eval_device(device, precision)
+    workers = default_workers(device) if workers is None else int(workers)
+    image_cache = image_cache if image_cache is not None else ImageEmbeddingCache()
+    dtype = getattr(torch, PRECISIONS[precision])
     chosen = {b: plugins.get_one("benchmarks", b) for b in benches}
     results, seconds = {}, {}
     loaded = (
@@ -109,7 +138,15 @@ def evaluate(
     )
     variants = ([clip, clip.with_corrections(corrections)] if corrections else [clip] for clip in loaded)
     for clip in (variant for pair in variants for variant in pair):
-        encoder = Encoder(clip, cache=cache, batch_size=batch_size, progress=progress)
+        encoder = Encoder(
+            clip,
+            cache=cache,
+            batch_size=batch_size,
+            progress=progress,
+            image_cache=image_cache,
+            workers=workers,
+            dtype=dtype,
+        )
         shared = {"skip_bad": skip_bad, "encoder": encoder, "batch_size": batch_size, "progress": progress}
         results[clip.spec], seconds[clip.spec] = {}, {}
         for name, benchmark in chosen.items():
@@ -127,6 +164,7 @@ def evaluate(
                 on_result(clip.spec, name, metrics)
         if cache is not None:
             cache.save()
+        image_cache.save()
     return {"results": results, "seconds": seconds}
 
 
@@ -151,10 +189,26 @@ def evaluate(
     help="Folder for report.json, results.md, results.png.",
 )
 @click.option(
-    "--cache-dir", type=click.Path(file_okay=False), default=None, help="Keep text embeddings on disk here across runs."
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep text and image embeddings on disk here across runs (images keyed by the vision tower: a text-only "
+    "fine-tune reuses its base model's).",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default=None, help="Where the models run [default: cuda when present, else cpu].")
+@click.option(
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    default=None,
+    help="bf16 runs the models under bfloat16 autocast [default: bf16 on cuda, fp32 on cpu].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="DataLoader processes decoding images [default: up to 8 on cuda, 0 on cpu].",
+)
 @click.option("--backend", default=None, help="Force the backend that loads the models (see `negclip plugins`).")
 @click.option(
     "--skip-bad", is_flag=True, help="Skip missing images / malformed rows and count them, instead of stopping."
@@ -183,6 +237,8 @@ def eval_command(
     cache_dir,
     batch_size,
     device,
+    precision,
+    workers,
     backend,
     skip_bad,
     model_card,
@@ -217,7 +273,9 @@ def eval_command(
     except ValueError as err:
         raise click.UsageError(str(err)) from None
 
-    cache = TextEmbeddingCache(cache_dir)
+    cache, image_cache = TextEmbeddingCache(cache_dir), ImageEmbeddingCache(cache_dir)
+    device, precision = pick_eval_device(device, precision)
+    workers = default_workers(device) if workers is None else workers
 
     def show(model, bench, metrics):
         flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
@@ -229,10 +287,13 @@ def eval_command(
             names,
             options,
             cache=cache,
+            image_cache=image_cache,
             batch_size=batch_size,
             skip_bad=skip_bad,
             progress=not quiet,
             device=device,
+            precision=precision,
+            workers=workers,
             backend=backend,
             corrections=list(corrections),
             on_result=show,
@@ -241,7 +302,15 @@ def eval_command(
         raise click.ClickException(str(err)) from None
 
     out = Path(out_dir)
-    full = {"models": list(run["results"]), "benchmarks": names, "options": options, **run, "text_cache": cache.stats()}
+    full = {
+        "models": list(run["results"]),
+        "benchmarks": names,
+        "options": options,
+        **run,
+        "settings": {"device": device, "precision": precision, "workers": workers, "batch_size": batch_size},
+        "text_cache": cache.stats(),
+        "image_cache": image_cache.stats(),
+    }
     written = [report.write_json(out / "report.json", full), report.write_markdown(out / "results.md", run["results"])]
     if not no_plot:
         written.append(report.write_plot(out / "results.png", run["results"]))

@@ -54,3 +54,12 @@ def output_dir(path: str | os.PathLike, flag: str) -> Path:
     else:
         _writable_ancestor(path, flag)
     return path
+
+
+def own_message(error: BaseException) -> str:
+    """An input error's own one-line message, also after torch re-raised it from a DataLoader worker (it then carries
+    the worker's traceback, whose last line is ``module.Type: message``)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text

@@ -15,10 +15,9 @@ class ImageDecodeError(ValueError):
     """
 
     def __init__(self, message: str):
-        tag = f"{type(self).__name__}: "
-        if "Original Traceback" in message and tag in message:
-            message = message.rsplit(tag, 1)[1].strip()
-        super().__init__(message)
+        from .checks import own_message
+
+        super().__init__(own_message(ValueError(message)))
 
 
 def load_rgb(path: str | os.PathLike):

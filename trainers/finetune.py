@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from negation_plugins.checks import own_message
+
 from .batches import BatchPlan, Example, absent_object_index, load_examples, split_by_image, usable_examples
 from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
 from .data import ON_THE_FLY_KEYS, EvalPlan, MicroBatches, TokenCache, batch_loader, negate_on_the_fly, on_the_fly_seed
@@ -625,8 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         output_existed = Path(config.output).exists()
         summary = train(config)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {own_message(error)}", file=sys.stderr)  # one line, also for errors raised in loader workers
         if config is not None and not output_existed:
             _remove_unfinished_output(Path(config.output))
         return 2

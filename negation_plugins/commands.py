@@ -1,4 +1,4 @@
-"""Foundation commands: ``negclip convert`` and ``negclip compare``."""
+"""Foundation commands: ``negclip convert``, ``negclip compare`` and ``negclip corrections fit``."""
 
 from __future__ import annotations
 
@@ -239,7 +239,42 @@ def _read_image(path: Path):
         raise click.ClickException(f"--image {err}") from None
 
 
+@click.group("corrections")
+def corrections_group():
+    """Training-free corrections of text embeddings (`--correction` of eval/compare, load_clip(correction=))."""
+
+
+@corrections_group.command("fit")
+@click.argument("model")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Steering file to write.")
+@click.option(
+    "--pairs",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Negation records JSONL (caption, negated_caption) or a TSV of caption<TAB>negation; "
+    "default: pairs made by --negator from built-in captions.",
+)
+@click.option("--negator", default="template", show_default=True, help="Negator plugin making default pairs.")
+@click.option("--n-captions", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option("--scale", default=1.0, show_default=True, type=float, help="Strength stored in the file.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def fit_command(model, out, pairs, negator, n_captions, scale, seed):
+    """Fit a negation steering direction for MODEL and save it (use it as --correction steering:OUT)."""
+    from .benchmarks.probe import negator_pairs, read_pairs
+    from .corrections import fit_steering, save_steering
+    from .factory import load_clip
+
+    if pairs:
+        text_pairs, _ = read_pairs(pairs)
+    else:
+        text_pairs = negator_pairs(negator, n_captions, seed)[0]
+    clip = load_clip(model)
+    direction, meta = fit_steering(clip, text_pairs, scale=scale)
+    save_steering(out, direction, meta)
+    click.echo(f"wrote {out}: direction fitted on {meta['pairs']} pairs, scale {scale:g}, model {meta['model']}")
+
+
 @hookimpl
 def register_commands(cli):
     cli.add_command(convert_command)
     cli.add_command(compare_command)
+    cli.add_command(corrections_group)

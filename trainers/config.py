@@ -189,9 +189,11 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 def build_config(recipe: str | None = None, **settings) -> TrainConfig:
     """Defaults <- the named recipe <- ``settings``, with tuning-dependent defaults filled in."""
-    from .recipes import get_recipe
+    from .recipes import RECIPES
 
-    values = get_recipe(recipe).values() if recipe else {}
+    if recipe and recipe not in RECIPES:
+        raise ConfigError(f"--recipe {recipe!r}: unknown; known recipes: {', '.join(RECIPES)}")
+    values = RECIPES[recipe].values() if recipe else {}
     values.update(settings)
     return resolve_defaults(TrainConfig(recipe=recipe, **values))
 

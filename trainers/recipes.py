@@ -124,11 +124,3 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
-
-
-def get_recipe(name: str) -> Recipe:
-    from .config import ConfigError
-
-    if name not in RECIPES:
-        raise ConfigError(f"--recipe {name!r}: unknown; known recipes: {', '.join(RECIPES)}")
-    return RECIPES[name]

@@ -53,6 +53,7 @@ class Cue:
 
 CUES: dict[str, Cue] = {
     "no": Cue("determiner", "following"),
+    "zero": Cue("determiner", "following"),
     "not": Cue("adverb", "following"),
     "never": Cue("adverb", "following"),
     "nor": Cue("conjunction", "following"),

@@ -95,6 +95,19 @@ PHRASINGS: tuple[Phrasing, ...] = (
         only=("{a} cannot be seen here", "{a} is not present"),
     ),
     Phrasing("never", "train", hybrid=("{c}; {a} never appears",), only=("{a} never appears in this picture",)),
+    Phrasing(
+        "no-sign-of",
+        "train",
+        hybrid=("{c}, with no sign of {a}", "{c}; no trace of {p} anywhere"),
+        only=("no sign of {a} anywhere", "this picture shows no trace of {p}"),
+    ),
+    Phrasing("zero", "train", hybrid=("{c}, and zero {p}", "{c} with zero {p}"), only=("zero {p} in this picture",)),
+    Phrasing(
+        "none-of",
+        "train",
+        hybrid=("{c}; none of them is {a}",),
+        only=("none of the things here is {a}", "none of what this picture shows is {a}"),
+    ),
     # --- held-out: never in training data; measured separately ------------------------------------------------
     Phrasing(
         "x-free",

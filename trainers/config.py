@@ -2,7 +2,7 @@
 
 Defaults <- ``--recipe NAME`` (trainers/recipes.py) <- YAML file <- flags. Without a recipe the defaults are safe for
 a web-pretrained CLIP: the learning rate is the papers' 1e-6 for full/front tuning (1e-4 for LoRA adapters) unless
-set. ``--recipe world`` is the best configuration measured on the synthetic world (``perf/compare_objectives.py``).
+set. ``--recipe world`` is the best configuration measured on the synthetic world (``perf/compare_training.py``).
 Everything that can be checked without training is checked in :func:`validate`, so a bad config fails in
 seconds with a message naming the bad setting.
 """

@@ -48,14 +48,15 @@ _PLURAL_RULES = (
     (r"(s|x|z|ch|sh)$", r"\1es"),  # bus -> buses, box -> boxes
     (r"([^aeiou])y$", r"\1ies"),  # pony -> ponies (not toy)
     (r"([^aeiou]o)$", r"\1es"),  # potato -> potatoes (photo, piano, ... are listed below)
-    (r"$", "s"),
+    (r"$", "s"),  # dog -> dogs
 )
 _SINGULAR_RULES = (
     (r"^(..+)ies$", r"\1y"),
     (r"(s|x|z|ch|sh|o)es$", r"\1"),
     (r"(?<!s)s$", ""),  # dogs -> dog, but glass stays
-    (r"$", ""),
+    (r"$", ""),  # anything else is taken as singular already
 )
+# -o words that take a plain -s, with the irregular plurals
 _PLURALS = {**IRREGULAR_PLURALS, **{word: word + "s" for word in ("photo", "piano", "video", "zoo", "radio", "kimono")}}
 
 

@@ -25,6 +25,7 @@ import click
 import torch
 
 from negation_plugins.atomic import atomic_write, atomic_write_text
+from negation_plugins.checks import OutputPath
 from negation_plugins.hookspecs import hookimpl
 
 from . import prompting
@@ -173,15 +174,16 @@ def evaluate(
     from integrations import restore
 
     size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    results: dict[str, list] = {}
-    results["stock"] = generate(
-        pipe, prompts, steps=steps, size=size, seed=seed, images_per_prompt=images_per_prompt, route=route_negations
-    )
-    negation_plugins.apply(pipe, source)
-    try:
-        results["negation"] = generate(
+
+    def generate_all() -> list:  # the same seeds for both encoders: the images differ only by the encoder
+        return generate(
             pipe, prompts, steps=steps, size=size, seed=seed, images_per_prompt=images_per_prompt, route=route_negations
         )
+
+    results = {"stock": generate_all()}
+    negation_plugins.apply(pipe, source)
+    try:
+        results["negation"] = generate_all()
     finally:
         restore(pipe)
 
@@ -255,7 +257,7 @@ def register_commands(cli):
     )
     @click.option("--judge", "judge_spec", required=True, help="clip:<load_clip spec> or owlvit:<folder or hub id>.")
     @click.option(
-        "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for report.json and grids."
+        "--out", "out_dir", required=True, type=OutputPath(folder=True), help="Folder for report.json and grids."
     )
     @click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1))
     @click.option(
@@ -271,27 +273,12 @@ def register_commands(cli):
         default=None,
         help="The pipeline's dtype (the swapped encoder follows it) [default: bf16 on cuda, fp32 on cpu].",
     )
-    def t2i_eval(
-        pipeline,
-        encoder,
-        prompts_path,
-        judge_spec,
-        out_dir,
-        steps,
-        size,
-        seed,
-        images_per_prompt,
-        route_negations,
-        device,
-        precision,
-    ):
+    def t2i_eval(pipeline, encoder, prompts_path, judge_spec, out_dir, device, precision, **generation):
         """Neg-T2I: generate for negating prompts with stock vs negation-aware encoder; judge the negated objects."""
         from diffusers import DiffusionPipeline
 
         from negation_plugins.benchmarks.suite import PRECISIONS, pick_eval_device
-        from negation_plugins.checks import output_dir
 
-        output_dir(out_dir, "--out")
         try:
             device, precision = pick_eval_device(device, precision, "negclip t2i-eval")
             prompts = read_prompts(prompts_path)
@@ -301,18 +288,8 @@ def register_commands(cli):
         except (ValueError, OSError) as error:  # bad prompts/judge, or a pipeline that does not load (named)
             raise click.ClickException(" ".join(str(error).split())) from None
         pipe.set_progress_bar_config(disable=True)
-        report = evaluate(
-            pipe,
-            prompts,
-            encoder,
-            judge,
-            steps=steps,
-            size=size,
-            seed=seed,
-            images_per_prompt=images_per_prompt,
-            route_negations=route_negations,
-            out_dir=out_dir,
-        )
+        # the generation options (--steps, --size, --seed, --images-per-prompt, --route-negations) go as they are
+        report = evaluate(pipe, prompts, encoder, judge, out_dir=out_dir, **generation)
         for variant, figures in report["summary"].items():
             click.echo(
                 f"{variant:<9} negation success {figures['negation_success_rate']:.3f}  mean presence {figures['mean_presence']:.3f}"

@@ -1,5 +1,6 @@
 """Checks that run when a command starts, before any model loads or record is read: a bad output path fails in a
 second with one line naming the flag and the path, instead of a traceback after the work (or a half-written output).
+Command-line outputs declare their type as :class:`OutputPath`, which runs these checks as the arguments are parsed.
 
 :class:`BadInputError` is both a ``ValueError`` (the trainer and library callers catch those) and a
 ``click.ClickException`` (click prints its one-line message without a traceback).
@@ -54,6 +55,21 @@ def output_dir(path: str | os.PathLike, flag: str) -> Path:
     else:
         _writable_ancestor(path, flag)
     return path
+
+
+class OutputPath(click.Path):
+    """A command-line path the command writes (a file, or a folder with ``folder=True``), checked by
+    :func:`output_file` / :func:`output_dir` as click parses it, so no command can start its work without it."""
+
+    def __init__(self, folder: bool = False, **kwargs):
+        super().__init__(file_okay=not folder, dir_okay=folder, **kwargs)
+        self.check = output_dir if folder else output_file
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        flag = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+        self.check(value, flag)
+        return value
 
 
 def own_message(error: BaseException) -> str:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
+from .checks import OutputPath
 from .corrections import parse_corrections
 from .hookspecs import hookimpl
 
 
 @click.command(name="convert")
 @click.argument("src")
-@click.argument("dst", type=click.Path(file_okay=False))
+@click.argument("dst", type=OutputPath(folder=True))
 @click.option("--to", "target", type=click.Choice(["transformers", "open_clip"]), required=True, help="Output format.")
 @click.option(
     "--kind",
@@ -47,7 +48,6 @@ def convert_command(src, dst, target, kind, backend, overwrite, text_heads, visi
     from .convert import ConversionError, save_open_clip, save_transformers
     from .factory import load_clip
 
-    checks.output_dir(dst, "DST")
     src_path = Path(src.split(":", 1)[1] if src.startswith(("local-dir:", "openai:")) else src).expanduser()
     if src_path.exists() and (
         src_path.resolve() == Path(dst).resolve() or Path(dst).resolve() in src_path.resolve().parents
@@ -246,7 +246,7 @@ def corrections_group():
 
 @corrections_group.command("fit")
 @click.argument("model")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Steering file to write.")
+@click.option("--out", required=True, type=OutputPath(), help="Steering file to write.")
 @click.option(
     "--pairs",
     type=click.Path(exists=True, dir_okay=False),

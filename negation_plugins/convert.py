@@ -246,6 +246,18 @@ def _check_keys(have: set, want: set, what: str) -> None:
 # open_clip -> transformers
 
 
+# transformers CLIP config fields of both towers: named as in the tower specs, or renamed (field: spec key)
+_TOWER_FIELDS = ("intermediate_size", "hidden_act", "layer_norm_eps")
+_TOWER_RENAMED = {"hidden_size": "width", "num_hidden_layers": "layers", "num_attention_heads": "heads"}
+
+
+def _config_fields(spec: dict, *fields: str, **renamed: str) -> dict:
+    """transformers config fields from a tower spec (:func:`open_clip_text_spec`, :func:`open_clip_vision_spec`):
+    those of every tower, plus ``fields`` named alike and ``renamed`` ones (field=spec key)."""
+    keys = {**{name: name for name in _TOWER_FIELDS + fields}, **_TOWER_RENAMED, **renamed}
+    return {field: spec[key] for field, key in keys.items()}
+
+
 def transformers_configs(model, kind: str):
     """The transformers config describing ``model`` (an open_clip model) for one conversion kind."""
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
@@ -254,15 +266,7 @@ def transformers_configs(model, kind: str):
         raise ValueError(f"unknown conversion kind {kind!r}; kinds are: {', '.join(KINDS)}")
     text = open_clip_text_spec(model)
     text_cfg = {
-        "vocab_size": text["vocab_size"],
-        "hidden_size": text["width"],
-        "intermediate_size": text["intermediate_size"],
-        "num_hidden_layers": text["layers"],
-        "num_attention_heads": text["heads"],
-        "max_position_embeddings": text["context_length"],
-        "hidden_act": text["hidden_act"],
-        "layer_norm_eps": text["layer_norm_eps"],
-        "eos_token_id": text["eos_token_id"],
+        **_config_fields(text, "vocab_size", "eos_token_id", max_position_embeddings="context_length"),
         "projection_dim": text["projection_dim"] or text["width"],
     }
     if kind == "text":
@@ -278,17 +282,7 @@ def transformers_configs(model, kind: str):
         )
     if getattr(model, "logit_bias", None) is not None:
         raise ConversionError("the model has a logit bias (SigLIP-style); transformers CLIPModel has none")
-    vision_cfg = CLIPVisionConfig(
-        hidden_size=vision["width"],
-        intermediate_size=vision["intermediate_size"],
-        num_hidden_layers=vision["layers"],
-        num_attention_heads=vision["heads"],
-        image_size=vision["image_size"],
-        patch_size=vision["patch_size"],
-        hidden_act=vision["hidden_act"],
-        layer_norm_eps=vision["layer_norm_eps"],
-        projection_dim=vision["projection_dim"],
-    )
+    vision_cfg = CLIPVisionConfig(**_config_fields(vision, "image_size", "patch_size", "projection_dim"))
     return CLIPConfig(
         text_config=CLIPTextConfig(**text_cfg).to_dict(),
         vision_config=vision_cfg.to_dict(),

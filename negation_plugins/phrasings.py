@@ -1,4 +1,5 @@
-"""Negation phrasing families: the surface forms a caption can say "X is not there" in, as data.
+"""Negation phrasing families: the surface forms a caption can say "X is not there" in, as data (the table is
+``phrasings.toml`` beside this file, read once at import).
 
 Each :class:`Phrasing` is one family (a cue and its syntactic positions: "no X" as determiner after the caption or
 leading it, "without X", "X is absent", ...) with templates for two uses:
@@ -18,7 +19,9 @@ families need not (``"devoid of"``, ``"X is missing"`` carry no cue word the lex
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from .data.language import pluralize, with_article
 
@@ -39,138 +42,17 @@ class Phrasing:
             raise ValueError(f"phrasing {self.family!r}: needs hybrid templates with {{c}} and negation-only ones")
 
 
-PHRASINGS: tuple[Phrasing, ...] = (
-    # --- train: what the template negator writes -------------------------------------------------------------
-    Phrasing(
-        "no",
-        "train",
-        hybrid=("{c} with no {o}", "{c} but no {p}", "{c}, and no {p}", "No {o} is visible, but {c}"),
-        only=("no {p} here", "this image shows no {o}", "a picture with no {o}"),
-    ),
-    Phrasing(
-        "without",
-        "train",
-        hybrid=("{c}, without {a}", "Without {a}, {c}", "{c}, without any {p}"),
-        only=("an image without {a}", "a picture without any {p}"),
-    ),
-    Phrasing(
-        "but-not",
-        "train",
-        hybrid=("{c}, but not {a}", "{c}, not {a}", "Not {a}, just {c}"),
-        only=("not {a} in sight", "not {a} to be found"),
-    ),
-    Phrasing(
-        "not-a-single",
-        "train",
-        hybrid=("{c}, not a single {o} in sight", "Not a single {o}, just {c}"),
-        only=("not a single {o} can be seen", "not one {o} is shown"),
-    ),
-    Phrasing(
-        "does-not",
-        "train",
-        hybrid=("{c}, which does not include {a}", "{c}; the picture does not show any {p}"),
-        only=(
-            "this image does not show {a}",
-            "this image does not feature {a}",
-            "the picture does not include any {p}",
-        ),
-    ),
-    Phrasing(
-        "absent",
-        "train",
-        hybrid=("{c}; {p} are absent", "{c}, with {a} absent"),
-        only=("{p} are absent from this picture", "{a} is absent"),
-    ),
-    Phrasing(
-        "nothing-like",
-        "train",
-        hybrid=("{c}, with nothing like {a}", "{c}, and nothing that looks like {a}"),
-        only=("nothing that looks like {a} appears here", "nothing like {a} is shown"),
-    ),
-    Phrasing("free-of", "train", hybrid=("{c}, free of {p}",), only=("a picture free of {p}",)),
-    Phrasing(
-        "not-present",
-        "train",
-        hybrid=("{c}, with {a} not present", "{c}; {a} cannot be seen"),
-        only=("{a} cannot be seen here", "{a} is not present"),
-    ),
-    Phrasing("never", "train", hybrid=("{c}; {a} never appears",), only=("{a} never appears in this picture",)),
-    Phrasing(
-        "no-sign-of",
-        "train",
-        hybrid=("{c}, with no sign of {a}", "{c}; no trace of {p} anywhere"),
-        only=("no sign of {a} anywhere", "this picture shows no trace of {p}"),
-    ),
-    Phrasing("zero", "train", hybrid=("{c}, and zero {p}", "{c} with zero {p}"), only=("zero {p} in this picture",)),
-    Phrasing(
-        "none-of",
-        "train",
-        hybrid=("{c}; none of them is {a}",),
-        only=("none of the things here is {a}", "none of what this picture shows is {a}"),
-    ),
-    # --- held-out: never in training data; measured separately ------------------------------------------------
-    Phrasing(
-        "x-free",
-        "held-out",
-        hybrid=("{c}, in an otherwise {o}-free scene",),
-        only=("a {o}-free picture", "this scene is completely {o}-free"),
-    ),
-    Phrasing(
-        "lacking",
-        "held-out",
-        hybrid=("{c}, lacking {a}", "{c}; the picture lacks {a}"),
-        only=("a picture lacking {a}", "this image lacks {a}"),
-    ),
-    Phrasing(
-        "contraction",
-        "held-out",
-        hybrid=("{c}, but there isn't any {o}", "{c}; it doesn't contain {a}"),
-        only=("this image doesn't contain {a}", "there isn't any {o} here", "there aren't any {p} in this picture"),
-    ),
-    Phrasing(
-        "without-a-single",
-        "held-out",
-        hybrid=("{c}, without a single {o}",),
-        only=("a picture without a single {o}",),
-    ),
-    Phrasing(
-        "nothing-resembling",
-        "held-out",
-        hybrid=("{c}, and nothing resembling {a}",),
-        only=("nothing resembling {a} is shown",),
-    ),
-    Phrasing(
-        "empty-of",
-        "held-out",
-        hybrid=("{c}, but empty of {p}",),
-        only=("a picture empty of {p}", "a scene empty of {p}"),
-    ),
-    Phrasing(
-        "there-are-no",
-        "held-out",
-        hybrid=("{c}; there are no {p} here", "There is no {o} here, only {c}"),
-        only=("there is no {o} in this image", "there are no {p} here"),
-    ),
-    Phrasing(
-        "nowhere",
-        "held-out",
-        hybrid=("{c}, with {a} nowhere to be seen",),
-        only=("{a} is nowhere to be seen",),
-    ),
-    Phrasing("devoid-of", "held-out", hybrid=("{c}, devoid of {p}",), only=("a scene devoid of {p}",)),
-    Phrasing(
-        "implicit-verb",
-        "held-out",
-        hybrid=("{c}, with {a} missing", "{c}; {a} fails to appear", "{c}, omitting {a}"),
-        only=("{a} is missing from this picture", "{a} fails to appear here"),
-    ),
-    Phrasing(
-        "neither-nor",
-        "held-out",
-        hybrid=("{c}, but neither {a} nor {a2}",),
-        only=("neither {a} nor {a2} is shown", "this picture shows neither {a} nor {a2}"),
-    ),
-)
+def _read_table(path: Path) -> tuple[Phrasing, ...]:
+    """The families of a ``[SPLIT.FAMILY]`` TOML table, in file order."""
+    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    return tuple(
+        Phrasing(family, split, tuple(t["hybrid"]), tuple(t["only"]))
+        for split, rows in table.items()
+        for family, t in rows.items()
+    )
+
+
+PHRASINGS: tuple[Phrasing, ...] = _read_table(Path(__file__).with_name("phrasings.toml"))
 BY_FAMILY = {p.family: p for p in PHRASINGS}
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from negation_plugins.benchmarks.common import ImageEmbeddingCache, TextEmbeddingCache
 from negation_plugins.benchmarks.suite import evaluate, pick_eval_device
 from negation_plugins.factory import ClipBundle
+from negation_plugins.testing import parse_bench_args
 
 
 def random_clip(arch: str) -> ClipBundle:
@@ -85,11 +86,9 @@ def main():
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on cuda")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser)
     args.device, args.precision = pick_eval_device(args.device, args.precision)
 
     base = random_clip(args.arch)

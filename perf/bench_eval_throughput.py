@@ -14,12 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from negation_plugins.benchmarks.common import Encoder, TextEmbeddingCache
 from negation_plugins.benchmarks.probe import OBJECTS
 from negation_plugins.factory import ClipBundle, load_clip
+from negation_plugins.testing import parse_bench_args
 
 
 def random_clip(arch: str) -> ClipBundle:
@@ -69,9 +69,7 @@ def main():
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--captions", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser)
 
     clip = load_clip(args.model) if args.model else random_clip(args.arch)
     texts = captions(args.captions)

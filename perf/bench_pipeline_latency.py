@@ -16,7 +16,7 @@ import torch
 
 import integrations
 import negation_plugins
-from negation_plugins.testing import tiny_clip, tiny_sd_pipeline
+from negation_plugins.testing import parse_bench_args, tiny_clip, tiny_sd_pipeline
 
 
 def timed(fn) -> float:
@@ -30,9 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser)
 
     pipe = tiny_sd_pipeline(cross_attention_dim=64)  # stock encoder: 2 layers, 64 wide
     stock = pipe.text_encoder

@@ -14,10 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import negation_plugins as npl
 from negation_plugins.benchmarks.mcq import run_mcq
+from negation_plugins.testing import parse_bench_args
 from negation_plugins.world import WorldConfig, make_world
 from trainers.pretrain_world import PretrainConfig, pretrain
 
@@ -27,10 +26,8 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=WorldConfig.n_images)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=PretrainConfig.steps)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="keep the world and model here (default: a temp dir)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser, threads=2)
 
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-world-"))
     start = time.perf_counter()

@@ -21,9 +21,11 @@ import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import yaml
+
+from negation_plugins.testing.loopback import LoopbackHandler
 
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
 ROUTES = [
@@ -103,11 +105,8 @@ class HubState:
             return oid
 
 
-class HubHandler(BaseHTTPRequestHandler):
+class HubHandler(LoopbackHandler):
     state: HubState  # set on the subclass made by ``serve``
-
-    def log_message(self, *args):  # keep test output clean; requests are recorded in state.requests
-        pass
 
     def do_GET(self):
         self._dispatch("GET")
@@ -145,14 +144,7 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json(404, {"error": f"no route for {method} {path}"})
 
     def _json(self, status, payload, extra_headers=None):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (extra_headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_body(json.dumps(payload).encode(), status, extra_headers)
 
     def _endpoint(self):
         host, port = self.server.server_address[:2]
@@ -275,14 +267,8 @@ class HubHandler(BaseHTTPRequestHandler):
                 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": oid}
             )
         data = files[path]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("ETag", f'"{_git_blob_oid(data)}"')
-        self.send_header("X-Repo-Commit", oid)
-        self.end_headers()
-        if not head:
-            self.wfile.write(data)
+        headers = {"ETag": f'"{_git_blob_oid(data)}"', "X-Repo-Commit": oid}
+        self.send_body(data, 200, headers, content_type="application/octet-stream", head=head)
 
 
 def _git_blob_oid(data: bytes) -> str:

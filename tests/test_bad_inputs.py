@@ -426,6 +426,12 @@ def test_other_commands_check_their_output_folder_first(tmp_path, command, probl
     assert listing(tmp_path) == before
 
 
+def test_world_pretrain_names_a_folder_that_is_no_world(tmp_path):
+    before = listing(tmp_path)
+    fails(["world", "pretrain", "--world", tmp_path, "--out", tmp_path / "model"], "--world", "not a world folder")
+    assert listing(tmp_path) == before
+
+
 @pytest.mark.parametrize(
     "args, flag",
     [

@@ -56,6 +56,16 @@ def valse(tmp_path):
     return tmp_path
 
 
+def valse_options(folder):
+    """The `-o` options pointing valse-existence at the fixture's file and images."""
+    return [
+        "-o",
+        f"valse-existence.file={folder / 'existence.json'}",
+        "-o",
+        f"valse-existence.images={folder / 'imgs'}",
+    ]
+
+
 def run(args):
     return CliRunner().invoke(cli, ["eval", *args, "--quiet"], catch_exceptions=False)
 
@@ -83,10 +93,7 @@ def test_two_models_side_by_side_with_reports_cache_and_model_card(valse, regist
         "tiny:1",
         "--bench",
         "valse-existence,negation-probe",
-        "-o",
-        f"valse-existence.file={valse / 'existence.json'}",
-        "-o",
-        f"valse-existence.images={valse / 'imgs'}",
+        *valse_options(valse),
         "--out",
         str(tmp_path / "out"),
         "--cache-dir",
@@ -138,17 +145,7 @@ def test_clear_errors_for_bad_benchmarks_options_and_rows(valse, register_plugin
     assert result.exit_code == 2 and "no option(s) colour" in result.output
 
     (valse / "imgs" / "2.jpg").unlink()
-    bad = [
-        "tiny:0",
-        "--bench",
-        "valse-existence",
-        "-o",
-        f"valse-existence.file={valse / 'existence.json'}",
-        "-o",
-        f"valse-existence.images={valse / 'imgs'}",
-        "--no-plot",
-        *out,
-    ]
+    bad = ["tiny:0", "--bench", "valse-existence", *valse_options(valse), "--no-plot", *out]
     result = run(bad)
     assert result.exit_code == 1 and "existence.json: row 2: image '2.jpg' not found" in result.output
     result = run(bad + ["--skip-bad"])
@@ -163,10 +160,7 @@ def test_text_only_finetune_embeds_no_image_again(valse, register_plugin, tmp_pa
     common = [
         "--bench",
         "valse-existence",
-        "-o",
-        f"valse-existence.file={valse / 'existence.json'}",
-        "-o",
-        f"valse-existence.images={valse / 'imgs'}",
+        *valse_options(valse),
         "--cache-dir",
         str(tmp_path / "cache"),
         "--no-plot",

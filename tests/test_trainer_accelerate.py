@@ -18,6 +18,7 @@ from negation_plugins.testing import tiny_model_dir
 from tests.test_trainer_support import write_records
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAINER = [sys.executable, "-m", "trainers.finetune"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,14 @@ def environment():
     return env
 
 
+def run_to_end(command: list[str]) -> None:
+    """Run ``command`` (the trainer, alone or under ``accelerate launch``) to its end; a failure shows its stderr."""
+    done = subprocess.run(
+        command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,10 +103,7 @@ def test_two_gloo_processes_train_in_sync(setup, tmp_path):
         "trainers.finetune",
         *trainer_args(setup, out, "--max-steps", "3"),
     ]
-    done = subprocess.run(
-        command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=240, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_to_end(command)
     summary = json.loads((out / "results.json").read_text())
     assert summary["num_processes"] == 2
     fingerprints = summary["rank_weight_fingerprints"]
@@ -108,22 +114,13 @@ def test_two_gloo_processes_train_in_sync(setup, tmp_path):
 def test_sigkill_then_resume_continues_with_the_uninterrupted_losses(setup, tmp_path):
     steps = "60"
     reference = tmp_path / "reference"
-    done = subprocess.run(
-        [sys.executable, "-m", "trainers.finetune", *trainer_args(setup, reference, "--max-steps", steps)],
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_to_end([*TRAINER, *trainer_args(setup, reference, "--max-steps", steps)])
     expected = {r["step"]: r["loss"] for r in metrics(reference)}
 
     out = tmp_path / "killed"
     args = trainer_args(setup, out, "--max-steps", steps, "--save-every", "4")
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainers.finetune", *args],
+        [*TRAINER, *args],
         cwd=ROOT,
         env=environment(),
         stdout=subprocess.DEVNULL,
@@ -139,16 +136,7 @@ def test_sigkill_then_resume_continues_with_the_uninterrupted_losses(setup, tmp_
     checkpoints = sorted((out / "checkpoints").glob("step-*"))
     assert checkpoints, "no checkpoint was written before the kill"
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "trainers.finetune", *args, "--resume"],
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_to_end([*TRAINER, *args, "--resume"])
     got = metrics(out)
     assert [r["step"] for r in got] == list(range(1, int(steps) + 1))
     resumed_from = int(checkpoints[-1].name.split("-")[1])

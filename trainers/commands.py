@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from negation_plugins.checks import output_dir
+from negation_plugins.checks import OutputPath
 from negation_plugins.hookspecs import hookimpl
 from negation_plugins.world.commands import world_group
 
@@ -31,7 +31,7 @@ from .pretrain_world import PretrainConfig, pretrain
     "--output",
     default="negclip-demo",
     show_default=True,
-    type=click.Path(file_okay=False),
+    type=OutputPath(folder=True),
     help="Folder for the world, base model, records, fine-tuned model, results, plot and card.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -56,8 +56,6 @@ from .pretrain_world import PretrainConfig, pretrain
 def demo_command(output, seed, n_images, pretrain_steps, max_steps, no_cache, no_progress):
     from .config import ConfigError
     from .demo import run_demo
-
-    output_dir(output, "--output")
 
     try:
         results = run_demo(
@@ -118,12 +116,11 @@ def recipes_command(name):
 @click.command(name="pretrain")
 @click.option(
     "--world",
-    "world_dir",
     required=True,
     type=click.Path(exists=True, file_okay=False),
     help="A folder written by `negclip world make`.",
 )
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to save the open_clip folder.")
+@click.option("--out", required=True, type=OutputPath(folder=True), help="Where to save the open_clip folder.")
 @click.option(
     "--steps", default=PretrainConfig.steps, show_default=True, type=click.IntRange(min=1), help="Training steps."
 )
@@ -143,7 +140,7 @@ def recipes_command(name):
     is_flag=True,
     help="Maintainers: store the result as the model shipped in the package (negation_plugins/world/base_model).",
 )
-def world_pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_dir, no_cache, threads, ship):
+def world_pretrain_command(world, out, steps, batch_size, lr, seed, cache_dir, no_cache, threads, ship):
     """Pretrain the tiny base CLIP on affirmative captions, then score it (val R@1 and MCQ) into OUT/result.json."""
     import torch
 
@@ -156,12 +153,14 @@ def world_pretrain_command(world_dir, out, steps, batch_size, lr, seed, cache_di
 
     from .pretrain_world import RESULT_NAME, cache_key
 
-    output_dir(out, "--out")
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    world = WorldFiles.at(world_dir)
+    try:
+        world = WorldFiles.at(world)
+    except FileNotFoundError as err:  # a folder, but not a world's
+        raise click.BadParameter(str(err), param_hint="'--world'") from None
     result = pretrain(world, out, config, cache_dir=cache_dir, use_cache=not no_cache)
     if ship:
         result["shipped_as"] = ship_model(out, (*OPEN_CLIP_FILES, RESULT_NAME), cache_key(world, config))

@@ -413,16 +413,17 @@ def _recalls(ranks: torch.Tensor, ks: Sequence[int], prefix: str) -> dict[str, f
     return {f"{prefix}R@{int(k)}": float((ranks < int(k)).float().mean()) if len(ranks) else float("nan") for k in ks}
 
 
-def read_json_file(path: Path, expected: type, what: str):
-    """A benchmark's JSON file, refused in one line when it does not parse or is not ``expected`` (``what`` says
-    what was wanted, e.g. "a list of items")."""
+def read_json_items(file, expected: type, what: str, skip_bad: bool = False) -> tuple[list | dict, RowProblems]:
+    """A benchmark's JSON file of items and the collector of its bad items; the file is refused in one line when it
+    does not parse or is not ``expected`` (``what`` says what was wanted, e.g. "a list of items")."""
+    path = Path(file)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, expected):
         raise BenchmarkDataError(f"{path}: expected {what}, got {type(data).__name__}")
-    return data
+    return data, RowProblems(path, skip_bad)
 
 
 def retrieval_of_groups(enc: Encoder, groups, ks, directions=("t2i", "i2t"), what: str = "retrieval") -> dict:

@@ -13,10 +13,9 @@ import torch
 from . import Benchmark
 from .common import (
     BenchmarkDataError,
-    RowProblems,
     encoder_for,
     load_rgb,
-    read_json_file,
+    read_json_items,
     resolve_image,
 )
 
@@ -49,9 +48,7 @@ class NegRefCOCOg(Benchmark):
     description = "NegRefCOCOg: crop-and-match accuracy with seeded shuffling of candidate boxes"
 
     def run(self, clip, *, file, images=None, seed=0, skip_bad=False, encoder=None, batch_size=64, progress=True):
-        path = Path(file)
-        data = read_json_file(path, list, "a list of items")
-        problems = RowProblems(path, skip_bad)
+        data, problems = read_json_items(file, list, "a list of items", skip_bad)
         rng = random.Random(int(seed))
         enc = encoder_for(clip, encoder, batch_size, progress)
         phrases, crops, owners, is_reference = [], [], [], []
@@ -67,7 +64,7 @@ class NegRefCOCOg(Benchmark):
             if reference not in candidates:
                 problems.bad(index, f"ref_bbox {reference} is not one of bbox_list")
                 continue
-            image_path, why = resolve_image(item["image"], images, path.parent)
+            image_path, why = resolve_image(item["image"], images, Path(file).parent)
             if image_path is None:
                 problems.bad(index, why)
                 continue
@@ -83,7 +80,7 @@ class NegRefCOCOg(Benchmark):
             owners += [owner] * len(pieces)
             is_reference += [b == reference for b in candidates]
         if not phrases:
-            raise BenchmarkDataError(f"{path}: no scorable items")
+            raise BenchmarkDataError(f"{file}: no scorable items")
         text_embs = enc.texts(phrases, desc="NegRefCOCOg phrases")
         crop_embs = enc.images(crops, desc="NegRefCOCOg crops")
         owners_t, reference_t = torch.tensor(owners), torch.tensor(is_reference)

@@ -12,13 +12,16 @@ import inspect
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import click
 import torch
 
+from ..checks import OutputPath
 from ..corrections import parse_corrections
 from ..devices import pick_device
+from ..factory import ClipBundle
 from ..hookspecs import hookimpl
 from .ccneg import CCNeg
 from .common import BenchmarkDataError, Encoder, ImageEmbeddingCache, TextEmbeddingCache
@@ -100,21 +103,21 @@ def _call_options(benchmark, options: dict, shared: dict) -> dict:
 
 
 def evaluate(
-    models,
-    benches,
-    options=None,
+    models: Iterable[str | ClipBundle],
+    benches: Sequence[str],
+    options: dict[str, dict] | None = None,
     *,
-    cache=None,
-    image_cache=None,
-    batch_size=64,
-    skip_bad=False,
-    progress=True,
-    device=None,
-    precision=None,
-    workers=None,
-    backend=None,
-    corrections=None,
-    on_result=None,
+    cache: TextEmbeddingCache | None = None,
+    image_cache: ImageEmbeddingCache | None = None,
+    batch_size: int = 64,
+    skip_bad: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    precision: str | None = None,
+    workers: int | None = None,
+    backend: str | None = None,
+    corrections: Sequence[str] | None = None,
+    on_result: Callable[[str, str, dict], None] | None = None,
 ) -> dict:
     """Run every benchmark on every model (a spec or a loaded :class:`ClipBundle`); with ``corrections`` (specs of
     :mod:`negation_plugins.corrections`), each model is scored as is and again with them stacked on.
@@ -124,7 +127,7 @@ def evaluate(
     Returns ``{"results": {model: {bench: metrics}}, "seconds": {model: {bench: s}}}``.
     """
     from .. import plugins
-    from ..factory import ClipBundle, load_clip
+    from ..factory import load_clip
 
     options = options or {b: {} for b in benches}
     device, precision = pick_eval_device(device, precision)
@@ -138,15 +141,7 @@ def evaluate(
     )
     variants = ([clip, clip.with_corrections(corrections)] if corrections else [clip] for clip in loaded)
     for clip in (variant for pair in variants for variant in pair):
-        encoder = Encoder(
-            clip,
-            cache=cache,
-            batch_size=batch_size,
-            progress=progress,
-            image_cache=image_cache,
-            workers=workers,
-            dtype=dtype,
-        )
+        encoder = Encoder(clip, cache, batch_size, progress, image_cache=image_cache, workers=workers, dtype=dtype)
         shared = {"skip_bad": skip_bad, "encoder": encoder, "batch_size": batch_size, "progress": progress}
         results[clip.spec], seconds[clip.spec] = {}, {}
         for name, benchmark in chosen.items():
@@ -185,12 +180,12 @@ def evaluate(
     "--out",
     "out_dir",
     required=True,
-    type=click.Path(file_okay=False),
+    type=OutputPath(folder=True),
     help="Folder for report.json, results.md, results.png.",
 )
 @click.option(
     "--cache-dir",
-    type=click.Path(file_okay=False),
+    type=OutputPath(folder=True),
     default=None,
     help="Keep text and image embeddings on disk here across runs (images keyed by the vision tower: a text-only "
     "fine-tune reuses its base model's).",
@@ -215,7 +210,7 @@ def evaluate(
 )
 @click.option(
     "--model-card",
-    type=click.Path(exists=True, dir_okay=False),
+    type=OutputPath(exists=True),
     default=None,
     help="Write results into this model card's model-index (last model; the first model is 'before').",
 )
@@ -251,14 +246,8 @@ def eval_command(
     Example: negclip eval ViT-B-32:openai local-dir:./tuned --bench valse-existence,negation-probe
     -o valse-existence.file=existence.json -o valse-existence.images=coco/val2014 --out eval/
     """
-    from .. import checks, plugins
+    from .. import plugins
     from . import report
-
-    checks.output_dir(out_dir, "--out")  # outputs are checked before any model loads, not after the work
-    if cache_dir:
-        checks.output_dir(cache_dir, "--cache-dir")
-    if model_card:
-        checks.output_file(model_card, "--model-card")
 
     names = [b.strip() for group in benches for b in group.split(",") if b.strip()]
     available = plugins.get("benchmarks")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import Benchmark
-from .common import BenchmarkDataError, RowProblems, encoder_for, read_json_file, resolve_image, true_over_false
+from .common import BenchmarkDataError, encoder_for, read_json_items, resolve_image, true_over_false
 
 
 class ValseExistence(Benchmark):
@@ -13,9 +13,7 @@ class ValseExistence(Benchmark):
     description = "VALSE existence (existence.json): pairwise accuracy, caption scored above foil"
 
     def run(self, clip, *, file, images=None, min_mturk=2, skip_bad=False, encoder=None, batch_size=64, progress=True):
-        path = Path(file)
-        data = read_json_file(path, dict, "a dict of id -> item")
-        problems = RowProblems(path, skip_bad)
+        data, problems = read_json_items(file, dict, "a dict of id -> item", skip_bad)
         items, filtered = [], 0
         for key, item in data.items():
             try:
@@ -30,13 +28,13 @@ class ValseExistence(Benchmark):
             if not (isinstance(caption, str) and isinstance(foil, str)):
                 problems.bad(key, "caption and foil must be strings")
                 continue
-            image, why = resolve_image(image_file, images, path.parent)
+            image, why = resolve_image(image_file, images, Path(file).parent)
             if image is None:
                 problems.bad(key, why)
                 continue
             items.append((image, caption, foil))
         if not items:
-            raise BenchmarkDataError(f"{path}: no scorable items ({filtered} below mturk.caption >= {min_mturk})")
+            raise BenchmarkDataError(f"{file}: no scorable items ({filtered} below mturk.caption >= {min_mturk})")
         enc = encoder_for(clip, encoder, batch_size, progress)
         return {
             **true_over_false(enc, items, "VALSE"),

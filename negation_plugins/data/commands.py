@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..checks import OutputPath, output_file
 from ..hookspecs import hookimpl
 
 
@@ -90,11 +91,13 @@ class _GenerateGroup(click.Group):
 @click.option(
     "--captions",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     help="COCO captions JSON, or JSONL/CSV of image,caption.",
 )
 @click.option(
-    "--instances", type=click.Path(dir_okay=False), help="COCO instances JSON: ground-truth objects per image."
+    "--instances",
+    type=click.Path(exists=True, dir_okay=False),
+    help="COCO instances JSON: ground-truth objects per image.",
 )
 @click.option(
     "--images",
@@ -103,10 +106,7 @@ class _GenerateGroup(click.Group):
     help="Image folder (records name files relative to it).",
 )
 @click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Output: .jsonl records, or .json in NegationCLIP's format.",
+    "--out", required=True, type=OutputPath(), help="Output: .jsonl records, or .json in NegationCLIP's format."
 )
 @click.option("--negator", default="template", show_default=True, help="Negator plugin name.")
 @click.option("--negator-option", multiple=True, metavar="KEY=VALUE", help="Option for the negator (repeatable).")
@@ -145,16 +145,16 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
     shard_spec, shard, out = shard, _shard(shard), str(out)
     if "{shard}" in out:
         out = out.replace("{shard}", str(shard[0]))
+        output_file(out, "--out")  # this shard's own file (--out itself was checked as it was parsed)
     elif shard_spec == "auto" and shard[1] > 1:
         raise click.BadParameter("with --shard auto, put {shard} in the name (e.g. parts/negations-{shard}.jsonl) so "
                                  "each process writes its own file", param_hint="'--out'")  # fmt: skip
-    from .. import checks, plugins
+    from .. import plugins
     from .generate import generate
     from .io import DataError, read_captions
     from .llm import LlmError
     from .vocabulary import COCO_CATEGORIES
 
-    checks.output_file(out, "--out")
     try:
         if vocabulary:
             words = [w.strip().lower() for w in Path(vocabulary).read_text(encoding="utf-8").splitlines()]
@@ -189,15 +189,13 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
 
 @generate_command.command("merge")
 @click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The joined output (.jsonl or .json).")
+@click.option("--out", required=True, type=OutputPath(), help="The joined output (.jsonl or .json).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT.")
 def merge_command(shards, out, overwrite):
     """Join the outputs of `negclip generate --shard I/N` (all N) into the file an unsharded run writes."""
-    from .. import checks
     from .generate import merge_shards
     from .io import DataError
 
-    checks.output_file(out, "--out")
     try:
         summary = merge_shards(shards, out, overwrite=overwrite)
     except (DataError, FileExistsError) as e:

@@ -43,40 +43,44 @@ _AN_BEFORE_CONSONANT = re.compile(r"^(hour|honest|honou?r|heir)", re.IGNORECASE)
 MASS_NOUNS = frozenset({"broccoli", "scissors", "glasses", "skis", "water", "grass", "snow", "sand", "food", "hair"})
 
 
+# Suffix rules on a noun's last word, first match wins, after the irregular words: (pattern, replacement).
+_PLURAL_RULES = (
+    (r"(s|x|z|ch|sh)$", r"\1es"),  # bus -> buses, box -> boxes
+    (r"([^aeiou])y$", r"\1ies"),  # pony -> ponies (not toy)
+    (r"([^aeiou]o)$", r"\1es"),  # potato -> potatoes (photo, piano, ... are listed below)
+    (r"$", "s"),  # dog -> dogs
+)
+_SINGULAR_RULES = (
+    (r"^(..+)ies$", r"\1y"),
+    (r"(s|x|z|ch|sh|o)es$", r"\1"),
+    (r"(?<!s)s$", ""),  # dogs -> dog, but glass stays
+    (r"$", ""),  # anything else is taken as singular already
+)
+# -o words that take a plain -s, with the irregular plurals
+_PLURALS = {**IRREGULAR_PLURALS, **{word: word + "s" for word in ("photo", "piano", "video", "zoo", "radio", "kimono")}}
+
+
+def _inflect(noun: str, irregular: dict[str, str], rules) -> str:
+    """Inflect the (lower-cased) last word of ``noun``; earlier words are kept as they are."""
+    head, _, last = noun.rpartition(" ")
+    word = last.lower()
+    if word in irregular:
+        word = irregular[word]
+    else:
+        word = next(re.sub(pattern, new, word) for pattern, new in rules if re.search(pattern, word))
+    return f"{head} {word}" if head else word
+
+
 @functools.lru_cache(maxsize=4096)
 def pluralize(noun: str) -> str:
     """'dog' -> 'dogs', 'bus' -> 'buses', 'traffic light' -> 'traffic lights', 'person' -> 'people'."""
-    head, _, last = noun.rpartition(" ")
-    lower = last.lower()
-    if lower in IRREGULAR_PLURALS:
-        plural = IRREGULAR_PLURALS[lower]
-    elif re.search(r"(s|x|z|ch|sh)$", lower):
-        plural = lower + "es"
-    elif re.search(r"[^aeiou]y$", lower):
-        plural = lower[:-1] + "ies"
-    elif re.search(r"[^aeiou]o$", lower) and lower not in {"photo", "piano", "video", "zoo", "radio", "kimono"}:
-        plural = lower + "es"
-    else:
-        plural = lower + "s"
-    return f"{head} {plural}" if head else plural
+    return _inflect(noun, _PLURALS, _PLURAL_RULES)
 
 
 @functools.lru_cache(maxsize=4096)
 def singularize(noun: str) -> str:
     """Inverse of :func:`pluralize` for the common cases (used to match mentions)."""
-    head, _, last = noun.rpartition(" ")
-    lower = last.lower()
-    if lower in _SINGULARS:
-        single = _SINGULARS[lower]
-    elif lower.endswith("ies") and len(lower) > 4:
-        single = lower[:-3] + "y"
-    elif re.search(r"(ses|xes|zes|ches|shes|oes)$", lower):
-        single = lower[:-2]
-    elif lower.endswith("s") and not lower.endswith("ss"):
-        single = lower[:-1]
-    else:
-        single = lower
-    return f"{head} {single}" if head else single
+    return _inflect(noun, _SINGULARS, _SINGULAR_RULES)
 
 
 @functools.lru_cache(maxsize=4096)

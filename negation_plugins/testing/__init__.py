@@ -60,19 +60,16 @@ def tiny_clip(text_width: int = 64, embed_dim: int = 32, layers: int = 1, seed: 
 
 
 def text_config(width: int, projection_dim: int | None = None):
+    """A two-layer CLIP text config ``width`` wide; the rest is CLIP's (transformers' defaults: the BPE vocabulary
+    and its start/end ids, 77 positions, quick_gelu), padding with the end id as the CLIP tokenizer does."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=49408,
         hidden_size=width,
         intermediate_size=4 * width,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=77,
-        eos_token_id=49407,
-        bos_token_id=49406,
         pad_token_id=49407,
-        hidden_act="quick_gelu",
         projection_dim=projection_dim or width,
     )
 
@@ -180,6 +177,15 @@ def tiny_owlvit(intermediate_size: int = 64, seed: int = 0):
     image_processor = OwlViTImageProcessor(size=size, crop_size=size)
     processor = OwlViTProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(context_length=16))
     return OwlViTForObjectDetection(config), processor
+
+
+def parse_bench_args(parser, threads: int = 1):
+    """A speed script's arguments with ``--threads`` added and applied (torch threads of this process): on a
+    shared machine more threads than free cores spin-wait, and the figures measure that."""
+    parser.add_argument("--threads", type=int, default=threads, help="torch threads of the main process")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def stop_generate_midway(args: list[str], out: Path, after_chunks: int, stop: int, cwd: Path | None = None) -> int:

@@ -13,7 +13,9 @@ import re
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from .loopback import LoopbackHandler
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -53,19 +55,16 @@ def serve(ports, **settings):
         threading.Event().wait()
 
 
-class ChatHandler(BaseHTTPRequestHandler):
+class ChatHandler(LoopbackHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         """``/stats``: the counters, for a client in another process."""
         server = self.server
         with server.lock:
             stats = {"requests": len(server.requests), "refused": server.refused, "max_in_flight": server.max_in_flight}
-        self._send(json.dumps(stats).encode())
+        self.send_body(json.dumps(stats).encode())
 
     def do_POST(self):
         server = self.server
@@ -86,15 +85,15 @@ class ChatHandler(BaseHTTPRequestHandler):
         with server.lock:
             server.in_flight -= 1
         if down:
-            return self._send(b'{"error": "loading"}', 503, {"Retry-After": server.retry_after})
+            return self.send_body(b'{"error": "loading"}', 503, {"Retry-After": server.retry_after})
         if server.behaviour == "broken":
-            return self._send(b"<html>upstream error</html>")
+            return self.send_body(b"<html>upstream error</html>")
         if "enormous" in body["messages"][-1]["content"]:  # as a prompt over the model's context length
-            return self._send(b'{"error": "maximum context length exceeded"}', 400)
+            return self.send_body(b'{"error": "maximum context length exceeded"}', 400)
         reply = {"id": "x", "object": "chat.completion", "model": body["model"],
                  "choices": [{"index": 0, "message": {"role": "assistant", "content": self._answer(body)},
                               "finish_reason": "stop"}]}  # fmt: skip
-        self._send(json.dumps(reply).encode())
+        self.send_body(json.dumps(reply).encode())
 
     def _answer(self, body):
         prompt = body["messages"][-1]["content"]
@@ -107,13 +106,3 @@ class ChatHandler(BaseHTTPRequestHandler):
         if "remove every other mention" in prompt:
             return f"A picture with no {obj}."
         return f"{caption.rstrip('.')} without any {obj}."
-
-    def _send(self, data, status=200, headers=None):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-
-        self.end_headers()
-        self.wfile.write(data)

@@ -113,6 +113,10 @@ def test_phrasing_split_columns_give_seen_and_held_out_accuracy(three_items, tmp
     seen, held_out = result["by_phrasing_split"]["train"], result["by_phrasing_split"]["held-out"]
     assert (seen["accuracy"], seen["n_items"], seen["hybrid"], seen["negation"]) == (1.0, 2, 1.0, None)
     assert (held_out["accuracy"], held_out["n_items"], held_out["negation"]) == (0.5, 2, 0.0)
+    assert result["by_phrasing"] == {
+        "no": {"split": "train", "accuracy": 1.0, "n_items": 1},
+        "x-free": {"split": "held-out", "accuracy": 0.0, "n_items": 1},
+    }
     assert [r.phrasing for r in read_mcq_csv(split_csv)] == ["", "x-free", "no"]
     assert "by_phrasing_split" not in run_mcq(clip, path, images, progress=False)  # a NegBench CSV: no split
 

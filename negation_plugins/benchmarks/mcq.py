@@ -5,7 +5,8 @@ is one image with 4 captions; the model answers with the caption of highest cosi
 Accuracy is reported overall and per template type (positive -> affirmation, negative -> negation, hybrid).
 A CSV with the optional ``phrasing_split`` column (the synthetic world's: ``train`` / ``held-out`` phrasing family of
 each negation and hybrid item, see :mod:`negation_plugins.phrasings`) also gets ``by_phrasing_split``: per split, the
-same figures over that split's negation and hybrid items plus all affirmation items (which have no negation phrasing).
+same figures over that split's negation and hybrid items plus all affirmation items (which have no negation phrasing),
+and ``by_phrasing``: accuracy over each family's negation and hybrid items (where generalization fails).
 The same code scores the public NegBench CSVs and the synthetic world's ``mcq_*.csv``.
 """
 
@@ -159,7 +160,8 @@ def run_mcq(
 
 def phrasing_split_accuracy(predictions: list[int], rows: list[McqRow]) -> dict:
     """``{"by_phrasing_split": {split: accuracy dict}}`` over each split's negation/hybrid rows plus all affirmation
-    rows; empty when no row names a split (a NegBench CSV)."""
+    rows, and ``{"by_phrasing": {family: {split, accuracy, n_items}}}``; empty when no row names a split (a NegBench
+    CSV)."""
     splits = sorted({r.phrasing_split for r in rows} - {""})
     if not splits:
         return {}
@@ -169,7 +171,15 @@ def phrasing_split_accuracy(predictions: list[int], rows: list[McqRow]) -> dict:
         by_split[split] = mcq_accuracy(
             [p for p, _ in chosen], [r.correct_answer for _, r in chosen], [r.type for _, r in chosen]
         )
-    return {"by_phrasing_split": by_split}
+    by_family = {}
+    for family in sorted({r.phrasing for r in rows} - {""}):
+        chosen = [(p, r) for p, r in zip(predictions, rows) if r.phrasing == family]
+        by_family[family] = {
+            "split": chosen[0][1].phrasing_split,
+            "accuracy": round(sum(p == r.correct_answer for p, r in chosen) / len(chosen), 4),
+            "n_items": len(chosen),
+        }
+    return {"by_phrasing_split": by_split, "by_phrasing": by_family}
 
 
 class McqBenchmark(Benchmark):

@@ -26,7 +26,16 @@ from negation_plugins.checks import own_message
 
 from .batches import BatchPlan, Example, absent_object_index, load_examples, split_by_image, usable_examples
 from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
-from .data import ON_THE_FLY_KEYS, EvalPlan, MicroBatches, TokenCache, batch_loader, negate_on_the_fly, on_the_fly_seed
+from .data import (
+    ON_THE_FLY_KEYS,
+    EvalPlan,
+    MicroBatches,
+    TokenCache,
+    batch_loader,
+    negate_on_the_fly,
+    on_the_fly_seed,
+    record_texts,
+)
 from .features import autocast_bf16, build_feature_table, default_root
 from .optim import adamw, warmup_cosine
 from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model
@@ -199,16 +208,15 @@ def eval_schedule(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
     return every, batches
 
 
-def evaluate(state, config, val_data: MicroBatches | None, val_plan: EvalPlan, make, accelerator) -> dict:
+def evaluate(state, config, val_loader, make, accelerator) -> dict:
     """Validation loss over fixed batches (the same every time), split across processes and summed; MCQ accuracy
     (computed once, on the main process, and shared)."""
     results = {}
     model = state["model"]
-    if val_data is not None:
-        rounds = -(-val_plan.chunks() // accelerator.num_processes)
+    if val_loader is not None:
         total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
         with torch.no_grad():
-            for number, host in enumerate(batch_loader(val_data, 0, rounds, config.dataloader_num_workers)):
+            for number, host in enumerate(val_loader):
                 if host["n"] >= 2:
                     total += torch.stack([state["objective"](make(host, number))[0].double(), total.new_ones(())])
         loss_sum, batches = accelerator.reduce(total, reduction="sum").tolist()
@@ -342,13 +350,19 @@ def train(config: TrainConfig) -> dict:
     device = accelerator.device
     state = {"model": model, "objective": objective, "bundle": bundle}
 
+    val_subset = val_set[: val_batches * config.batch_size]
+    tokens_started = time.perf_counter()
+    tokens = TokenCache(bundle.tokenizer)  # every text of the records, once; workers only look rows up
+    tokenized = tokens.fill(record_texts(train_set + val_subset), accelerator)
+    tokens_seconds = time.perf_counter() - tokens_started
+
     def micro_batches(split_examples, split_plan, split, gather_split):
         return MicroBatches(
             split_examples,
             split_plan,
             accelerator.process_index,
             requires,
-            bundle.tokenizer,
+            tokens,
             config.seed,
             split,
             {p: i for i, p in enumerate(paths)},
@@ -360,10 +374,13 @@ def train(config: TrainConfig) -> dict:
         )
 
     train_data = micro_batches(train_set, plan, "train", gather is not None)
-    val_subset = val_set[: val_batches * config.batch_size]
     val_plan = EvalPlan(len(val_subset), config.batch_size, accelerator.num_processes)
-    val_data = micro_batches(val_subset, val_plan, "val", False) if val_subset else None
-    tokens = TokenCache(bundle.tokenizer)  # for negations made in this thread (no feature table)
+    val_rounds = -(-val_plan.chunks() // accelerator.num_processes)
+    val_loader = (  # the same batches every validation: workers (if any) stay up between validations
+        batch_loader(micro_batches(val_subset, val_plan, "val", False), 0, val_rounds, config.dataloader_num_workers)
+        if val_subset
+        else None
+    )
     timer = {"validation": 0.0, "evaluations": 0}
 
     def run_evaluation() -> dict:
@@ -373,7 +390,7 @@ def train(config: TrainConfig) -> dict:
         def make_eval(host, number):
             return make_batch(unwrapped, host, images, tokens, on_the_fly_seed(config.seed + 10_000, number, 0), device)
 
-        results = evaluate(state, config, val_data, val_plan, make_eval, accelerator)
+        results = evaluate(state, config, val_loader, make_eval, accelerator)
         timer["validation"] += time.perf_counter() - started
         timer["evaluations"] += 1
         return results
@@ -530,6 +547,7 @@ def train(config: TrainConfig) -> dict:
             "validation": round(timer["validation"], 2),
             "features": round(features_seconds, 2),
         },
+        "tokenized_texts": {"texts": tokenized, "seconds": round(tokens_seconds, 2)},
         "image_features": feature_counts,
         "eval_every": eval_every,
         "val_batches": val_batches,

@@ -96,6 +96,11 @@ class TrainConfig:
         None, "NegBench-format MCQ CSV evaluated before/after training and at each validation"
     )
     eval_mcq_images: str | None = setting(None, "image root of --eval-mcq (default: --images)")
+    eval_mcq_max_rows: int | None = setting(
+        None,
+        "--eval-mcq rows scored per evaluation, evenly spread over the CSV and split across processes (default: "
+        "val-max-batches x batch-size, like validation)",
+    )
     select_by: str = setting("val-loss", "keep the best checkpoint by val-loss or by mcq accuracy")
     patience: int | None = setting(None, "stop after this many validations without improvement")
     mixed_precision: str | None = setting(
@@ -306,7 +311,7 @@ def validate(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("eval_every", "val_max_batches"):
+    for name in ("eval_every", "val_max_batches", "eval_mcq_max_rows"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if config.dataloader_num_workers is not None and config.dataloader_num_workers < 0:

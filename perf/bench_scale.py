@@ -12,8 +12,8 @@
    do (one fixed, pre-tokenized batch, precomputed image features, encode_text -> objectives -> backward -> clip
    grad norm -> AdamW, the trainer's math); the trainer does all it really does (draw batches and MCQ options,
    look tokens up, accelerate's accumulate/autocast/clip, logit-scale clamp, schedule, metrics). Same model,
-   objectives, tuning and batch size; runs interleaved (bare, trainer, bare, ...) and the best of --repeats kept,
-   so load changes on the shared machine hit both alike;
+   objectives, tuning and batch size; runs interleaved (bare, trainer, bare, ...): the best of --repeats of each,
+   and the median ratio of neighbouring runs (robust to the shared machine's load changing during the benchmark);
 4. TNG on-the-fly negation's share of the training thread (goal <= 1 %), with the DataLoader's workers and
    without (0 workers: the default on a CPU machine whose cores the model's threads use).
 """
@@ -378,9 +378,10 @@ def main() -> int:
             for name in ("trainer", "trainer, 2 workers"):
                 if runs[name]:
                     best = max(runs[name])
+                    pairs = sorted(t / b for t, b in zip(runs[name], runs["bare"]))
                     print(
-                        f"  [{tuning}] {name:<18} {best:6.2f} steps/s -> {best / bare:.2f}x bare "
-                        f"(runs: {', '.join(f'{r:.2f}' for r in runs[name])})"
+                        f"  [{tuning}] {name:<18} {best:6.2f} steps/s -> best {best / bare:.2f}x bare, median of the "
+                        f"interleaved pairs {pairs[len(pairs) // 2]:.2f}x (runs: {', '.join(f'{r:.2f}' for r in runs[name])})"
                     )
             sys.stdout.flush()
 

@@ -54,12 +54,13 @@ class TokenCache:
         return len(texts)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
+        """int32 token ids (the text tower's embedding takes them; half the memory of int64)."""
         new = list(dict.fromkeys(t for t in texts if t not in self.index and t not in self.extra))
         if new:
-            self.extra.update(zip(new, self.tokenizer(new)))
-        if not self.extra:
-            return self.table[torch.tensor([self.index[t] for t in texts], dtype=torch.long)].long()
-        return torch.stack([self.extra[t] if t in self.extra else self.table[self.index[t]].long() for t in texts])
+            self.extra.update(zip(new, self.tokenizer(new).to(torch.int32)))
+        if not self.extra:  # index_select: advanced indexing costs ~8x more on a busy CPU
+            return self.table.index_select(0, torch.tensor([self.index[t] for t in texts]))
+        return torch.stack([self.extra[t] if t in self.extra else self.table[self.index[t]] for t in texts])
 
 
 class EvalPlan:

@@ -74,7 +74,7 @@ class ImageSource:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         if self.table is not None:
-            return self.table[images].float()
+            return self.table.index_select(0, images).float()
         with autocast_bf16(self.device):
             return self.clip.encode_image(images, normalize=True).float()
 

@@ -1,5 +1,5 @@
-"""Micro-batches from a torch DataLoader: workers draw texts, tokenize, negate on the fly and decode images, so the
-training thread only runs the model.
+"""Micro-batches from a torch DataLoader: workers draw texts, look their tokens up (tokenized once before training),
+negate on the fly and decode images, so the training thread only runs the model.
 
 Item ``g`` of :class:`MicroBatches` is micro-batch ``g`` of this process, a pure function of (seed, g, rank) as
 :class:`trainers.batches.BatchPlan` defines it; the sampler is ``range(first, last)``, so a resumed run asks for

@@ -301,8 +301,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per throughput figure (best kept)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: features,validation,speed,otf")
     parser.add_argument("--profile", choices=("full", "lora"), help="instead: one trainer run under cProfile")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 on a machine other jobs load: less contention noise)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     skip = set(args.skip.split(","))
     from negation_plugins import load_clip
     from trainers.config import default_workers
@@ -313,7 +316,7 @@ def main() -> int:
     if args.profile:
         profile_trainer(spec, records, world, workdir, args.steps, args.profile)
         return 0
-    print(f"machine: {os.cpu_count()} CPUs visible (2 threads used, shared), torch {torch.__version__}")
+    print(f"machine: {os.cpu_count()} CPUs visible ({args.threads} torch threads, shared), torch {torch.__version__}")
 
     if "features" not in skip:
         files = sorted(p.name for p in Path(world.images).iterdir() if p.suffix in (".png", ".jpg"))

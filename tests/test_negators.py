@@ -14,6 +14,7 @@ from negation_plugins.data.language import (
     mention_pattern,
     mentions,
     pluralize,
+    replace_mention,
     with_article,
 )
 from negation_plugins.data.negators import (
@@ -203,3 +204,17 @@ def test_negator_never_writes_a_held_out_phrasing():
     assert all(t is not None for t in texts)
     assert not [t for t in texts if HELD_OUT_MARKS.search(t)]
     assert len({t for t in texts}) > 100  # breadth: many distinct surface forms
+
+
+@pytest.mark.parametrize(
+    ("caption", "noun", "replacement", "expected"),
+    [
+        ("a red cross and an arrow.", "arrow", "star", "a red cross and a star."),
+        ("An arrow and a cross", "arrow", "star", "A star and a cross"),
+        ("a cross and a star", "cross", "arrow", "an arrow and a star"),
+        ("three crosses and a star", "cross", "arrow", "three arrows and a star"),
+        ("a red cross", "circle", "arrow", None),
+    ],
+)
+def test_replace_mention_keeps_number_and_fixes_the_article(caption, noun, replacement, expected):
+    assert replace_mention(caption, noun, replacement) == expected

@@ -213,6 +213,39 @@ def test_mcq_options_hold_one_true_caption():
     assert len(options) == 4 and options[answer] == "a star, no box" and "a box but no star" in options
 
 
+def test_affirmation_questions_swap_a_present_object_for_an_absent_one():
+    """NegBench's affirmation type: the true caption against copies that name an absent object instead of a present
+    one; negation questions then carry one such swap (it affirms what the true caption negates)."""
+    example = batches.Example(
+        "a.png",
+        "a red cross and a star.",
+        absence=["a red cross and a star, but no ring."],
+        presence=["a star, but no cross."],
+        absent_objects=["ring", "arrow"],
+        present_objects=["cross", "star"],
+    )
+    other = batches.Example("b.png", "a ring.", presence=["no ring here."])
+    random = __import__("random")
+    kinds = set()
+    for seed in range(40):
+        options, answer = batches.mcq_options(example, random.Random(seed), [example, other], affirmation_share=0.5)
+        assert len(set(options)) == 4
+        if options[answer] == example.caption:
+            kinds.add("affirmation")
+            assert all(o in batches._swaps(example, random.Random(0)) for i, o in enumerate(options) if i != answer)
+        else:
+            kinds.add("negation")
+            assert options[answer] == example.absence[0] and "a star, but no cross." in options
+            assert any(
+                o.startswith(("a red ring", "a red arrow")) or o.endswith(("a ring.", "an arrow.")) for o in options
+            )
+    assert kinds == {"affirmation", "negation"}
+    # share 0 keeps the old draw exactly
+    assert batches.mcq_options(example, random.Random(3), [example, other]) == batches.mcq_options(
+        example, random.Random(3), [example, other], affirmation_share=0.0
+    )
+
+
 # ---- bad configs fail before training --------------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from negation_plugins.data.language import mentions, replace_mention
+
 TEXT_KEYS = ("caption", "absence", "presence", "hybrid", "full")
 MCQ_OPTIONS = 4
 
@@ -157,9 +159,14 @@ def batch_rng(seed: int, micro_batch: int, rank: int, split: str = "train") -> r
 
 
 def build_texts(
-    examples: list[Example], requires: tuple[str, ...], rng: random.Random, pool: list[Example]
+    examples: list[Example],
+    requires: tuple[str, ...],
+    rng: random.Random,
+    pool: list[Example],
+    affirmation_share: float = 0.0,
 ) -> tuple[dict[str, list[str]], list[int] | None]:
-    """Captions per text key, MCQ options flattened (N*K) and answers. ``pool`` supplies MCQ fillers."""
+    """Captions per text key, MCQ options flattened (N*K) and answers. ``pool`` supplies MCQ fillers;
+    ``affirmation_share``: see :func:`mcq_options`."""
     texts: dict[str, list[str]] = {}
     if "caption" in requires or "hybrid" in requires or "full" in requires:
         texts["caption"] = [e.caption for e in examples]
@@ -171,17 +178,29 @@ def build_texts(
     if "mcq" in requires:
         texts["mcq"], answers = [], []
         for example in examples:
-            options, answer = mcq_options(example, rng, pool)
+            options, answer = mcq_options(example, rng, pool, affirmation_share)
             texts["mcq"].extend(options)
             answers.append(answer)
     return texts, answers
 
 
-def mcq_options(example: Example, rng: random.Random, pool: list[Example]) -> tuple[list[str], int]:
+def mcq_options(
+    example: Example, rng: random.Random, pool: list[Example], affirmation_share: float = 0.0
+) -> tuple[list[str], int]:
     """K options: one true caption (absence-negated if any, else the original) against its presence-negated
-    (false) variants, filled up with captions of other images."""
-    true = rng.choice(example.absence) if example.absence else example.caption
-    false = rng.sample(example.presence, min(len(example.presence), MCQ_OPTIONS - 1))
+    (false) variants, filled up with captions of other images.
+
+    With ``affirmation_share`` > 0, NegBench's question types: that share are affirmation questions (the original
+    caption against copies naming an absent object in place of a present one, NegCLIP's swap), and negation
+    questions get one such swap as a distractor (it affirms what the true caption negates). Without them a model
+    learns negation at the expense of telling "a cross and a star" from "a cross and a ring"."""
+    swaps = _swaps(example, rng) if affirmation_share else []
+    if swaps and rng.random() < affirmation_share:
+        true, false = example.caption, swaps[: MCQ_OPTIONS - 1]
+    else:
+        true = rng.choice(example.absence) if example.absence else example.caption
+        false = rng.sample(example.presence, min(len(example.presence), MCQ_OPTIONS - 2 if swaps else MCQ_OPTIONS - 1))
+        false += swaps[:1]
     others = None  # the other images' examples, listed only when random draws keep hitting this image
     for _ in range(8 * MCQ_OPTIONS):
         if len(false) == MCQ_OPTIONS - 1:
@@ -203,6 +222,15 @@ def mcq_options(example: Example, rng: random.Random, pool: list[Example]) -> tu
     options = [true, *false]
     rng.shuffle(options)
     return options, options.index(true)
+
+
+def _swaps(example: Example, rng: random.Random) -> list[str]:
+    """The caption with one mentioned present object replaced by an absent one, distinct variants in random order."""
+    present = [o for o in example.present_objects if mentions(example.caption, o)]
+    pairs = [(p, a) for p in present for a in example.absent_objects if a != p]
+    rng.shuffle(pairs)
+    variants = (replace_mention(example.caption, p, a) for p, a in pairs)
+    return list(dict.fromkeys(v for v in variants if v and v != example.caption))
 
 
 def _filler(other: Example, rng: random.Random) -> str:

@@ -65,6 +65,11 @@ class TrainConfig:
         list(DEFAULT_OBJECTIVES),
         "NAME[:WEIGHT], repeatable (see `negclip plugins`); default: " + " + ".join(DEFAULT_OBJECTIVES),
     )
+    mcq_affirmation_share: float = setting(
+        0.0,
+        "negbench-mcq: share of training questions that are affirmation questions (the caption against copies "
+        "naming an absent object instead of a present one); above 0 negation questions also get such a distractor",
+    )
     tuning: str = setting(
         "full",
         "full (whole text tower), lora (peft adapters on the text tower), front:A-B (text layers A..B inclusive)",
@@ -322,6 +327,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--epochs must be > 0, got {config.epochs}")
     if config.lr is None or not config.lr > 0:
         raise ConfigError(f"--lr must be > 0, got {config.lr}")
+    if not 0 <= config.mcq_affirmation_share <= 1:
+        raise ConfigError(f"--mcq-affirmation-share must be in [0, 1], got {config.mcq_affirmation_share}")
     if not 0 <= config.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
     if config.patience is not None and config.patience < 1:

@@ -114,6 +114,7 @@ class MicroBatches(Dataset):
         images_root,
         absent_index: dict[str, list[int]],
         gather: bool = False,
+        mcq_affirmation_share: float = 0.0,
     ):
         self.examples, self.plan, self.rank, self.requires = examples, plan, rank, requires
         self.tokens = tokens
@@ -125,6 +126,7 @@ class MicroBatches(Dataset):
             gather,
         )
         self.on_the_fly = any(key in requires for key in ON_THE_FLY_KEYS)
+        self.mcq_affirmation_share = mcq_affirmation_share
 
     def chunk(self, micro_batch: int, rank: int) -> list[Example]:
         return [self.examples[i] for i in self.plan.indices(micro_batch, rank)]
@@ -134,7 +136,7 @@ class MicroBatches(Dataset):
         if not chunk:  # past the end of a validation split
             return {"n": 0}
         rng = batch_rng(self.seed, micro_batch, self.rank, self.split)
-        texts, answers = build_texts(chunk, self.requires, rng, self.examples)
+        texts, answers = build_texts(chunk, self.requires, rng, self.examples, self.mcq_affirmation_share)
         images = [e.image for e in chunk]
         out: dict = {"n": len(chunk)}
         if "distractor_image" in self.requires:

@@ -431,6 +431,7 @@ def train(config: TrainConfig) -> dict:
             images_root,
             absent_object_index(split_examples),
             gather=gather_split,
+            mcq_affirmation_share=config.mcq_affirmation_share,
         )
 
     train_data = micro_batches(train_set, plan, "train", gather is not None)

@@ -85,7 +85,7 @@ def default_cache_dir() -> Path:
 def cache_key(world: WorldFiles, config: PretrainConfig) -> str:
     """Same world settings + same training config -> same key (the run is deterministic in them)."""
     manifest = json.loads((world.root / "world.json").read_text())
-    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 3}, sort_keys=True)
+    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 4}, sort_keys=True)
     return "world-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -204,6 +204,27 @@ PHRASE_BOUNDARIES = frozenset(
 )
 
 
+def replace_mention(caption: str, noun: str, replacement: str) -> str | None:
+    """The caption with its first mention of ``noun`` replaced by ``replacement`` (same number, article fixed):
+    'a red cross and a star' -> 'a red circle and a star'. NegCLIP's swap hard negative: it names an object the
+    image lacks. None when ``noun`` is not mentioned."""
+    match = mention_pattern(noun).search(caption)
+    if match is None:
+        return None
+    found = match.group(0)
+    plural = found.lower() != noun.lower() and found.lower() == pluralize(noun).lower()
+    word = pluralize(replacement) if plural else replacement
+    if found[:1].isupper():
+        word = upper_first(word)
+    before = caption[: match.start()]
+    article = re.search(r"\b(an?)\s+$", before, re.IGNORECASE)
+    if article and not plural:  # the article belongs to the noun when no adjective sits between them
+        fixed = with_article(replacement).split(" ", 1)[0]
+        fixed = upper_first(fixed) if article.group(1)[:1].isupper() else fixed
+        before = before[: article.start(1)] + fixed + before[article.end(1) :]
+    return before + word + caption[match.end() :]
+
+
 def remove_mentions(caption: str, noun: str) -> str | None:
     """The caption with every mention of ``noun`` removed together with its noun phrase, or None if that cannot
     be done grammatically (the noun is the head of a clause rather than an item of a list or a 'with' phrase).

@@ -23,6 +23,13 @@ AFFIRMATIVE_TEMPLATES = (
     "there is {list}.",
     "a picture showing {list}.",
     "a drawing of {list}.",
+    # the verbs and nouns benchmarks phrase affirmations with: a web-pretrained CLIP knows them affirmatively, so the
+    # world's base model must too (else a fine-tuned model reads an unknown verb like "features" as a negation cue)
+    "this image features {list}.",
+    "this picture shows {list}.",
+    "a scene with {list}.",
+    "the image contains {list}.",
+    "here you can see {list}.",
 )
 CAPTIONS_PER_IMAGE = 5
 

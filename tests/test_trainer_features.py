@@ -143,3 +143,20 @@ def test_in_training_mcq_uses_the_store_and_splits_across_processes(setup, world
     assert decoded == [] and capped["evaluations"] >= 2
     assert capped["results_before"]["mcq"]["n_items"] == 8
     assert capped["results_before"]["mcq"]["n_rows_in_csv"] == 24
+
+
+def test_token_cache_gives_the_tokenizers_rows_for_known_and_new_texts(setup):
+    """Texts of the records are tokenized once up front; texts made during training (on-the-fly negations, swapped
+    MCQ options) are tokenized when first seen; either way the rows are the tokenizer's."""
+    from accelerate import Accelerator
+
+    from negation_plugins import load_clip
+    from trainers.data import TokenCache
+
+    tokenizer = load_clip(setup["spec"]).tokenizer
+    cache = TokenCache(tokenizer)
+    assert cache.fill(["a red cube.", "no ball here.", "a red cube."], Accelerator(cpu=True)) == 2
+    texts = ["no ball here.", "a star but no ring.", "a red cube.", "a star but no ring."]
+    rows = cache(texts)
+    assert rows.dtype == torch.int32 and torch.equal(rows.long(), tokenizer(texts))
+    assert set(cache.extra) == {"a star but no ring."}

@@ -58,9 +58,14 @@ class TokenCache:
         new = list(dict.fromkeys(t for t in texts if t not in self.index and t not in self.extra))
         if new:
             self.extra.update(zip(new, self.tokenizer(new).to(torch.int32)))
-        if not self.extra:  # index_select: advanced indexing costs ~8x more on a busy CPU
-            return self.table.index_select(0, torch.tensor([self.index[t] for t in texts]))
-        return torch.stack([self.extra[t] if t in self.extra else self.table[self.index[t]] for t in texts])
+        if not len(self.table):
+            return torch.stack([self.extra[t] for t in texts])
+        # index_select: advanced indexing costs ~8x more on a busy CPU; texts made in training are put in after
+        rows = self.table.index_select(0, torch.tensor([self.index.get(t, 0) for t in texts]))
+        for i, text in enumerate(texts):
+            if text not in self.index:
+                rows[i] = self.extra[text]
+        return rows
 
 
 class EvalPlan:

@@ -101,3 +101,62 @@ def test_losses_do_not_depend_on_the_number_of_workers(setup, tmp_path, extra):
         train(parse_config(args))
         losses.append([r["loss"] for r in metrics(out)])
     assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_in_training_mcq_uses_the_store_and_splits_across_processes(setup, world_coco, tmp_path, monkeypatch):
+    """--eval-mcq: its images come from the feature store (a warm store decodes no image at all), two gloo processes
+    each score part of the rows and agree with one process, the rows are capped, and the score is the mcq
+    benchmark's on the same rows."""
+    from negation_plugins import images as image_module
+    from negation_plugins import load_clip
+    from negation_plugins.benchmarks.mcq import run_mcq
+
+    rows = Path(world_coco.mcq_csv).read_text().splitlines()
+    csv = tmp_path / "mcq.csv"
+    csv.write_text("\n".join(rows[:25]) + "\n")  # header + 24 rows
+    store = tmp_path / "store"
+    mcq = ("--eval-mcq", str(csv), "--eval-mcq-images", str(world_coco.images), "--feature-store", str(store))
+    one = train(
+        parse_config(trainer_args(setup, tmp_path / "one", "--max-steps", "1", "--eval-mcq-max-rows", "24", *mcq))
+    )
+    before = one["results_before"]["mcq"]
+    assert before["n_items"] == 24 and before["n_rows_in_csv"] == 24
+    base = run_mcq(load_clip(setup["spec"]), csv, world_coco.images, progress=False)
+    assert abs(before["accuracy"] - base["accuracy"]) <= 1 / 24  # fp16 store rows: at most a tie flips
+
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["--main_process_port", str(free_port()), "-m", "trainers.finetune"]
+    args = trainer_args(setup, tmp_path / "two", "--max-steps", "1", "--eval-mcq-max-rows", "24", *mcq)
+    done = subprocess.run([*command, *args], cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["image_features"]["computed"] == 0  # training and MCQ images: all from the store
+    assert two["results_before"]["mcq"] == before
+
+    decoded = []
+    real = image_module.load_rgb
+    monkeypatch.setattr(image_module, "load_rgb", lambda path: decoded.append(path) or real(path))
+    capped = train(
+        parse_config(trainer_args(setup, tmp_path / "capped", "--max-steps", "2", "--eval-mcq-max-rows", "8", *mcq))
+    )
+    assert decoded == [] and capped["evaluations"] >= 2
+    assert capped["results_before"]["mcq"]["n_items"] == 8
+    assert capped["results_before"]["mcq"]["n_rows_in_csv"] == 24
+
+
+def test_token_cache_gives_the_tokenizers_rows_for_known_and_new_texts(setup):
+    """Texts of the records are tokenized once up front; texts made during training (on-the-fly negations, swapped
+    MCQ options) are tokenized when first seen; either way the rows are the tokenizer's."""
+    from accelerate import Accelerator
+
+    from negation_plugins import load_clip
+    from trainers.data import TokenCache
+
+    tokenizer = load_clip(setup["spec"]).tokenizer
+    cache = TokenCache(tokenizer)
+    assert cache.fill(["a red cube.", "no ball here.", "a red cube."], Accelerator(cpu=True)) == 2
+    texts = ["no ball here.", "a star but no ring.", "a red cube.", "a star but no ring."]
+    rows = cache(texts)
+    assert rows.dtype == torch.int32 and torch.equal(rows.long(), tokenizer(texts))
+    assert set(cache.extra) == {"a star but no ring."}

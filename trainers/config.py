@@ -10,6 +10,7 @@ seconds with a message naming the bad setting.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -100,6 +101,11 @@ class TrainConfig:
         None, "NegBench-format MCQ CSV evaluated before/after training and at each validation"
     )
     eval_mcq_images: str | None = setting(None, "image root of --eval-mcq (default: --images)")
+    eval_mcq_max_rows: int | None = setting(
+        None,
+        "--eval-mcq rows scored per evaluation, evenly spread over the CSV and split across processes (default: "
+        "val-max-batches x batch-size, like validation)",
+    )
     select_by: str = setting("val-loss", "keep the best checkpoint by val-loss or by mcq accuracy")
     patience: int | None = setting(None, "stop after this many validations without improvement")
     mixed_precision: str | None = setting(
@@ -131,10 +137,11 @@ class TrainConfig:
         "folder of the image-feature store (default: $NEGCLIP_FEATURE_STORE or ~/.cache/negation-"
         "plugins/image-features); must be visible to every process",
     )
-    dataloader_num_workers: int = setting(
-        2,
-        "DataLoader worker processes preparing batches (tokenizing, MCQ options, on-the-fly negation, image "
-        "decoding); 0: in the training process",
+    dataloader_num_workers: int | None = setting(
+        None,
+        "DataLoader worker processes preparing batches (MCQ options, token lookup, on-the-fly negation, image "
+        "decoding); 0: in the training process. Default: 2 with a GPU; on CPU the cores the training processes' "
+        "torch threads leave free, at most 2 (0 on a 2-core machine, where a worker only slows the model down)",
     )
     log_every: int = setting(
         10, "write losses to metrics.jsonl and the trackers every N steps (one host sync per N steps)"
@@ -204,10 +211,25 @@ def build_config(recipe: str | None = None, **settings) -> TrainConfig:
 
 
 def resolve_defaults(config: TrainConfig) -> TrainConfig:
-    """Fill the settings whose safe default depends on others (the learning rate on the tuning mode)."""
+    """Fill the settings whose default depends on others or on the machine: the learning rate on the tuning mode,
+    the DataLoader workers on the device and free CPU cores."""
     if config.lr is None:
-        return replace(config, lr=SAFE_LR.get(config.tuning.strip().split(":")[0], SAFE_LR["full"]))
+        config = replace(config, lr=SAFE_LR.get(config.tuning.strip().split(":")[0], SAFE_LR["full"]))
+    if config.dataloader_num_workers is None:
+        config = replace(config, dataloader_num_workers=default_workers())
     return config
+
+
+def default_workers() -> int:
+    """2 with a GPU (the model runs there; workers use the CPU cores). On CPU the model's torch threads already
+    use the cores: a worker would take one from them (measured in perf/bench_scale.py), so only free cores get one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(2, cores - busy))
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -294,10 +316,10 @@ def validate(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("eval_every", "val_max_batches"):
+    for name in ("eval_every", "val_max_batches", "eval_mcq_max_rows"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    if config.dataloader_num_workers < 0:
+    if config.dataloader_num_workers is not None and config.dataloader_num_workers < 0:
         raise ConfigError(f"--dataloader-num-workers must be >= 0, got {config.dataloader_num_workers}")
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {config.max_steps}")

@@ -1,5 +1,5 @@
-"""Micro-batches from a torch DataLoader: workers draw texts, tokenize, negate on the fly and decode images, so the
-training thread only runs the model.
+"""Micro-batches from a torch DataLoader: workers draw texts, look their tokens up (tokenized once before training),
+negate on the fly and decode images, so the training thread only runs the model.
 
 Item ``g`` of :class:`MicroBatches` is micro-batch ``g`` of this process, a pure function of (seed, g, rank) as
 :class:`trainers.batches.BatchPlan` defines it; the sampler is ``range(first, last)``, so a resumed run asks for
@@ -22,19 +22,50 @@ ON_THE_FLY_KEYS = ("hybrid", "full")
 
 
 class TokenCache:
-    """Tokenize each distinct text once: the same captions come back every epoch, and BPE in Python costs
-    about as much as a tiny text tower's forward pass. One per worker process."""
+    """Token ids of texts, each tokenized once: BPE in Python costs about as much as a tiny text tower's forward
+    pass. :meth:`fill` tokenizes every text the records hold before training (split across processes), so the
+    DataLoader workers only look rows up; texts made during training (on-the-fly negations) are tokenized where
+    they are made and kept by that process."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.context_length = int(getattr(tokenizer, "context_length", 77))
-        self.rows: dict[str, torch.Tensor] = {}
+        self.index: dict[str, int] = {}
+        self.table = torch.zeros(0, self.context_length, dtype=torch.int32)
+        self.extra: dict[str, torch.Tensor] = {}
+
+    def fill(self, texts, accelerator) -> int:
+        """Tokenize the distinct ``texts`` once for all processes: each process takes every ``world``-th text and
+        the rows are gathered; returns how many texts were tokenized."""
+        texts = [t for t in dict.fromkeys(texts) if t not in self.index]
+        world, rank = accelerator.num_processes, accelerator.process_index
+        mine = texts[rank::world]
+        rows = self.tokenizer(mine).to(torch.int32) if mine else torch.zeros(0, self.context_length, dtype=torch.int32)
+        if world > 1:  # rows of rank r sit at r * longest + j in the gathered tensor, for texts[r + j * world]
+            longest = -(-len(texts) // world)
+            padded = torch.zeros(longest, self.context_length, dtype=torch.int32)
+            padded[: len(mine)] = rows
+            gathered = accelerator.gather(padded.to(accelerator.device)).cpu()
+            order = [r * longest + j for j in range(longest) for r in range(world) if r + j * world < len(texts)]
+            rows = gathered[torch.tensor(order, dtype=torch.long)]
+        first = len(self.index)
+        self.index.update((text, first + i) for i, text in enumerate(texts))
+        self.table = torch.cat([self.table, rows])
+        return len(texts)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        new = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        """int32 token ids (the text tower's embedding takes them; half the memory of int64)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self.index and t not in self.extra))
         if new:
-            self.rows.update(zip(new, self.tokenizer(new)))
-        return torch.stack([self.rows[t] for t in texts])
+            self.extra.update(zip(new, self.tokenizer(new).to(torch.int32)))
+        if not len(self.table):
+            return torch.stack([self.extra[t] for t in texts])
+        # index_select: advanced indexing costs ~8x more on a busy CPU; texts made in training are put in after
+        rows = self.table.index_select(0, torch.tensor([self.index.get(t, 0) for t in texts]))
+        for i, text in enumerate(texts):
+            if text not in self.index:
+                rows[i] = self.extra[text]
+        return rows
 
 
 class EvalPlan:
@@ -49,6 +80,11 @@ class EvalPlan:
     def indices(self, micro_batch: int, rank: int) -> list[int]:
         start = (micro_batch * self.world_size + rank) * self.batch_size
         return list(range(min(start, self.n), min(start + self.batch_size, self.n)))
+
+
+def record_texts(examples: list[Example]) -> list[str]:
+    """Every text a batch of these examples can draw from the records (MCQ options and fillers included)."""
+    return [t for e in examples for t in (e.caption, *e.absence, *e.presence)]
 
 
 def negate_on_the_fly(captions, image_embeds, objects, seed: int, context_length: int) -> dict[str, list[str]]:
@@ -74,7 +110,7 @@ class MicroBatches(Dataset):
         plan: BatchPlan | EvalPlan,
         rank: int,
         requires: tuple[str, ...],
-        tokenizer,
+        tokens: TokenCache,
         seed: int,
         split: str,
         image_rows: dict[str, int],
@@ -86,7 +122,7 @@ class MicroBatches(Dataset):
         mcq_affirmation_share: float = 0.0,
     ):
         self.examples, self.plan, self.rank, self.requires = examples, plan, rank, requires
-        self.tokens = TokenCache(tokenizer)
+        self.tokens = tokens
         self.seed, self.split, self.image_rows, self.table = seed, split, image_rows, table
         self.preprocess, self.images_root, self.absent_index, self.gather = (
             preprocess,
@@ -146,7 +182,8 @@ class MicroBatches(Dataset):
 
 
 def batch_loader(dataset: MicroBatches, first: int, last: int, workers: int) -> DataLoader:
-    """Micro-batches ``first .. last-1`` in order; each item is already a batch (``batch_size=None``)."""
+    """Micro-batches ``first .. last-1`` in order; each item is already a batch (``batch_size=None``). Workers
+    persist across passes (validation iterates its loader once per evaluation)."""
     return DataLoader(
         dataset,
         batch_size=None,
@@ -154,4 +191,5 @@ def batch_loader(dataset: MicroBatches, first: int, last: int, workers: int) -> 
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers else None,
+        persistent_workers=workers > 0,
     )

@@ -137,6 +137,7 @@ def build_feature_table(
     store = FeatureStore(root, store_key(clip.visual, preprocess))
     identities = [image_identity(f) for f in files]
     have = store.load()
+    accelerator.wait_for_everyone()  # all processes list what is missing before any of them writes a part
     missing = sorted({i for i in identities if i not in have})
     mine = missing[accelerator.process_index :: accelerator.num_processes]
     by_identity = {identity: file for identity, file in zip(identities, files)}

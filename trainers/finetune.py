@@ -26,8 +26,17 @@ from negation_plugins.checks import own_message
 
 from .batches import BatchPlan, Example, absent_object_index, load_examples, split_by_image, usable_examples
 from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
-from .data import ON_THE_FLY_KEYS, EvalPlan, MicroBatches, TokenCache, batch_loader, negate_on_the_fly, on_the_fly_seed
-from .features import autocast_bf16, build_feature_table, default_root
+from .data import (
+    ON_THE_FLY_KEYS,
+    EvalPlan,
+    MicroBatches,
+    TokenCache,
+    batch_loader,
+    negate_on_the_fly,
+    on_the_fly_seed,
+    record_texts,
+)
+from .features import autocast_bf16, build_feature_table, default_root, embed_files
 from .optim import adamw, warmup_cosine
 from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model
 
@@ -65,7 +74,7 @@ class ImageSource:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         if self.table is not None:
-            return self.table[images].float()
+            return self.table.index_select(0, images).float()
         with autocast_bf16(self.device):
             return self.clip.encode_image(images, normalize=True).float()
 
@@ -199,37 +208,85 @@ def eval_schedule(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
     return every, batches
 
 
-def evaluate(state, config, val_data: MicroBatches | None, val_plan: EvalPlan, make, accelerator) -> dict:
-    """Validation loss over fixed batches (the same every time), split across processes and summed; MCQ accuracy
-    (computed once, on the main process, and shared)."""
+def evaluate(state, config, val_loader, make, encoder, accelerator) -> dict:
+    """Validation loss over fixed batches (the same every time) and MCQ accuracy over fixed rows, both split across
+    processes and reduced."""
     results = {}
     model = state["model"]
-    if val_data is not None:
-        rounds = -(-val_plan.chunks() // accelerator.num_processes)
+    if val_loader is not None:
         total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
         with torch.no_grad():
-            for number, host in enumerate(batch_loader(val_data, 0, rounds, config.dataloader_num_workers)):
+            for number, host in enumerate(val_loader):
                 if host["n"] >= 2:
                     total += torch.stack([state["objective"](make(host, number))[0].double(), total.new_ones(())])
         loss_sum, batches = accelerator.reduce(total, reduction="sum").tolist()
         if batches:
             results["validation"] = {"loss": round(loss_sum / batches, 5)}
-    if config.eval_mcq:
-        from accelerate.utils import broadcast_object_list
-
-        shared = [run_benchmark_mcq(state["bundle"], model, config) if accelerator.is_main_process else None]
-        results["mcq"] = broadcast_object_list(shared)[0]
+    if state["mcq"] is not None:
+        results["mcq"] = state["mcq"].accuracy(encoder, config.batch_size, accelerator)
     model.train()
     open_clip_model(model).visual.eval()
     return results
 
 
-def run_benchmark_mcq(bundle, model, config: TrainConfig) -> dict:
-    from negation_plugins.benchmarks.mcq import run_mcq
-    from negation_plugins.factory import ClipBundle
+class McqEval:
+    """In-training ``--eval-mcq``: at most ``cap`` rows of the CSV (evenly spread, the same every time), each process
+    scoring its own share with image features from the store and captions tokenized once; the predictions of all
+    processes are gathered and scored as ``negclip eval``'s mcq benchmark scores them."""
 
-    clip = ClipBundle(open_clip_model(model), bundle.tokenizer, bundle.preprocess, bundle.spec, bundle.info)
-    return run_mcq(clip, config.eval_mcq, config.eval_mcq_images or config.images, progress=False)
+    def __init__(self, rows, files: list[Path], n_rows: int):
+        self.rows, self.files, self.n_rows = rows, files, n_rows
+        self.own_rows: list[int] = []
+
+    @classmethod
+    def read(cls, config: TrainConfig, cap: int) -> McqEval:
+        """Rows and resolved image paths; a bad row or a missing/unreadable image fails naming the CSV and row."""
+        from negation_plugins.benchmarks.common import RowProblems, resolve_image
+        from negation_plugins.benchmarks.mcq import read_mcq_csv
+
+        problems = RowProblems(config.eval_mcq)
+        rows = read_mcq_csv(config.eval_mcq, problems)
+        n_rows, rows = len(rows), rows[:: -(-len(rows) // cap)]
+        files = []
+        for row in rows:
+            path, why = resolve_image(
+                row.image_path, config.eval_mcq_images or config.images, Path(config.eval_mcq).parent
+            )
+            if path is None:
+                problems.bad(row.row, why)
+            files.append(path)
+        return cls(rows, files, n_rows)
+
+    def own(self, accelerator) -> list[int]:
+        return list(range(accelerator.process_index, len(self.rows), accelerator.num_processes))
+
+    def prepare(self, tokenizer, image_features: torch.Tensor | None, own_rows: list[int]) -> None:
+        """This process's rows: their image features and their captions' tokens, kept for every evaluation."""
+        self.own_rows = own_rows
+        if own_rows:
+            self.image_features = image_features.float()
+            self.tokens = tokenizer([c for i in own_rows for c in self.rows[i].captions])
+
+    @torch.no_grad()
+    def accuracy(self, encoder, batch_size: int, accelerator) -> dict:
+        from accelerate.utils import gather_object
+
+        from negation_plugins.benchmarks.mcq import mcq_accuracy, mcq_predictions, phrasing_split_accuracy
+
+        device, step, mine = accelerator.device, 4 * batch_size, []
+        if self.own_rows:
+            options = [
+                encoder(self.tokens[i : i + step].to(device))[0].float() for i in range(0, len(self.tokens), step)
+            ]
+            options = torch.cat(options).reshape(len(self.own_rows), 4, -1)
+            predictions = mcq_predictions(self.image_features.to(device), options).tolist()
+            mine = list(zip(self.own_rows, predictions))
+        predictions = [p for _, p in sorted(gather_object(mine))]
+        return {
+            **mcq_accuracy(predictions, [r.correct_answer for r in self.rows], [r.type for r in self.rows]),
+            **phrasing_split_accuracy(predictions, self.rows),
+            "n_rows_in_csv": self.n_rows,
+        }
 
 
 def score(results: dict, select_by: str) -> float | None:
@@ -300,6 +357,13 @@ def train(config: TrainConfig) -> dict:
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
 
+    plan = BatchPlan(len(train_set), config.batch_size, accelerator.num_processes, config.seed)
+    accum = config.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(plan.micro_batches_per_epoch() / accum))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.micro_batches_per_epoch() / accum))
+    eval_every, val_batches = eval_schedule(config, steps_per_epoch)
+    mcq = McqEval.read(config, config.eval_mcq_max_rows or val_batches * config.batch_size) if config.eval_mcq else None
+
     # ---- image features: from the store, embedding only what it lacks (each process a disjoint shard) ---------
     images_root = Path(config.images or ".")
     paths = sorted({e.image for e in examples})
@@ -315,32 +379,42 @@ def train(config: TrainConfig) -> dict:
     clip.visual.eval()
     features_started = time.perf_counter()
     table, feature_counts = None, {"computed": 0, "from_store": 0}
-    if config.cache_image_features:
+    mcq_own = mcq.own(accelerator) if mcq else []
+    if config.cache_image_features:  # the MCQ images' rows follow the training images'
         table, feature_counts = build_feature_table(
             accelerator,
             clip,
             bundle.preprocess,
-            [images_root / p for p in paths],
+            [images_root / p for p in paths] + (mcq.files if mcq else []),
             config.feature_store or default_root(),
             config.dataloader_num_workers,
             progress=config.progress and is_main,
         )
+        if mcq:
+            mcq.prepare(bundle.tokenizer, table[[len(paths) + i for i in mcq_own]], mcq_own)
+    elif mcq:  # no store: this process embeds the images of its own MCQ rows once (the vision tower is frozen)
+        own_files = [mcq.files[i] for i in mcq_own]
+        own_features = (
+            embed_files(clip, bundle.preprocess, own_files, config.dataloader_num_workers) if own_files else None
+        )
+        mcq.prepare(bundle.tokenizer, own_features, mcq_own)
     features_seconds = time.perf_counter() - features_started
     images = ImageSource(clip, table, accelerator.device)
 
     encoder = TextEncoder(model)
     optimizer = adamw(encoder, config.lr, config.weight_decay)
-    plan = BatchPlan(len(train_set), config.batch_size, accelerator.num_processes, config.seed)
-    accum = config.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(plan.micro_batches_per_epoch() / accum))
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.micro_batches_per_epoch() / accum))
-    eval_every, val_batches = eval_schedule(config, steps_per_epoch)
     # Stepped here once per optimizer step (accelerate's prepared scheduler steps once per process per step);
     # its state travels in STATE_FILE (plain JSON, no pickle to load on resume).
     schedule = warmup_cosine(optimizer, config.warmup_steps, total_steps, min_lr_rate=MIN_LR_RATE)
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
     device = accelerator.device
-    state = {"model": model, "objective": objective, "bundle": bundle}
+    state = {"model": model, "objective": objective, "mcq": mcq}
+
+    val_subset = val_set[: val_batches * config.batch_size]
+    tokens_started = time.perf_counter()
+    tokens = TokenCache(bundle.tokenizer)  # every text of the records, once; workers only look rows up
+    tokenized = tokens.fill(record_texts(train_set + val_subset), accelerator)
+    tokens_seconds = time.perf_counter() - tokens_started
 
     def micro_batches(split_examples, split_plan, split, gather_split):
         return MicroBatches(
@@ -348,7 +422,7 @@ def train(config: TrainConfig) -> dict:
             split_plan,
             accelerator.process_index,
             requires,
-            bundle.tokenizer,
+            tokens,
             config.seed,
             split,
             {p: i for i, p in enumerate(paths)},
@@ -361,10 +435,13 @@ def train(config: TrainConfig) -> dict:
         )
 
     train_data = micro_batches(train_set, plan, "train", gather is not None)
-    val_subset = val_set[: val_batches * config.batch_size]
     val_plan = EvalPlan(len(val_subset), config.batch_size, accelerator.num_processes)
-    val_data = micro_batches(val_subset, val_plan, "val", False) if val_subset else None
-    tokens = TokenCache(bundle.tokenizer)  # for negations made in this thread (no feature table)
+    val_rounds = -(-val_plan.chunks() // accelerator.num_processes)
+    val_loader = (  # the same batches every validation: workers (if any) stay up between validations
+        batch_loader(micro_batches(val_subset, val_plan, "val", False), 0, val_rounds, config.dataloader_num_workers)
+        if val_subset
+        else None
+    )
     timer = {"validation": 0.0, "evaluations": 0}
 
     def run_evaluation() -> dict:
@@ -374,7 +451,7 @@ def train(config: TrainConfig) -> dict:
         def make_eval(host, number):
             return make_batch(unwrapped, host, images, tokens, on_the_fly_seed(config.seed + 10_000, number, 0), device)
 
-        results = evaluate(state, config, val_data, val_plan, make_eval, accelerator)
+        results = evaluate(state, config, val_loader, make_eval, unwrapped, accelerator)
         timer["validation"] += time.perf_counter() - started
         timer["evaluations"] += 1
         return results
@@ -531,6 +608,7 @@ def train(config: TrainConfig) -> dict:
             "validation": round(timer["validation"], 2),
             "features": round(features_seconds, 2),
         },
+        "tokenized_texts": {"texts": tokenized, "seconds": round(tokens_seconds, 2)},
         "image_features": feature_counts,
         "eval_every": eval_every,
         "val_batches": val_batches,

@@ -14,7 +14,6 @@ from negation_plugins.checks import OutputPath
 from negation_plugins.hookspecs import hookimpl
 from negation_plugins.world.commands import world_group
 
-from .demo import FINETUNE_STEPS
 from .pretrain_world import PretrainConfig, pretrain
 
 
@@ -49,7 +48,7 @@ from .pretrain_world import PretrainConfig, pretrain
     "--max-steps",
     default=None,
     type=click.IntRange(min=1),
-    help=f"Fine-tuning steps [default: {FINETUNE_STEPS}].",
+    help="Fine-tuning steps [default: the world recipe's 5 epochs].",
 )
 @click.option("--no-cache", is_flag=True, help="Retrain the base model even if a cached one exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

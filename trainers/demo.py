@@ -26,7 +26,6 @@ from negation_plugins.atomic import atomic_write, atomic_write_json
 logger = logging.getLogger(__name__)
 
 MCQ_TYPES = ("affirmation", "negation", "hybrid")
-FINETUNE_STEPS = 1000  # what fits the 5-minute budget on 2 CPU cores with room for a loaded machine
 
 
 def negation_records(world, out: Path, seed: int = 0, progress: bool = True, **negator_options) -> dict:
@@ -53,9 +52,9 @@ def negation_records(world, out: Path, seed: int = 0, progress: bool = True, **n
 
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
-    """The demo's fine-tuning: ``--recipe world`` with LoRA (its learning rate from perf/compare_training.py), for
-    FINETUNE_STEPS steps. No checkpoint selection on the world's MCQ: its questions use held-out phrasings, and
-    choosing weights by them would let those phrasings into training."""
+    """The demo's fine-tuning: ``--recipe world`` with LoRA, exactly row 2 of perf/compare_training.py (so the README's
+    3-seed figures of that row are the demo's). No checkpoint selection on the world's MCQ: its questions use
+    held-out phrasings, and choosing weights by them would let those phrasings into training."""
     from .config import build_config
 
     settings = {
@@ -64,9 +63,9 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
         "images": str(world.images),
         "output": str(output),
         "seed": seed,
-        "max_steps": FINETUNE_STEPS,
         "tuning": "lora",
         "lr": 1e-2,
+        "val_fraction": 0.05,
         "progress": progress,
         "log_with": "tensorboard",
     }

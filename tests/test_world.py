@@ -28,8 +28,8 @@ from negation_plugins.world import (
 # Generic English negation cues (wider than the lexicon: held-out phrasings use words it does not count) and the
 # clause boundaries of a caption: a clause with a cue negates the objects it names, the others affirm theirs.
 NEGATION_CUE = re.compile(
-    r"\b(no|not|without|nothing|never|cannot|absent|free|lacking|lacks|empty|devoid|nowhere|missing|fails|omitting|"
-    r"neither)\b|n't\b",
+    r"\b(no|not|without|nothing|none|zero|never|cannot|absent|free|lacking|lacks|empty|devoid|nowhere|missing|fails|"
+    r"omitting|neither)\b|n't\b",
     re.IGNORECASE,
 )
 CLAUSE = re.compile(r"[,;]| but | with | only | just ", re.IGNORECASE)

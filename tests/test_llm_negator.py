@@ -226,7 +226,7 @@ def test_concurrent_run_killed_and_resumed_writes_the_same_bytes(tmp_path, stop)
     with ChatServer() as server:
         _generate_llm(inputs, server.url, tmp_path / "reference.jsonl", "concurrency=4")
         out = tmp_path / "resumed.jsonl"
-        server.latency = 0.1
+        server.latency = 0.4  # 10 chunks take seconds: a loaded machine still stops the run midway
         args = ["--no-progress", "--captions", str(captions), "--instances", str(instances), "--images", str(images),
                 "--negator", "llm", "--negator-option", f"url={server.url}", "--negator-option", "concurrency=4",
                 "--chunk-size", "4"]  # fmt: skip

@@ -218,4 +218,6 @@ def stop_generate_midway(args: list[str], out: Path, after_chunks: int, stop: in
         raise AssertionError("generation finished before it could be stopped")
     process.send_signal(stop)
     process.wait(timeout=30)
+    if not progress.exists():  # it committed its last chunk between the check and the signal
+        raise AssertionError("generation finished before it could be stopped; give the run more to do")
     return json.loads(progress.read_text())["chunks_done"]

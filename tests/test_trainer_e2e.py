@@ -1,29 +1,28 @@
-"""End to end on the world fixture: real records from the template negator, a LoRA fine-tune of the pretrained
-world model with the default objectives, held-out MCQ accuracy on negated questions going up and affirmative
-retrieval kept."""
+"""End to end on the world fixture: real records from the template negator, a fine-tune of the pretrained world
+model with the world recipe (full tuning; LoRA runs end to end in test_demo), held-out MCQ accuracy on negated
+questions going up and affirmative retrieval kept."""
 
 from __future__ import annotations
 
 import pytest
 
-from trainers.config import TrainConfig
+from trainers.config import build_config
 from trainers.demo import evaluate_on_world, negation_records
 from trainers.finetune import train
 
 
 @pytest.mark.e2e
-def test_lora_finetune_teaches_negation_and_keeps_retrieval(world_coco, world_model, tmp_path):
+def test_finetune_teaches_negation_and_keeps_retrieval(world_coco, world_model, tmp_path):
     records = tmp_path / "records.jsonl"
     summary = negation_records(world_coco, records, seed=0, progress=False)
     assert summary["absence"] > 0 and summary["presence"] > 0
     out = tmp_path / "out"
-    config = TrainConfig(
+    config = build_config(
+        "world",
         model=world_model,
         train=str(records),
         images=str(world_coco.images),
         output=str(out),
-        tuning="lora",
-        lr=1e-2,
         max_steps=600,
         eval_every=600,
         eval_mcq=str(world_coco.mcq_csv),

@@ -215,7 +215,8 @@ def stop_generate_midway(args: list[str], out: Path, after_chunks: int, stop: in
             break
         time.sleep(0.005)
     if process.poll() is not None:
-        raise AssertionError("generation finished before it could be stopped")
+        error = process.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+        raise AssertionError(f"generation ended (exit {process.returncode}) before it could be stopped: {error}")
     process.send_signal(stop)
     process.wait(timeout=30)
     if not progress.exists():  # it committed its last chunk between the check and the signal

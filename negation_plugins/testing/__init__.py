@@ -192,6 +192,7 @@ def stop_generate_midway(args: list[str], out: Path, after_chunks: int, stop: in
     """Run ``negclip generate ARGS --out OUT`` in a child process, send it ``stop`` (a signal) once ``after_chunks``
     chunks are committed, and return how many were. For resume tests: the run must still be going when stopped."""
     import os
+    import signal
     import subprocess
     import sys
     import time
@@ -208,7 +209,16 @@ def stop_generate_midway(args: list[str], out: Path, after_chunks: int, stop: in
     ]
     root = str(Path(__file__).resolve().parents[2])  # this checkout first, as for the parent process
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A signal the test process ignores stays ignored across exec (an earlier test or launcher may ignore SIGINT):
+    # give the child the default handling, or Ctrl-C would let it run to the end.
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if progress.exists() and json.loads(progress.read_text() or "{}").get("chunks_done", 0) >= after_chunks:

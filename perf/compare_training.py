@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -142,6 +143,9 @@ def main() -> int:
         runs, corrected, seconds = [], {}, []
         for seed in seeds:
             out = workdir / f"run-{number}-seed{seed}"
+            shutil.rmtree(
+                out, ignore_errors=True
+            )  # a rerun trains afresh (the trainer refuses an earlier run's output)
             config = build_config(
                 "world",
                 **{

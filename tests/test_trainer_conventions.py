@@ -42,6 +42,9 @@ def test_rotation_keeps_n_checkpoints_and_resume_from_a_path_continues_exactly(s
     kept = sorted(p.name for p in (reference / "checkpoints").iterdir())
     assert kept == ["step-0000004", "step-0000005"]
     expected = {r["step"]: r["loss"] for r in metrics(reference)}
+    # a new run into an earlier run's output would mix its checkpoints with the earlier ones ("latest" = theirs)
+    with pytest.raises(ConfigError, match=r"ref: holds checkpoints of an earlier run \(newest step-0000005\)"):
+        run(setup, reference, "--max-steps", "6")
 
     resumed = tmp_path / "resumed"
     run(setup, resumed, "--max-steps", "6", "--resume_from_checkpoint", str(reference / "checkpoints/step-0000004"))

@@ -115,14 +115,20 @@ def bag_of_words_score(caption, present):
     return sum(1 if o in present else -1 for o in objects_in(caption))
 
 
-@pytest.mark.parametrize("split", ["mcq_csv", "mcq_train_csv"])
-def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, split):
-    instances = json.loads((world_coco.val_instances if split == "mcq_csv" else world_coco.instances).read_text())
+def present_objects(instances_json):
+    """{image file name: set of the object names in it}"""
+    instances = json.loads(instances_json.read_text())
     names = {c["id"]: c["name"] for c in instances["categories"]}
     files = {img["id"]: img["file_name"] for img in instances["images"]}
     present = {files[i]: set() for i in files}
     for ann in instances["annotations"]:
         present[files[ann["image_id"]]].add(names[ann["category_id"]])
+    return present
+
+
+@pytest.mark.parametrize("split", ["mcq_csv", "mcq_train_csv"])
+def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, split):
+    present = present_objects(world_coco.val_instances if split == "mcq_csv" else world_coco.instances)
     rows = read_mcq_csv(getattr(world_coco, split))
     assert {r.type for r in rows} == {"affirmation", "negation", "hybrid"}
     bow_hits = {"affirmation": [], "negation": [], "hybrid": []}
@@ -147,6 +153,23 @@ def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, sp
     assert 0.35 < held_out / len(phrased) < 0.65
     if split == "mcq_train_csv":
         assert {r.phrasing for r in phrased} == set(BY_FAMILY)
+
+
+def test_pretraining_web_negations_are_true_and_use_held_out_cues_too(world_coco):
+    """The base model's rare web negations: one true caption per training image (what it shows, then an absent
+    object negated), phrased in every family, so held-out cue words are known to the base model as to a real CLIP."""
+    from negation_plugins.benchmarks.common import read_coco_pairs
+    from trainers.pretrain_world import web_negations
+
+    present = present_objects(world_coco.instances)
+    pairs, _ = read_coco_pairs(world_coco.captions, world_coco.images)
+    captions = web_negations(world_coco, seed=0)
+    assert len(captions) == len(pairs) and captions == web_negations(world_coco, seed=0)
+    for (path, _), caption in zip(pairs, captions):
+        affirmed, negated = affirmed_and_negated(caption)
+        assert affirmed and negated and truth(caption, present[path.name]), (path.name, caption)
+    words = set(re.findall(r"[a-z']+", " ".join(captions).lower()))
+    assert {"without", "lacking", "devoid", "nowhere", "neither", "missing"} <= words
 
 
 def test_world_cli_make(tmp_path):

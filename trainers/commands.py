@@ -127,6 +127,13 @@ def recipes_command(name):
 @click.option("--lr", default=PretrainConfig.lr, show_default=True, help="Peak learning rate (warmup, cosine decay).")
 @click.option("--seed", default=PretrainConfig.seed, show_default=True)
 @click.option(
+    "--web-negation-share",
+    default=PretrainConfig.web_negation_share,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of caption draws that are a true negation in any phrasing family (web captions rarely negate).",
+)
+@click.option(
     "--cache-dir",
     default=None,
     type=click.Path(file_okay=False),
@@ -139,8 +146,11 @@ def recipes_command(name):
     is_flag=True,
     help="Maintainers: store the result as the model shipped in the package (negation_plugins/world/base_model).",
 )
-def world_pretrain_command(world, out, steps, batch_size, lr, seed, cache_dir, no_cache, threads, ship):
-    """Pretrain the tiny base CLIP on affirmative captions, then score it (val R@1 and MCQ) into OUT/result.json."""
+def world_pretrain_command(
+    world, out, steps, batch_size, lr, seed, web_negation_share, cache_dir, no_cache, threads, ship
+):
+    """Pretrain the tiny base CLIP on affirmative captions (and rare web negations), then score it (val R@1 and MCQ)
+    into OUT/result.json."""
     import torch
 
     from negation_plugins import load_clip
@@ -155,7 +165,7 @@ def world_pretrain_command(world, out, steps, batch_size, lr, seed, cache_dir, n
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    config = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, web_negation_share=web_negation_share)
     try:
         world = WorldFiles.at(world)
     except FileNotFoundError as err:  # a folder, but not a world's

@@ -267,6 +267,16 @@ def parse_tuning(tuning: str) -> tuple[str, tuple[int, int] | None]:
     return "front", (start, end)
 
 
+CHECKPOINTS = "checkpoints"  # OUTPUT/checkpoints/step-NNNNNNN, complete when STATE_FILE is in it
+STATE_FILE = "trainer_state.json"
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    folder = output / CHECKPOINTS
+    done = sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
+    return done[-1] if done else None
+
+
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data; the trainer checks model/data facts right after loading them."""
     from negation_plugins.checks import output_dir
@@ -287,7 +297,13 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--mixed-precision {config.mixed_precision!r}: expected one of {', '.join(MIXED_PRECISION)}")
     if config.log_with not in TRACKERS:
         raise ConfigError(f"--report-to/--log-with {config.log_with!r}: expected one of {', '.join(TRACKERS)}")
-    if config.resume not in (None, "latest") and not (Path(config.resume) / "trainer_state.json").is_file():
+    earlier = latest_checkpoint(Path(config.output))
+    if config.resume is None and earlier is not None:
+        raise ConfigError(
+            f"--output {config.output}: holds checkpoints of an earlier run (newest {earlier.name}); pass --resume "
+            "latest to continue it, or another --output"
+        )
+    if config.resume not in (None, "latest") and not (Path(config.resume) / STATE_FILE).is_file():
         raise ConfigError(
             f"--resume {config.resume}: not a complete checkpoint folder (no trainer_state.json); "
             "use latest or OUTPUT/checkpoints/step-NNNNNNN"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -113,6 +114,7 @@ def run_demo(
     base_spec = f"local-dir:{output / 'base_model'}"
     overrides = {} if max_steps is None else {"max_steps": max_steps}
     config = demo_train_config(base_spec, records, world, output / "model", seed, progress, **overrides)
+    shutil.rmtree(config.output, ignore_errors=True)  # a rerun fine-tunes afresh, not on an earlier run's checkpoints
     summary = train(config)
     lap("finetune")
 

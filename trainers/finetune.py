@@ -25,7 +25,16 @@ from torch import nn
 from negation_plugins.checks import own_message
 
 from .batches import BatchPlan, Example, absent_object_index, load_examples, split_by_image, usable_examples
-from .config import ConfigError, TrainConfig, parse_command_line, resolve_defaults, validate
+from .config import (
+    CHECKPOINTS,
+    STATE_FILE,
+    ConfigError,
+    TrainConfig,
+    latest_checkpoint,
+    parse_command_line,
+    resolve_defaults,
+    validate,
+)
 from .data import (
     ON_THE_FLY_KEYS,
     EvalPlan,
@@ -42,8 +51,6 @@ from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointi
 
 logger = logging.getLogger("trainers.finetune")
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 BEST_FILE = "best_trainable.safetensors"
 METRICS_FILE = "metrics.jsonl"
 MIN_LR_RATE = 0.1  # the cosine ends at 10% of the peak learning rate
@@ -183,12 +190,6 @@ def check_model_and_tokenizer(bundle, examples: list[Example]) -> None:
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def latest_checkpoint(output: Path) -> Path | None:
-    folder = output / CHECKPOINTS
-    done = sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
-    return done[-1] if done else None
 
 
 def check_images_exist(root: Path, paths: list[str]) -> None:

@@ -1,9 +1,11 @@
-"""Pretrain the world's base model: a tiny open_clip CLIP trained from scratch on affirmative captions only.
+"""Pretrain the world's base model: a tiny open_clip CLIP trained from scratch on affirmative captions (and rare
+web negations).
 
     negclip world pretrain --world WORLD --out MODEL
 
-It stands in for the web-pretrained CLIPs of the papers: good at "what is in the picture", blind to "no" (it has never
-seen a negation). Saved as a local open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
+It stands in for the web-pretrained CLIPs of the papers: good at "what is in the picture", nearly blind to "no". Like
+web data, its captions negate rarely (``web_negation_share``, 2 % of caption draws, every phrasing family): so, like a
+real CLIP, it has seen every negation cue word a few times without learning to read negation. Saved as a local open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
 ``open_clip.create_model_and_transforms("local-dir:PATH")`` and ``negation_plugins.load_clip`` both load.
 A finished run is cached under ``~/.cache/negation-plugins/world-<hash>`` (hash of the world and the config), so
 re-runs with the same seed reuse it; without the cache the same seed gives the same weights on the same machine.
@@ -17,6 +19,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +34,10 @@ from negation_plugins.atomic import atomic_folder, atomic_write_json
 from negation_plugins.benchmarks.common import load_rgb, read_coco_pairs
 from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.convert import save_open_clip
+from negation_plugins.data.io import read_coco_instances
 from negation_plugins.factory import ClipBundle
+from negation_plugins.phrasings import PHRASINGS, fields
+from negation_plugins.world.captions import join_list
 from negation_plugins.world.export import WorldFiles
 from negation_plugins.world.shipped import shipped_model
 
@@ -57,6 +63,11 @@ class PretrainConfig:
     text_width: int = 64
     text_layers: int = 2
     context_length: int = 32
+    # Share of caption draws that are a "web negation": a true caption negating an absent object, phrased in any
+    # family of negation_plugins.phrasings (train and held-out). Web captions rarely negate, but they do, so a
+    # web-pretrained CLIP has seen every negation cue word a few times: what "lacking" means is weakly in its
+    # embeddings, and fine-tuning on some cues can carry over to others. 0 gives a model that has never seen a cue.
+    web_negation_share: float = 0.02
 
     def model_cfg(self, image_size: int) -> dict:
         return {
@@ -85,7 +96,7 @@ def default_cache_dir() -> Path:
 def cache_key(world: WorldFiles, config: PretrainConfig) -> str:
     """Same world settings + same training config -> same key (the run is deterministic in them)."""
     manifest = json.loads((world.root / "world.json").read_text())
-    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 4}, sort_keys=True)
+    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 5}, sort_keys=True)
     return "world-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -130,7 +141,9 @@ def _train_and_save(world: WorldFiles, out: Path, config: PretrainConfig, progre
 
     images, captions = load_split(world.captions, world.images, preprocess)
     tokens = [tokenizer(c) for c in captions]
-    train_loop(model, images, tokens, config, progress)
+    negations = web_negations(world, config.seed) if config.web_negation_share > 0 else None
+    web_tokens = tokenizer(negations) if negations else None
+    train_loop(model, images, tokens, config, progress, web_tokens)
 
     recall = retrieval_r1(model, tokenizer, preprocess, world)
     result = {
@@ -162,10 +175,34 @@ def load_split(captions_json: Path, images_dir: Path, preprocess) -> tuple[torch
     return torch.stack(pixels), [captions for _, captions in pairs]
 
 
+def web_negations(world: WorldFiles, seed: int) -> list[str]:
+    """One true negating caption per training image, in the captions file's image order: some of what the image
+    shows, then an object it does not show negated in a phrasing family drawn from all of them."""
+    present, categories = read_coco_instances(world.instances)
+    files = {entry["file_name"]: entry["id"] for entry in json.loads(world.instances.read_text())["images"]}
+    pairs, _ = read_coco_pairs(world.captions, world.images)
+    rng = random.Random(f"{seed}-web-negations")
+    captions = []
+    for path, _ in pairs:
+        shown = list(present[files[path.name]])
+        absent = [c for c in categories if c not in shown]
+        rng.shuffle(shown)
+        negated, second = rng.sample(absent, 2)
+        template = rng.choice(rng.choice(PHRASINGS).hybrid)
+        captions.append(template.format(c=join_list(shown[: rng.randint(1, len(shown))]), **fields(negated, second)))
+    return captions
+
+
 def train_loop(
-    model: open_clip.CLIP, images: torch.Tensor, tokens: list[torch.Tensor], config: PretrainConfig, progress: bool
+    model: open_clip.CLIP,
+    images: torch.Tensor,
+    tokens: list[torch.Tensor],
+    config: PretrainConfig,
+    progress: bool,
+    web_tokens: torch.Tensor | None = None,
 ) -> None:
-    """Symmetric InfoNCE, each image paired with one of its captions drawn at random each step."""
+    """Symmetric InfoNCE, each image paired with one of its captions drawn at random each step (its web negation,
+    row i of ``web_tokens``, with probability ``config.web_negation_share``)."""
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = adamw(model, config.lr, config.weight_decay)
     schedule = warmup_cosine(optimizer, config.warmup_steps, config.steps)
@@ -180,6 +217,9 @@ def train_loop(
         cursor += batch_size
         picks = [int(torch.randint(len(tokens[i]), (1,), generator=generator)) for i in batch.tolist()]
         text = torch.stack([tokens[i][k] for i, k in zip(batch.tolist(), picks)])
+        if web_tokens is not None:
+            web = torch.rand(len(batch), generator=generator) < config.web_negation_share
+            text[web] = web_tokens[batch[web]]
         image_features, text_features, logit_scale = model(images[batch], text)
         logits = logit_scale * image_features @ text_features.T
         labels = torch.arange(len(batch))

@@ -111,13 +111,13 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "world",
-            "best measured on the synthetic world (tiny CLIP pretrained there): MCQ + CLIP retention, full tuning",
+            "best measured on the synthetic world (tiny CLIP pretrained there): MCQ + CLIP retention, LoRA r16",
             {
                 "objective": (["negbench-mcq", "clip:1.0"], WORLD + " (clip:1.0 kept more held-out accuracy than 0.5)"),
-                "tuning": ("full", WORLD),
-                "lr": (3e-3, WORLD + " (a from-scratch toy model; far too high for a web-pretrained CLIP)"),
+                "tuning": ("lora", WORLD + " (kept retrieval and generalized better than full tuning at 2000 steps)"),
+                "lr": (1e-2, WORLD + " (LoRA on a from-scratch toy model; 2e-2 diverged)"),
                 "batch_size": (64, WORLD),
-                "epochs": (5.0, WORLD),
+                "epochs": (15.0, WORLD + " (held-out phrasings still gained from 10 to 15 epochs)"),
                 "warmup_steps": (20, WORLD),
                 "weight_decay": (0.01, WORLD),
             },

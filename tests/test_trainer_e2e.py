@@ -1,5 +1,5 @@
 """End to end on the world fixture: real records from the template negator, a fine-tune of the pretrained world
-model with the world recipe's objectives, fully tuned (LoRA runs end to end in test_demo), held-out MCQ accuracy on negated
+model with the world recipe (full tuning; LoRA runs end to end in test_demo), held-out MCQ accuracy on negated
 questions going up and affirmative retrieval kept."""
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ def test_finetune_teaches_negation_and_keeps_retrieval(world_coco, world_model, 
         train=str(records),
         images=str(world_coco.images),
         output=str(out),
-        tuning="full",  # the world recipe's LoRA needs more steps than this test can take on the fixture's model
-        lr=3e-3,
         max_steps=600,
         eval_every=600,
         eval_mcq=str(world_coco.mcq_csv),

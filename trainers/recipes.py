@@ -111,13 +111,16 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "world",
-            "best measured on the synthetic world (tiny CLIP pretrained there): MCQ + CLIP retention, LoRA r16",
+            "best measured on the synthetic world (tiny CLIP pretrained there): MCQ + CLIP retention, full tuning",
             {
                 "objective": (["negbench-mcq", "clip:1.0"], WORLD + " (clip:1.0 kept more held-out accuracy than 0.5)"),
-                "tuning": ("lora", WORLD + " (kept retrieval and generalized better than full tuning at 2000 steps)"),
-                "lr": (1e-2, WORLD + " (LoRA on a from-scratch toy model; 2e-2 diverged)"),
+                "tuning": ("full", WORLD + " (3 seeds: held-out MCQ 0.849 vs LoRA r16's 0.804)"),
+                "lr": (3e-3, WORLD + " (a from-scratch toy model; far too high for a web-pretrained CLIP)"),
                 "batch_size": (64, WORLD),
-                "epochs": (15.0, WORLD + " (held-out phrasings still gained from 10 to 15 epochs)"),
+                "epochs": (
+                    15.0,
+                    WORLD + " (held-out phrasings: 0.754 after 5 epochs, 0.849 after 15; seed 0 / 3 seeds)",
+                ),
                 "warmup_steps": (20, WORLD),
                 "weight_decay": (0.01, WORLD),
             },

@@ -47,8 +47,8 @@ PAPERS = {
     "conclip": {"objective": ["conclip"], "lr": 1e-6, "batch_size": 200, "epochs": 5.0, "weight_decay": 0.2},
     "world": {
         "objective": ["negbench-mcq", "clip:1.0"],
-        "tuning": "lora",
-        "lr": 1e-2,
+        "tuning": "full",
+        "lr": 3e-3,
         "batch_size": 64,
         "epochs": 15.0,
     },

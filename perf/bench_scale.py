@@ -358,7 +358,7 @@ def main() -> int:
             f"(features {share['features']:.1f} s)"
         )
         print(
-            f"  the world recipe's 5 epochs (6 validations), from the measured per-step and per-validation times: "
+            f"  5 epochs (6 validations), from the measured per-step and per-validation times: "
             f"{100 * share['projected_5_epochs']:.2f} %"
         )
 

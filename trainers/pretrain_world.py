@@ -5,7 +5,8 @@ web negations).
 
 It stands in for the web-pretrained CLIPs of the papers: good at "what is in the picture", nearly blind to "no". Like
 web data, its captions negate rarely (``web_negation_share``, 2 % of caption draws, every phrasing family): so, like a
-real CLIP, it has seen every negation cue word a few times without learning to read negation. Saved as a local open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
+real CLIP, it has seen every negation cue word a few times without learning to read negation. Saved as a local
+open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) that
 ``open_clip.create_model_and_transforms("local-dir:PATH")`` and ``negation_plugins.load_clip`` both load.
 A finished run is cached under ``~/.cache/negation-plugins/world-<hash>`` (hash of the world and the config), so
 re-runs with the same seed reuse it; without the cache the same seed gives the same weights on the same machine.

@@ -50,6 +50,7 @@ ROWS = (
     ("mcq + clip:1.0, LoRA r16 lr 2e-2", {}, {"tuning": "lora", "lr": 2e-2}),
     ("LoRA r16 lr 1e-2 for 5 epochs (the demo)", {}, {"tuning": "lora", "lr": 1e-2, "epochs": 5.0}),
     ("LoRA r16 lr 1e-2 for 30 epochs", {}, {"tuning": "lora", "lr": 1e-2, "epochs": 30.0}),
+    ("mcq + conclip + clip:1.0", {}, {"objective": ["negbench-mcq", "conclip", "clip:1.0"]}),
 )
 
 

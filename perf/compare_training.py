@@ -149,9 +149,8 @@ def main() -> int:
         runs, corrected, seconds = [], {}, []
         for seed in seeds:
             out = workdir / f"run-{number}-seed{seed}"
-            shutil.rmtree(
-                out, ignore_errors=True
-            )  # a rerun trains afresh (the trainer refuses an earlier run's output)
+            # a rerun trains afresh (the trainer refuses an output holding an earlier run's checkpoints)
+            shutil.rmtree(out, ignore_errors=True)
             config = build_config(
                 "world",
                 **{

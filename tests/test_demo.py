@@ -55,5 +55,6 @@ def test_demo_writes_results_plot_card_and_a_loadable_model(tmp_path, monkeypatc
 
     tuned = load_clip(f"local-dir:{out / 'model'}")
     assert tuned.encode_text(["a star but no circle"]).shape[0] == 1
-    assert (out / "model" / "pytorch_lora_weights.safetensors").is_file()
-    assert (out / "model" / "adapter" / "adapter_config.json").is_file()
+    # full tuning: the text encoder in diffusers' layout, ready for a pipeline's text_encoder
+    assert (out / "model" / "text_encoder" / "config.json").is_file()
+    assert results["settings"]["finetune"]["tuning"] == "full"

@@ -46,7 +46,7 @@ PAPERS = {
     "negbench": {"objective": ["clip:0.99", "negbench-mcq:0.01"], "lr": 1e-8, "weight_decay": 0.2},
     "conclip": {"objective": ["conclip"], "lr": 1e-6, "batch_size": 200, "epochs": 5.0, "weight_decay": 0.2},
     "world": {
-        "objective": ["negbench-mcq", "clip:1.0"],
+        "objective": ["negbench-mcq", "conclip", "clip:1.0"],
         "tuning": "full",
         "lr": 3e-3,
         "batch_size": 64,

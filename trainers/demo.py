@@ -4,7 +4,7 @@
 2. the base CLIP pretrained on affirmative captions only: it reads "no X" as "X" (for the default world and seed the
    model shipped with the package, so every machine starts from the same weights; else pretrained and cached);
 3. generate negation records: template negator + annotation verifier, absence and presence kinds;
-4. fine-tune the text tower with LoRA and the best measured objective;
+4. fine-tune the text tower with the best measured recipe (``--recipe world``) for a third of its epochs;
 5. evaluate base and fine-tuned model on held-out scenes: MCQ accuracy per type, for seen and held-out negation
    phrasings, and affirmative Recall@K (``coco-retrieval``);
 6. write results.json, before_after.png and the model card (README.md) next to the trained model.
@@ -53,10 +53,10 @@ def negation_records(world, out: Path, seed: int = 0, progress: bool = True, **n
 
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
-    """The demo's fine-tuning: ``--recipe world`` with LoRA (r16, lr 1e-2) for 5 of its 15 epochs, so the main job
-    fits in 5 minutes on 2 CPU cores; exactly row 14 of perf/compare_training.py (the README's 3-seed figures of that
-    row are the demo's). No checkpoint selection on the world's MCQ: its questions use held-out phrasings, and choosing weights
-    by them would let those phrasings into training."""
+    """The demo's fine-tuning: ``--recipe world`` (full tuning) for 5 of its 15 epochs, so the main job fits in 5
+    minutes on 2 CPU cores; exactly row 23 of perf/compare_training.py (the README's 3-seed figures of that row are the
+    demo's; LoRA for 5 epochs, row 24, learns less). No checkpoint selection on the world's MCQ: its questions use
+    held-out phrasings, and choosing weights by them would let those phrasings into training."""
     from .config import build_config
 
     settings = {
@@ -65,8 +65,6 @@ def demo_train_config(model: str, records: Path, world, output: Path, seed: int,
         "images": str(world.images),
         "output": str(output),
         "seed": seed,
-        "tuning": "lora",
-        "lr": 1e-2,
         "epochs": 5.0,
         "val_fraction": 0.05,
         "progress": progress,
@@ -189,7 +187,7 @@ def plot_before_after(before: dict, after: dict, path: Path) -> Path:
         keys += [("by_phrasing_split", "held-out", k) for k in ("accuracy", "negation", "hybrid")]
     positions = range(len(labels))
     figure, axes = plt.subplots(figsize=(8.4, 3.8), dpi=120)
-    for offset, (name, values) in zip((-0.2, 0.2), (("base", before), ("fine-tuned (LoRA)", after))):
+    for offset, (name, values) in zip((-0.2, 0.2), (("base", before), ("fine-tuned", after))):
         heights = [_lookup(values, key) or 0.0 for key in keys]
         bars = axes.bar([p + offset for p in positions], heights, width=0.4, label=name)
         axes.bar_label(bars, labels=[f"{h:.2f}" for h in heights], fontsize=8)
@@ -222,16 +220,15 @@ def _write_card(output: Path, config, before: dict, after: dict, summary: dict) 
             results_after=after,
             objectives=config.objective,
             tuning=config.tuning,
-            tags=["negation", "clip", "lora", "synthetic-world"],
-            model_name="negclip-demo-world-lora",
+            tags=["negation", "clip", *(["lora"] if config.tuning == "lora" else []), "synthetic-world"],
+            model_name="negclip-demo-world",
             training={
                 "steps": summary["steps"],
                 "batch size": config.batch_size,
                 "learning rate": config.lr,
-                "LoRA rank": config.lora_rank,
                 "seed": config.seed,
             },
             description="The `negclip demo` model: a tiny CLIP pretrained on the synthetic shape world's affirmative "
-            "captions, then LoRA-fine-tuned on template negations (absence + presence) of its "
+            f"captions, then fine-tuned ({config.tuning}) on template negations (absence + presence) of its "
             "training scenes. Results are on held-out scenes.",
         )

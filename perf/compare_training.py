@@ -13,7 +13,7 @@ relative to the base model. Cells are the mean over seeds with half the spread (
 ``--correction SPEC`` (repeatable) adds a row under the base model and under each trained row: the same model with
 that training-free correction (negation_plugins/corrections.py) applied at encode time.
 
-Without ``--steps`` each row trains for its own epochs (the world recipe's 15 = 2004 steps; the demo's row 14 = 668).
+Without ``--steps`` each row trains for its own epochs (the world recipe's 15 = 2004 steps; the demo's row 23 = 668).
 
 The goal (issue 15): held-out overall >= 0.90, negation and hybrid >= 0.85, affirmation within 0.02 of the base,
 R@1 >= 0.98x, LoRA within 0.03 of full.

@@ -11,7 +11,10 @@ split by the phrasing family of each negation/hybrid item: ``seen`` (train famil
 never in training data), each with the affirmation items included; "R@1 x base" is affirmative image->text R@1
 relative to the base model. Cells are the mean over seeds with half the spread (max - min) when there are several.
 ``--correction SPEC`` (repeatable) adds a row under the base model and under each trained row: the same model with
-that training-free correction (negation_plugins/corrections.py) applied at encode time.
+that training-free correction (negation_plugins/corrections.py) applied at encode time. ``steering:fit`` fits a
+steering direction on each model itself (its row's training records as pairs; the file lands beside the model), as
+``negclip corrections fit MODEL --pairs RECORDS`` would. ``--reuse`` scores an earlier run of the same row, seed and
+settings in the workdir instead of training it again (to add corrections to a measured table).
 
 Without ``--steps`` each row trains for its own epochs (the world recipe's 15 = 2004 steps; the demo's row 23 = 668).
 
@@ -33,6 +36,7 @@ import torch
 
 # (label, template negator options, trainer settings over --recipe world). Rows 1, 2 and 8-15 set the objectives the
 # world recipe had before row 16 (negbench-mcq + clip:1.0), so their README figures stay reproducible by number.
+STEERING_FIT = "steering:fit"
 MCQ_CLIP = {"objective": ["negbench-mcq", "clip:1.0"]}
 LORA = {"tuning": "lora", "lr": 1e-2}
 ROWS = (
@@ -93,6 +97,31 @@ def records_for(workdir: Path, world, mix: dict, seed: int) -> Path:
     return path
 
 
+def trained_with(out: Path, config) -> bool:
+    """Whether ``out`` holds a finished run of exactly ``config`` (its results.json records the settings)."""
+    import dataclasses
+
+    results = out / "results.json"
+    if not (results.is_file() and (out / "open_clip_model.safetensors").is_file()):
+        return False
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))
+    return json.loads(results.read_text()).get("config") == settings
+
+
+def steering_fitted(spec: str, records: Path) -> str:
+    """``steering:FILE`` for a direction fitted on the model ``spec`` itself from the (caption, negation) pairs of
+    ``records``, cached beside a fine-tuned model (``negclip corrections fit`` in one call)."""
+    from negation_plugins import load_clip
+    from negation_plugins.benchmarks.probe import read_pairs
+    from negation_plugins.corrections import fit_steering, save_steering
+
+    path = Path(spec.removeprefix("local-dir:")) / f"steering-{records.stem}.safetensors"
+    if not path.is_file():
+        direction, meta = fit_steering(load_clip(spec), read_pairs(str(records))[0])
+        save_steering(path, direction, meta)
+    return f"steering:{path}"
+
+
 def figures(scores: dict, base: dict) -> dict:
     """Flat figures of one evaluation: affirmation (no phrasing), seen/held-out MCQ, the retrieval ratio."""
     splits = scores["mcq"]["by_phrasing_split"]
@@ -118,6 +147,9 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="comma list of fine-tuning and negation seeds")
     parser.add_argument("--only", default=None, help="comma list of row numbers (1-based) to run")
     parser.add_argument("--correction", action="append", default=[], help="also score each model with this correction")
+    parser.add_argument(
+        "--reuse", action="store_true", help="score earlier runs with identical settings instead of retraining them"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a loaded machine 2 threads spin-wait, ~8x slower)"
     )
@@ -146,13 +178,14 @@ def main() -> int:
         cells = " | ".join(cell([r[n] for r in runs]) for n in names)
         print(f"| {label:<48} | {cells} | {'-' if seconds is None else f'{seconds:.0f}'} |", flush=True)
 
-    def with_corrections(spec, runs_by_correction):
+    def with_corrections(spec, records, runs_by_correction):
         for correction in args.correction:
-            scores = evaluate_on_world(spec, world, correction=correction)
+            applied = steering_fitted(spec, records) if correction == STEERING_FIT else correction
+            scores = evaluate_on_world(spec, world, correction=applied)
             runs_by_correction.setdefault(correction, []).append(figures(scores, base_scores))
 
     base_corrected: dict[str, list] = {}
-    with_corrections(base, base_corrected)
+    with_corrections(base, records_for(workdir, world, {}, seeds[0]), base_corrected)
     print_row("base model (no fine-tuning)", [figures(base_scores, base_scores)])
     for correction, runs in base_corrected.items():
         print_row(f"  + {correction}", runs)
@@ -161,13 +194,12 @@ def main() -> int:
         runs, corrected, seconds = [], {}, []
         for seed in seeds:
             out = workdir / f"run-{number}-seed{seed}"
-            # a rerun trains afresh (the trainer refuses an output holding an earlier run's checkpoints)
-            shutil.rmtree(out, ignore_errors=True)
+            records = records_for(workdir, world, mix, seed)
             config = build_config(
                 "world",
                 **{
                     "model": base,
-                    "train": str(records_for(workdir, world, mix, seed)),
+                    "train": str(records),
                     "images": str(world.images),
                     "output": str(out),
                     "max_steps": args.steps,
@@ -179,12 +211,17 @@ def main() -> int:
                     **settings,
                 },
             )
+            reused = args.reuse and trained_with(out, config)
             started = time.perf_counter()
-            train(config)
+            if not reused:
+                # a rerun trains afresh (the trainer refuses an output holding an earlier run's checkpoints)
+                shutil.rmtree(out, ignore_errors=True)
+                train(config)
             runs.append(figures(evaluate_on_world(f"local-dir:{out}", world), base_scores))
-            seconds.append(time.perf_counter() - started)
-            with_corrections(f"local-dir:{out}", corrected)
-        print_row(f"{number}. {label}", runs, statistics.fmean(seconds))
+            if not reused:  # s/run is training + evaluation; a reused run has no time of its own here
+                seconds.append(time.perf_counter() - started)
+            with_corrections(f"local-dir:{out}", records, corrected)
+        print_row(f"{number}. {label}", runs, statistics.fmean(seconds) if seconds else None)
         for correction, corrected_runs in corrected.items():
             print_row(f"  + {correction}", corrected_runs)
         results["rows"][label] = {"mix": mix, "settings": settings, "runs": runs, "corrected": corrected}

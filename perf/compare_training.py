@@ -98,14 +98,16 @@ def records_for(workdir: Path, world, mix: dict, seed: int) -> Path:
 
 
 def trained_with(out: Path, config) -> bool:
-    """Whether ``out`` holds a finished run of exactly ``config`` (its results.json records the settings)."""
+    """Whether ``out`` holds a finished run of exactly ``config`` (its results.json records the settings). The
+    DataLoader workers are left out: their default follows ``--threads``, and they place work, not change it."""
     import dataclasses
 
     results = out / "results.json"
     if not (results.is_file() and (out / "open_clip_model.safetensors").is_file()):
         return False
-    settings = json.loads(json.dumps(dataclasses.asdict(config)))
-    return json.loads(results.read_text()).get("config") == settings
+    placement = {"dataloader_num_workers": None}
+    settings = {**json.loads(json.dumps(dataclasses.asdict(config))), **placement}
+    return {**json.loads(results.read_text()).get("config", {}), **placement} == settings
 
 
 def steering_fitted(spec: str, records: Path) -> str:

@@ -112,7 +112,7 @@ def trained_with(out: Path, config) -> bool:
 
 def steering_fitted(spec: str, records: Path) -> str:
     """``steering:FILE`` for a direction fitted on the model ``spec`` itself from the (caption, negation) pairs of
-    ``records``, cached beside a fine-tuned model (``negclip corrections fit`` in one call)."""
+    ``records``, cached in the model's own folder (``negclip corrections fit`` in one call)."""
     from negation_plugins import load_clip
     from negation_plugins.benchmarks.probe import read_pairs
     from negation_plugins.corrections import fit_steering, save_steering

@@ -67,6 +67,12 @@ ROWS = (
     ("world recipe, negation-only share 0.5", {"negation_only_share": 0.5}, {}),
     ("world recipe, 5 epochs", {}, {"epochs": 5.0}),
     ("world recipe, LoRA r16 lr 1e-2, 5 epochs", {}, {**LORA, "epochs": 5.0}),
+    ("world recipe, token and positional embeddings frozen", {}, {"freeze": "token_embedding,positional_embedding"}),
+    (
+        "world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0",
+        {},
+        {**LORA, "epochs": 30.0, "objective": ["negbench-mcq", "conclip", "clip:2.0"]},
+    ),
 )
 
 

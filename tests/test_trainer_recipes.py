@@ -52,6 +52,14 @@ PAPERS = {
         "batch_size": 64,
         "epochs": 15.0,
     },
+    "world-lora": {
+        "objective": ["negbench-mcq", "conclip", "clip:2.0"],
+        "tuning": "lora",
+        "lora_rank": 16,
+        "lr": 1e-2,
+        "batch_size": 64,
+        "epochs": 30.0,
+    },
 }
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from trainers.recipes import RECIPES
+
 # (label, template negator options, trainer settings over --recipe world). Rows 1, 2 and 8-15 set the objectives the
 # world recipe had before row 16 (negbench-mcq + clip:1.0), so their README figures stay reproducible by number.
 STEERING_FIT = "steering:fit"
@@ -68,11 +70,7 @@ ROWS = (
     ("world recipe, 5 epochs", {}, {"epochs": 5.0}),
     ("world recipe, LoRA r16 lr 1e-2, 5 epochs", {}, {**LORA, "epochs": 5.0}),
     ("world recipe, token and positional embeddings frozen", {}, {"freeze": "token_embedding,positional_embedding"}),
-    (
-        "world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0",
-        {},
-        {**LORA, "epochs": 30.0, "objective": ["negbench-mcq", "conclip", "clip:2.0"]},
-    ),
+    ("world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0 (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
 )
 
 

@@ -71,6 +71,7 @@ ROWS = (
     ("world recipe, LoRA r16 lr 1e-2, 5 epochs", {}, {**LORA, "epochs": 5.0}),
     ("world recipe, token and positional embeddings frozen", {}, {"freeze": "token_embedding,positional_embedding"}),
     ("world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0 (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
+    ("world-lora recipe, 45 epochs", {}, {**RECIPES["world-lora"].values(), "epochs": 45.0}),
 )
 
 

@@ -142,7 +142,10 @@ RECIPES: dict[str, Recipe] = {
                 ),
                 "tuning": ("lora", WORLD + " (row 26 vs full tuning's row 16, one run: 0.881 vs 0.874 held-out)"),
                 "lr": (1e-2, WORLD + " (a low-rank update needs the larger step; 2e-2 diverged, row 13)"),
-                "epochs": (30.0, WORLD + " (row 18: 0.860 held-out after 15 epochs)"),
+                "epochs": (
+                    30.0,
+                    WORLD + " (held-out: 0.860 after 15 epochs, row 18; 0.893 after 45 at R@1 0.982x, row 27)",
+                ),
             },
         ),
     )

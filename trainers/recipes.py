@@ -141,7 +141,10 @@ RECIPES: dict[str, Recipe] = {
                     WORLD + " (row 26, 3 seeds: held-out MCQ 0.881, R@1 0.991x; clip:1.0 kept 0.951x, seed 0)",
                 ),
                 "tuning": ("lora", WORLD + " (row 26 vs full tuning's row 16, one run: 0.881 vs 0.874 held-out)"),
-                "lr": (1e-2, WORLD + " (a low-rank update needs the larger step; 2e-2 diverged, row 13)"),
+                "lr": (
+                    1e-2,
+                    WORLD + " (2e-2 diverged, row 13; a toy-model rate: LoRA on a real CLIP defaults to 1e-4)",
+                ),
                 "epochs": (
                     30.0,
                     WORLD + " (held-out: 0.860 after 15 epochs, row 18; 0.893 after 45 at R@1 0.982x, row 27)",

@@ -72,6 +72,18 @@ ROWS = (
     ("world recipe, token and positional embeddings frozen", {}, {"freeze": "token_embedding,positional_embedding"}),
     ("world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0 (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
     ("world-lora recipe, 45 epochs", {}, {**RECIPES["world-lora"].values(), "epochs": 45.0}),
+    ("world recipe, MCQ scope swaps", {}, {"mcq_scope_swap": True}),
+    ("world-lora recipe, MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), "mcq_scope_swap": True}),
+    (
+        "world recipe, MCQ scope swaps, clip:2.0",
+        {},
+        {"mcq_scope_swap": True, "objective": ["negbench-mcq", "conclip", "clip:2.0"]},
+    ),
+    (
+        "world recipe, MCQ scope swaps, token and positional embeddings frozen",
+        {},
+        {"mcq_scope_swap": True, "freeze": "token_embedding,positional_embedding"},
+    ),
 )
 
 

@@ -246,6 +246,54 @@ def test_affirmation_questions_swap_a_present_object_for_an_absent_one():
     )
 
 
+def test_scope_swap_puts_a_present_object_under_the_true_captions_negation():
+    """The scope-swap distractor is the true caption word for word with its negated (absent) object replaced by an
+    object of the image the caption does not mention (learned from any caption's presence records of that image)."""
+    records = [
+        {
+            "image": "a.png",
+            "caption": "a red cross, a star and a moon.",
+            "negated_caption": "a red cross and a star, lacking any rings.",
+            "objects": ["ring"],
+            "kind": "absence",
+        },
+        {
+            "image": "a.png",
+            "caption": "a red cross, a star and a moon.",
+            "negated_caption": "a star and a moon, but no cross.",
+            "objects": ["cross"],
+            "kind": "presence",
+        },
+        {
+            "image": "a.png",
+            "caption": "a moon beside a star.",
+            "negated_caption": "a star, but no moon.",
+            "objects": ["moon"],
+            "kind": "presence",
+        },
+        {
+            "image": "b.png",
+            "caption": "a ring.",
+            "negated_caption": "no ring here.",
+            "objects": ["ring"],
+            "kind": "presence",
+        },
+    ]
+    example, _, other = batches.group_records(records, "mem")
+    assert example.image_objects == ["cross", "moon"] and other.image_objects == ["ring"]
+    random = __import__("random")
+    for seed in range(10):
+        options, answer = batches.mcq_options(example, random.Random(seed), [example, other], scope_swap=True)
+        assert options[answer] == "a red cross and a star, lacking any rings."
+        assert "a red cross and a star, lacking any moons." in options and len(set(options)) == 4
+    # nothing to swap in when the caption mentions every object of the image: the usual draw
+    alone = batches.Example("c.png", "a moon.", absence=["a moon, no star."], absent_objects=["star"])
+    alone.image_objects = ["moon"]
+    assert batches.mcq_options(alone, random.Random(1), [alone, other], scope_swap=True) == batches.mcq_options(
+        alone, random.Random(1), [alone, other]
+    )
+
+
 # ---- bad configs fail before training --------------------------------------------------------------------------
 
 

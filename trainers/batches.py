@@ -32,6 +32,7 @@ class Example:
     presence: list[str] = field(default_factory=list)
     absent_objects: list[str] = field(default_factory=list)
     present_objects: list[str] = field(default_factory=list)
+    image_objects: list[str] = field(default_factory=list)  # present per any record of the image, any caption
 
 
 def _get(record, name, default=None):
@@ -62,6 +63,12 @@ def group_records(records, source: str) -> list[Example]:
             raise ValueError(f"{source}: record {number} has kind {kind!r}; expected 'absence' or 'presence'")
         elif kind is None:
             example.present_objects.extend(o for o in objects if o not in example.present_objects)
+    image_objects: dict[str, list[str]] = {}
+    for example in examples.values():
+        seen = image_objects.setdefault(example.image, [])
+        seen.extend(o for o in example.present_objects if o not in seen)
+    for example in examples.values():
+        example.image_objects = image_objects[example.image]
     return list(examples.values())
 
 
@@ -164,9 +171,10 @@ def build_texts(
     rng: random.Random,
     pool: list[Example],
     affirmation_share: float = 0.0,
+    scope_swap: bool = False,
 ) -> tuple[dict[str, list[str]], list[int] | None]:
     """Captions per text key, MCQ options flattened (N*K) and answers. ``pool`` supplies MCQ fillers;
-    ``affirmation_share``: see :func:`mcq_options`."""
+    ``affirmation_share`` and ``scope_swap``: see :func:`mcq_options`."""
     texts: dict[str, list[str]] = {}
     if "caption" in requires or "hybrid" in requires or "full" in requires:
         texts["caption"] = [e.caption for e in examples]
@@ -178,14 +186,18 @@ def build_texts(
     if "mcq" in requires:
         texts["mcq"], answers = [], []
         for example in examples:
-            options, answer = mcq_options(example, rng, pool, affirmation_share)
+            options, answer = mcq_options(example, rng, pool, affirmation_share, scope_swap)
             texts["mcq"].extend(options)
             answers.append(answer)
     return texts, answers
 
 
 def mcq_options(
-    example: Example, rng: random.Random, pool: list[Example], affirmation_share: float = 0.0
+    example: Example,
+    rng: random.Random,
+    pool: list[Example],
+    affirmation_share: float = 0.0,
+    scope_swap: bool = False,
 ) -> tuple[list[str], int]:
     """K options: one true caption (absence-negated if any, else the original) against its presence-negated
     (false) variants, filled up with captions of other images.
@@ -193,13 +205,20 @@ def mcq_options(
     With ``affirmation_share`` > 0, NegBench's question types: that share are affirmation questions (the original
     caption against copies naming an absent object in place of a present one, NegCLIP's swap), and negation
     questions get one such swap as a distractor (it affirms what the true caption negates). Without them a model
-    learns negation at the expense of telling "a cross and a star" from "a cross and a ring"."""
+    learns negation at the expense of telling "a cross and a star" from "a cross and a ring".
+
+    With ``scope_swap``, a negation question's first distractor is the true caption itself with its negated
+    (absent) object replaced by a present one: the same words with the other object in the negation's scope, so the
+    answer turns on which object is negated and not on the phrasing."""
     swaps = _swaps(example, rng) if affirmation_share else []
     if swaps and rng.random() < affirmation_share:
         true, false = example.caption, swaps[: MCQ_OPTIONS - 1]
     else:
         true = rng.choice(example.absence) if example.absence else example.caption
-        false = rng.sample(example.presence, min(len(example.presence), MCQ_OPTIONS - 2 if swaps else MCQ_OPTIONS - 1))
+        scoped = _scope_swap(example, true, rng) if scope_swap else None
+        false = [scoped] if scoped else []
+        room = MCQ_OPTIONS - 1 - len(false) - (1 if swaps else 0)
+        false += rng.sample(example.presence, min(len(example.presence), room))
         false += swaps[:1]
     others = None  # the other images' examples, listed only when random draws keep hitting this image
     for _ in range(8 * MCQ_OPTIONS):
@@ -231,6 +250,16 @@ def _swaps(example: Example, rng: random.Random) -> list[str]:
     rng.shuffle(pairs)
     variants = (replace_mention(example.caption, p, a) for p, a in pairs)
     return list(dict.fromkeys(v for v in variants if v and v != example.caption))
+
+
+def _scope_swap(example: Example, negated_caption: str, rng: random.Random) -> str | None:
+    """``negated_caption`` with the absent object it negates replaced by an object of the image it does not mention."""
+    negated = [o for o in example.absent_objects if mentions(negated_caption, o)]
+    present = [o for o in example.image_objects if not mentions(negated_caption, o)]
+    if not negated or not present:
+        return None
+    swapped = replace_mention(negated_caption, negated[0], rng.choice(present))
+    return swapped if swapped != negated_caption else None
 
 
 def _filler(other: Example, rng: random.Random) -> str:

@@ -70,6 +70,11 @@ class TrainConfig:
         "negbench-mcq: share of training questions that are affirmation questions (the caption against copies "
         "naming an absent object instead of a present one); above 0 negation questions also get such a distractor",
     )
+    mcq_scope_swap: bool = setting(
+        False,
+        "negbench-mcq: each negation question also offers its true caption with the negated (absent) object "
+        "replaced by a present one, so the answer turns on which object is negated",
+    )
     tuning: str = setting(
         "full",
         "full (whole text tower), lora (peft adapters on the text tower), front:A-B (text layers A..B inclusive)",

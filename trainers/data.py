@@ -120,6 +120,7 @@ class MicroBatches(Dataset):
         absent_index: dict[str, list[int]],
         gather: bool = False,
         mcq_affirmation_share: float = 0.0,
+        mcq_scope_swap: bool = False,
     ):
         self.examples, self.plan, self.rank, self.requires = examples, plan, rank, requires
         self.tokens = tokens
@@ -132,6 +133,7 @@ class MicroBatches(Dataset):
         )
         self.on_the_fly = any(key in requires for key in ON_THE_FLY_KEYS)
         self.mcq_affirmation_share = mcq_affirmation_share
+        self.mcq_scope_swap = mcq_scope_swap
 
     def chunk(self, micro_batch: int, rank: int) -> list[Example]:
         return [self.examples[i] for i in self.plan.indices(micro_batch, rank)]
@@ -141,7 +143,9 @@ class MicroBatches(Dataset):
         if not chunk:  # past the end of a validation split
             return {"n": 0}
         rng = batch_rng(self.seed, micro_batch, self.rank, self.split)
-        texts, answers = build_texts(chunk, self.requires, rng, self.examples, self.mcq_affirmation_share)
+        texts, answers = build_texts(
+            chunk, self.requires, rng, self.examples, self.mcq_affirmation_share, self.mcq_scope_swap
+        )
         images = [e.image for e in chunk]
         out: dict = {"n": len(chunk)}
         if "distractor_image" in self.requires:

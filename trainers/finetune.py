@@ -433,6 +433,7 @@ def train(config: TrainConfig) -> dict:
             absent_object_index(split_examples),
             gather=gather_split,
             mcq_affirmation_share=config.mcq_affirmation_share,
+            mcq_scope_swap=config.mcq_scope_swap,
         )
 
     train_data = micro_batches(train_set, plan, "train", gather is not None)

@@ -37,11 +37,13 @@ import torch
 from trainers.recipes import RECIPES
 
 # (label, template negator options, trainer settings over --recipe world). Rows 1, 2 and 8-15 set the objectives the
-# world recipe had before row 16 (negbench-mcq + clip:1.0), so their README figures stay reproducible by number.
+# world recipe had before row 16 (negbench-mcq + clip:1.0), and rows 1-27 its MCQ without scope swaps (before row
+# 28), so their README figures stay reproducible by number.
 STEERING_FIT = "steering:fit"
 MCQ_CLIP = {"objective": ["negbench-mcq", "clip:1.0"]}
 LORA = {"tuning": "lora", "lr": 1e-2}
-ROWS = (
+BEFORE_SCOPE_SWAPS = {"mcq_scope_swap": False}
+ROWS_BEFORE_SCOPE_SWAPS = (
     ("mcq + clip:1.0, full tuning, lr 3e-3", {}, MCQ_CLIP),
     ("mcq + clip:1.0, LoRA r16 lr 1e-2", {}, {**MCQ_CLIP, **LORA}),
     # the papers' objectives on the world recipe's settings
@@ -72,6 +74,9 @@ ROWS = (
     ("world recipe, token and positional embeddings frozen", {}, {"freeze": "token_embedding,positional_embedding"}),
     ("world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0 (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
     ("world-lora recipe, 45 epochs", {}, {**RECIPES["world-lora"].values(), "epochs": 45.0}),
+)
+ROWS = (
+    *((label, mix, {**BEFORE_SCOPE_SWAPS, **settings}) for label, mix, settings in ROWS_BEFORE_SCOPE_SWAPS),
     ("world recipe, MCQ scope swaps", {}, {"mcq_scope_swap": True}),
     ("world-lora recipe, MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), "mcq_scope_swap": True}),
     (
@@ -84,6 +89,7 @@ ROWS = (
         {},
         {"mcq_scope_swap": True, "freeze": "token_embedding,positional_embedding"},
     ),
+    ("world recipe, MCQ scope swaps, 5 epochs (the demo)", {}, {"mcq_scope_swap": True, "epochs": 5.0}),
 )
 
 
@@ -119,12 +125,16 @@ def trained_with(out: Path, config) -> bool:
     DataLoader workers are left out: their default follows ``--threads``, and they place work, not change it."""
     import dataclasses
 
+    from trainers.config import TrainConfig
+
     results = out / "results.json"
     if not (results.is_file() and (out / "open_clip_model.safetensors").is_file()):
         return False
     placement = {"dataloader_num_workers": None}
     settings = {**json.loads(json.dumps(dataclasses.asdict(config))), **placement}
-    return {**json.loads(results.read_text()).get("config", {}), **placement} == settings
+    # a setting added to the trainer after the run was trained at its default value
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    return {**defaults, **json.loads(results.read_text()).get("config", {}), **placement} == settings
 
 
 def steering_fitted(spec: str, records: Path) -> str:

@@ -51,6 +51,7 @@ PAPERS = {
         "lr": 3e-3,
         "batch_size": 64,
         "epochs": 15.0,
+        "mcq_scope_swap": True,
     },
     "world-lora": {
         "objective": ["negbench-mcq", "conclip", "clip:2.0"],
@@ -59,6 +60,7 @@ PAPERS = {
         "lr": 1e-2,
         "batch_size": 64,
         "epochs": 30.0,
+        "mcq_scope_swap": True,
     },
 }
 

@@ -231,6 +231,10 @@ def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_p
     monkeypatch.setattr(shipped, "FOLDER", folder)
     result = pretrain_module.pretrain(world, tmp_path / "out", config, cache_dir=tmp_path / "cache", progress=False)
     assert result["shipped"] and (tmp_path / "out" / "open_clip_model.safetensors").read_text() == "weights"
+    # a folder that already holds the copy is left in place (not swapped under a job reading it)
+    inode = (tmp_path / "out").stat().st_ino
+    pretrain_module.pretrain(world, tmp_path / "out", config, cache_dir=tmp_path / "cache", progress=False)
+    assert (tmp_path / "out").stat().st_ino == inode
 
     (folder / "open_clip_model.safetensors").write_text("damaged")
     with pytest.raises(shipped.ShippedModelError, match=r"open_clip_model.safetensors: sha256 .* does not match"):

@@ -15,6 +15,7 @@ The default world's model ships with the package (:mod:`negation_plugins.world.s
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import logging
@@ -120,7 +121,7 @@ def pretrain(
         if source is None:
             continue
         logger.info("reusing the %s world model %s", "shipped" if source == shipped else "cached", source)
-        if source.resolve() != out.resolve():
+        if source.resolve() != out.resolve() and not holds_copy(out, source):
             copy_folder(source, out)
         result = json.loads((out / RESULT_NAME).read_text())
         return {**result, "cached": True, "shipped": source == shipped}
@@ -240,6 +241,14 @@ def retrieval_r1(model, tokenizer, preprocess, world: WorldFiles) -> dict:
     captions), the same figure ``negclip eval --bench coco-retrieval`` and ``negclip demo`` report."""
     clip = ClipBundle(model, tokenizer, preprocess, spec="world-pretrain")
     return CocoRetrieval().run(clip, captions=world.val_captions, images=world.images, ks=(1,), progress=False)
+
+
+def holds_copy(target: Path, source: Path) -> bool:
+    """Whether ``target`` already has every file of ``source``, byte for byte. Then nothing is copied: jobs that
+    share a work folder (two benchmark processes side by side) would otherwise swap it under each other."""
+    names = [p.name for p in source.iterdir() if p.is_file()]
+    _, mismatch, errors = filecmp.cmpfiles(source, target, names, shallow=False)
+    return bool(names) and not mismatch and not errors
 
 
 def copy_folder(source: Path, target: Path) -> None:

@@ -77,8 +77,8 @@ ROWS_BEFORE_SCOPE_SWAPS = (
 )
 ROWS = (
     *((label, mix, {**BEFORE_SCOPE_SWAPS, **settings}) for label, mix, settings in ROWS_BEFORE_SCOPE_SWAPS),
-    ("world recipe, MCQ scope swaps", {}, {"mcq_scope_swap": True}),
-    ("world-lora recipe, MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), "mcq_scope_swap": True}),
+    ("world recipe with MCQ scope swaps (--recipe world)", {}, {"mcq_scope_swap": True}),
+    ("world-lora recipe with MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), "mcq_scope_swap": True}),
     (
         "world recipe, MCQ scope swaps, clip:2.0",
         {},

@@ -60,7 +60,7 @@ PAPERS = {
         "lr": 1e-2,
         "batch_size": 64,
         "epochs": 30.0,
-        "mcq_scope_swap": True,
+        "mcq_scope_swap": False,
     },
 }
 

@@ -153,6 +153,10 @@ RECIPES: dict[str, Recipe] = {
                     30.0,
                     WORLD + " (held-out: 0.860 after 15 epochs, row 18; 0.893 after 45 at R@1 0.982x, row 27)",
                 ),
+                "mcq_scope_swap": (
+                    False,
+                    WORLD + " (row 29 vs row 26, 3 seeds: 0.880 vs 0.881 held-out, R@1 0.975x vs 0.991x with them)",
+                ),
             },
         ),
     )

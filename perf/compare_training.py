@@ -90,6 +90,12 @@ ROWS = (
         {"mcq_scope_swap": True, "freeze": "token_embedding,positional_embedding"},
     ),
     ("world recipe, MCQ scope swaps, 5 epochs (the demo)", {}, {"mcq_scope_swap": True, "epochs": 5.0}),
+    ("world recipe, MCQ scope swaps, 25 epochs", {}, {"mcq_scope_swap": True, "epochs": 25.0}),
+    (
+        "world recipe, MCQ scope swaps, negbench-mcq:2.0",
+        {},
+        {"mcq_scope_swap": True, "objective": ["negbench-mcq:2.0", "conclip", "clip:1.0"]},
+    ),
 )
 
 

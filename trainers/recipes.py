@@ -132,7 +132,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "world",
-            "best measured on the synthetic world (tiny CLIP pretrained there): MCQ + CoN-CLIP + CLIP retention, full",
+            "best measured on the synthetic world (tiny CLIP pretrained there): MCQ with scope swaps + CoN-CLIP + CLIP "
+            "retention, full",
             WORLD_SETTINGS,
         ),
         Recipe(

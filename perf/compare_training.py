@@ -96,6 +96,7 @@ ROWS = (
         {},
         {"mcq_scope_swap": True, "objective": ["negbench-mcq:2.0", "conclip", "clip:1.0"]},
     ),
+    ("world recipe, MCQ scope swaps, negation-only share 0.5", {"negation_only_share": 0.5}, {"mcq_scope_swap": True}),
 )
 
 

@@ -75,8 +75,8 @@ def atomic_folder(target: str | os.PathLike, write: Callable[[Path], object], *,
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(target, old)
         os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        if old is not None:  # a symlink is removed, never the folder it points to
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -241,6 +241,19 @@ def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_p
         pretrain_module.pretrain(world, tmp_path / "out2", config, cache_dir=tmp_path / "cache", progress=False)
 
 
+def test_a_folder_written_over_a_symlink_replaces_the_link_and_keeps_its_target(tmp_path):
+    from negation_plugins.atomic import atomic_folder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "model.bin").write_text("theirs")
+    (tmp_path / "base_model").symlink_to(elsewhere)
+    atomic_folder(tmp_path / "base_model", lambda tmp: (tmp / "model.bin").write_text("ours"))
+    assert not (tmp_path / "base_model").is_symlink() and (tmp_path / "base_model" / "model.bin").read_text() == "ours"
+    assert (elsewhere / "model.bin").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base_model", "elsewhere"]
+
+
 def test_a_shipped_base_model_matches_the_default_settings(tmp_path):
     """A model in the package must be the one `negclip demo` (default world, seed 0) would pretrain: same cache key
     (a change to the world or pretraining settings must re-ship it: `negclip world pretrain --no-cache --ship`),

@@ -43,6 +43,7 @@ STEERING_FIT = "steering:fit"
 MCQ_CLIP = {"objective": ["negbench-mcq", "clip:1.0"]}
 LORA = {"tuning": "lora", "lr": 1e-2}
 BEFORE_SCOPE_SWAPS = {"mcq_scope_swap": False}
+SCOPE_SWAPS = {"mcq_scope_swap": True}  # as the world recipe has them since row 28, spelled out per row
 ROWS_BEFORE_SCOPE_SWAPS = (
     ("mcq + clip:1.0, full tuning, lr 3e-3", {}, MCQ_CLIP),
     ("mcq + clip:1.0, LoRA r16 lr 1e-2", {}, {**MCQ_CLIP, **LORA}),
@@ -77,26 +78,26 @@ ROWS_BEFORE_SCOPE_SWAPS = (
 )
 ROWS = (
     *((label, mix, {**BEFORE_SCOPE_SWAPS, **settings}) for label, mix, settings in ROWS_BEFORE_SCOPE_SWAPS),
-    ("world recipe with MCQ scope swaps (--recipe world)", {}, {"mcq_scope_swap": True}),
-    ("world-lora recipe with MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), "mcq_scope_swap": True}),
+    ("world recipe with MCQ scope swaps (--recipe world)", {}, SCOPE_SWAPS),
+    ("world-lora recipe with MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), **SCOPE_SWAPS}),
     (
         "world recipe, MCQ scope swaps, clip:2.0",
         {},
-        {"mcq_scope_swap": True, "objective": ["negbench-mcq", "conclip", "clip:2.0"]},
+        {**SCOPE_SWAPS, "objective": ["negbench-mcq", "conclip", "clip:2.0"]},
     ),
     (
         "world recipe, MCQ scope swaps, token and positional embeddings frozen",
         {},
-        {"mcq_scope_swap": True, "freeze": "token_embedding,positional_embedding"},
+        {**SCOPE_SWAPS, "freeze": "token_embedding,positional_embedding"},
     ),
-    ("world recipe, MCQ scope swaps, 5 epochs (the demo)", {}, {"mcq_scope_swap": True, "epochs": 5.0}),
-    ("world recipe, MCQ scope swaps, 25 epochs", {}, {"mcq_scope_swap": True, "epochs": 25.0}),
+    ("world recipe, MCQ scope swaps, 5 epochs (the demo)", {}, {**SCOPE_SWAPS, "epochs": 5.0}),
+    ("world recipe, MCQ scope swaps, 25 epochs", {}, {**SCOPE_SWAPS, "epochs": 25.0}),
     (
         "world recipe, MCQ scope swaps, negbench-mcq:2.0",
         {},
-        {"mcq_scope_swap": True, "objective": ["negbench-mcq:2.0", "conclip", "clip:1.0"]},
+        {**SCOPE_SWAPS, "objective": ["negbench-mcq:2.0", "conclip", "clip:1.0"]},
     ),
-    ("world recipe, MCQ scope swaps, negation-only share 0.5", {"negation_only_share": 0.5}, {"mcq_scope_swap": True}),
+    ("world recipe, MCQ scope swaps, negation-only share 0.5", {"negation_only_share": 0.5}, SCOPE_SWAPS),
 )
 
 

@@ -11,8 +11,8 @@ appear, the negative prompt::
 
 Rules (:func:`negation_plugins.lexicon.split_negations`, shared with the span-subtraction correction): a cue
 from :mod:`negation_plugins.lexicon` that negates the phrase after it, verbs aside (today
-``without``, ``no``, ``not``, ``never``, ``nor``, ``lacking``, ``with no``, ``free of``, ``devoid of`` and the
-exclusions ``minus``, ``sans``, ``except``; ``not`` also eats a following a/an/any/the/one), is followed by the
+``without``, ``no``, ``not``, ``never``, ``nor``, ``lacking``, ``with no``, ``free of``, ``devoid of``, ``minus``,
+``sans``, ``excluding``, ``in the absence of``, ... and the exclusion ``except``; ``not`` also eats a following a/an/any/the/one), is followed by the
 negated phrase: the words up to a comma or other punctuation, a connective (and/but/or/
 while/that/which/who/...) or a preposition (in/on/at/near/with/...). "and" continues the phrase
 ("without cars and trucks") unless it starts a new noun phrase ("without cars and a red bus"). Phrases are

@@ -15,6 +15,10 @@ Template fields: ``{o}`` the object, ``{a}`` with its article, ``{p}`` its plura
 negation probe) can measure whether a model learned *negation* or only this project's templates. A train family
 adds exactly one negation word of :mod:`negation_plugins.lexicon` (negators refuse double negation); held-out
 families need not (``"devoid of"``, ``"X is missing"`` carry no cue word the lexicon counts, like real captions).
+
+``in_world = false`` marks a train family the synthetic world does not use: its MCQ does not ask it and its
+pretraining's web negations do not draw it. Families added after the world's base model shipped carry it, so the
+world, the shipped model and every figure measured on them stay as they were.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Phrasing:
     split: str
     hybrid: tuple[str, ...]
     only: tuple[str, ...]
+    in_world: bool = True
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -46,7 +51,7 @@ def _read_table(path: Path) -> tuple[Phrasing, ...]:
     """The families of a ``[SPLIT.FAMILY]`` TOML table, in file order."""
     table = tomllib.loads(path.read_text(encoding="utf-8"))
     return tuple(
-        Phrasing(family, split, tuple(t["hybrid"]), tuple(t["only"]))
+        Phrasing(family, split, tuple(t["hybrid"]), tuple(t["only"]), t.get("in_world", True))
         for split, rows in table.items()
         for family, t in rows.items()
     )
@@ -56,11 +61,12 @@ PHRASINGS: tuple[Phrasing, ...] = _read_table(Path(__file__).with_name("phrasing
 BY_FAMILY = {p.family: p for p in PHRASINGS}
 
 
-def families(split: str | None = None) -> tuple[Phrasing, ...]:
-    """The families of ``split`` ("train" / "held-out"), or all, in table order."""
+def families(split: str | None = None, in_world: bool = False) -> tuple[Phrasing, ...]:
+    """The families of ``split`` ("train" / "held-out"), or all, in table order; ``in_world``: only those the
+    synthetic world uses."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"phrasing split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return tuple(p for p in PHRASINGS if split is None or p.split == split)
+    return tuple(p for p in PHRASINGS if (split is None or p.split == split) and (p.in_world or not in_world))
 
 
 def templates(use: str, split: str) -> tuple[str, ...]:

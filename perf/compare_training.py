@@ -34,16 +34,20 @@ from pathlib import Path
 
 import torch
 
+from negation_plugins.phrasings import families
 from trainers.recipes import RECIPES
 
 # (label, template negator options, trainer settings over --recipe world). Rows 1, 2 and 8-15 set the objectives the
-# world recipe had before row 16 (negbench-mcq + clip:1.0), and rows 1-27 its MCQ without scope swaps (before row
-# 28), so their README figures stay reproducible by number.
+# world recipe had before row 16 (negbench-mcq + clip:1.0), rows 1-27 its MCQ without scope swaps (before row 28),
+# and rows 1-35 the negator's 13 train families before the breadth families (row 36), so their README figures stay
+# reproducible by number.
 STEERING_FIT = "steering:fit"
 MCQ_CLIP = {"objective": ["negbench-mcq", "clip:1.0"]}
 LORA = {"tuning": "lora", "lr": 1e-2}
 BEFORE_SCOPE_SWAPS = {"mcq_scope_swap": False}
 SCOPE_SWAPS = {"mcq_scope_swap": True}  # as the world recipe has them since row 28, spelled out per row
+# the train families of the synthetic world itself: all the negator wrote before the breadth families
+BEFORE_BREADTH = {"families": ",".join(p.family for p in families("train", in_world=True))}
 ROWS_BEFORE_SCOPE_SWAPS = (
     ("mcq + clip:1.0, full tuning, lr 3e-3", {}, MCQ_CLIP),
     ("mcq + clip:1.0, LoRA r16 lr 1e-2", {}, {**MCQ_CLIP, **LORA}),
@@ -76,7 +80,7 @@ ROWS_BEFORE_SCOPE_SWAPS = (
     ("world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0 (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
     ("world-lora recipe, 45 epochs", {}, {**RECIPES["world-lora"].values(), "epochs": 45.0}),
 )
-ROWS = (
+ROWS_BEFORE_BREADTH = (
     *((label, mix, {**BEFORE_SCOPE_SWAPS, **settings}) for label, mix, settings in ROWS_BEFORE_SCOPE_SWAPS),
     ("world recipe with MCQ scope swaps (--recipe world)", {}, SCOPE_SWAPS),
     ("world-lora recipe with MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), **SCOPE_SWAPS}),
@@ -98,6 +102,13 @@ ROWS = (
         {**SCOPE_SWAPS, "objective": ["negbench-mcq:2.0", "conclip", "clip:1.0"]},
     ),
     ("world recipe, MCQ scope swaps, negation-only share 0.5", {"negation_only_share": 0.5}, SCOPE_SWAPS),
+)
+ROWS = (
+    *((label, {**BEFORE_BREADTH, **mix}, settings) for label, mix, settings in ROWS_BEFORE_BREADTH),
+    # the negator's 23 train families (13 + 10 for breadth, negation_plugins/phrasings.toml)
+    ("world recipe with the breadth families (--recipe world)", {}, SCOPE_SWAPS),
+    ("world-lora recipe with the breadth families (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
+    ("world recipe with the breadth families, 5 epochs (the demo)", {}, {**SCOPE_SWAPS, "epochs": 5.0}),
 )
 
 
@@ -121,7 +132,7 @@ def records_for(workdir: Path, world, mix: dict, seed: int) -> Path:
     """Template-negation records (absence + presence) with the negator options ``mix``, cached per mix and seed."""
     from trainers.demo import negation_records
 
-    name = "-".join(f"{k}={v}" for k, v in sorted(mix.items())) or "default"
+    name = "-".join(f"{k}={v}" for k, v in sorted(mix.items())) or "default"  # families=no,without,...: < 200 chars
     path = workdir / f"records-{name}-seed{seed}.jsonl"
     if not path.is_file():
         negation_records(world, path, seed=seed, progress=False, **mix)

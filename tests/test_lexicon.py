@@ -22,12 +22,16 @@ COUNTED_BEFORE = {
 }  # fmt: skip
 ROUTED_BEFORE = {"without", "no", "not", "never", "nor", "minus", "sans", "except", "lacking"}
 ADDED_SINCE = {"zero"}  # "zero dogs": the train phrasing family "zero"
+# the train families added for breadth (issue 15): "gone", "sans", "nary a", "excluding", ...
+ADDED_FOR_BREADTH = {"gone", "vanished", "absence", "bereft", "sans", "minus", "nary", "excluding", "excludes", "avoids",
+                     "avoiding"}  # fmt: skip
 
 
 def test_views_equal_the_lists_they_replaced():
-    assert NEGATION_WORDS == COUNTED_BEFORE | ADDED_SINCE
-    assert set(SPAN_CUES) == ROUTED_BEFORE | ADDED_SINCE
-    assert set(SPAN_MULTI_WORD_CUES) == {("with", "no"), ("free", "of"), ("devoid", "of")}
+    assert NEGATION_WORDS == COUNTED_BEFORE | ADDED_SINCE | ADDED_FOR_BREADTH
+    assert set(SPAN_CUES) == ROUTED_BEFORE | ADDED_SINCE | {"absence", "bereft", "nary", "excluding"}
+    assert set(SPAN_MULTI_WORD_CUES) == {("with", "no"), ("free", "of"), ("devoid", "of"), ("bereft", "of"),
+                                         ("absence", "of"), ("in", "the", "absence", "of"), ("with", "nary")}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -56,5 +60,7 @@ def test_every_cue_has_a_known_kind_and_scope():
 def test_routing_follows_the_table():
     """A cue that negates the phrase after it routes; one that negates itself or its clause does not."""
     assert split_negations("a beach devoid of umbrellas") == ("a beach", ["umbrellas"])
+    assert split_negations("a street in the absence of cars") == ("a street", ["cars"])
+    assert split_negations("a room with nary a chair") == ("a room", ["a chair"])
     assert split_negations("nothing on the table") == ("nothing on the table", [])
     assert split_negations("the street isn't empty") == ("the street isn't empty", [])

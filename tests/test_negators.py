@@ -18,7 +18,7 @@ from negation_plugins.data.language import (
     with_article,
 )
 from negation_plugins.data.negators import (
-    HYBRID_TEMPLATES,
+    TRAIN_FORMS,
     fits_context,
     full,
     hybrid,
@@ -82,10 +82,10 @@ def test_refusals_and_grammar():
 
 
 def test_cue_forms_are_diverse_and_all_used():
-    cues = {t.replace("{c}", "").strip(" ,;") for t in HYBRID_TEMPLATES}
+    cues = {t.replace("{c}", "").strip(" ,;") for t in TRAIN_FORMS.hybrid}
     assert len(cues) >= 10
-    seen = {hybrid("a man in a field.", "dog", random.Random(s)) for s in range(400)}
-    assert len(seen) == len(HYBRID_TEMPLATES)
+    seen = {hybrid("a man in a field.", "dog", random.Random(s)) for s in range(1000)}
+    assert len(seen) == len(TRAIN_FORMS.hybrid)
     assert "A man in a field, without a dog." in seen and "No dog is visible, but a man in a field." in seen
 
 
@@ -163,6 +163,19 @@ def test_negation_only_and_partial_forms_balance_true_and_false_captions():
         plugins.get_one("negators", "template")(negation_only_share=1.5)
 
 
+def test_template_negator_writes_only_the_families_it_is_given():
+    negator = plugins.get_one("negators", "template")(families="without,zero")
+    item = CaptionItem("a.png", "a red circle and a blue star.", objects=("circle", "star"))
+    rng = random.Random(0)
+    texts = negator.rewrite([item] * 200, ["cross"] * 200, "absence", rng)
+    texts += negator.rewrite([item] * 200, ["star"] * 200, "presence", rng)
+    assert all(re.search(r"\b(without|zero)\b", t, re.IGNORECASE) for t in texts), texts
+    assert {"without", "zero"} == {w for t in texts for w in ("without", "zero") if w in t.lower()}
+    for wrong, message in (("no,lacking", "'lacking' is not a train family"), ("nope", "'nope' is not a train")):
+        with pytest.raises(ValueError, match=f"negator 'template': families: phrasing family {message}"):
+            plugins.get_one("negators", "template")(families=wrong)
+
+
 # Surface marks of the held-out phrasing families (written independently of their templates).
 HELD_OUT_MARKS = re.compile(
     r"-free\b|\black|n't\b|without a single|resembling|empty of|\bthere (is|are) no\b|nowhere|devoid|missing|"
@@ -175,7 +188,7 @@ def test_phrasing_families_train_and_held_out_are_disjoint_and_sound():
     train, held_out = families("train"), families("held-out")
     assert len(train) >= 10 and len(held_out) >= 10
     assert not set(templates("hybrid", "train")) & set(templates("hybrid", "held-out"))
-    assert set(HYBRID_TEMPLATES) == set(templates("hybrid", "train"))
+    assert set(TRAIN_FORMS.hybrid) == set(templates("hybrid", "train"))
     for phrasing in train:  # what the negator writes: one counted cue, the object named once, no held-out mark
         for template in phrasing.hybrid + phrasing.only:
             text = template.format(c="a man on a bench", o="dog", a="a dog", p="dogs")

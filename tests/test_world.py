@@ -16,7 +16,15 @@ from negation_plugins.benchmarks.mcq import read_mcq_csv, run_mcq
 from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.cli import cli
 from negation_plugins.lexicon import NEGATION_WORDS
-from negation_plugins.phrasings import BY_FAMILY
+from negation_plugins.phrasings import BY_FAMILY, families
+
+# The phrasing families of the world the shipped base model was pretrained on, in table order.
+WORLD_FAMILIES = [
+    *("no without but-not not-a-single does-not absent nothing-like free-of not-present never no-sign-of zero none-of"
+      ).split(),
+    *("x-free lacking contraction without-a-single nothing-resembling empty-of there-are-no nowhere devoid-of "
+      "implicit-verb neither-nor").split(),
+]
 from negation_plugins.world import (
     CATEGORIES,
     WorldConfig,
@@ -152,7 +160,7 @@ def test_mcq_has_exactly_one_true_option_and_defeats_bag_of_words(world_coco, sp
     held_out = sum(r.phrasing_split == "held-out" for r in phrased)
     assert 0.35 < held_out / len(phrased) < 0.65
     if split == "mcq_train_csv":
-        assert {r.phrasing for r in phrased} == set(BY_FAMILY)
+        assert {r.phrasing for r in phrased} == {p.family for p in families(in_world=True)}
 
 
 def test_pretraining_web_negations_are_true_and_use_held_out_cues_too(world_coco):
@@ -170,6 +178,13 @@ def test_pretraining_web_negations_are_true_and_use_held_out_cues_too(world_coco
         assert affirmed and negated and truth(caption, present[path.name]), (path.name, caption)
     words = set(re.findall(r"[a-z']+", " ".join(captions).lower()))
     assert {"without", "lacking", "devoid", "nowhere", "neither", "missing"} <= words
+
+
+def test_the_world_keeps_the_phrasing_families_its_shipped_model_was_pretrained_with():
+    """Train families added later (``in_world = false``) reach the negator, not the world: its MCQ, its web
+    negations and so the shipped base model and every figure measured on them stay as they were."""
+    assert [p.family for p in families(in_world=True)] == WORLD_FAMILIES
+    assert all(p.split == "train" for p in families() if not p.in_world)
 
 
 def test_world_cli_make(tmp_path):

@@ -38,7 +38,7 @@ from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.convert import save_open_clip
 from negation_plugins.data.io import read_coco_instances
 from negation_plugins.factory import ClipBundle
-from negation_plugins.phrasings import PHRASINGS, fields
+from negation_plugins.phrasings import families, fields
 from negation_plugins.world.captions import join_list
 from negation_plugins.world.export import WorldFiles
 from negation_plugins.world.shipped import shipped_model
@@ -179,7 +179,7 @@ def load_split(captions_json: Path, images_dir: Path, preprocess) -> tuple[torch
 
 def web_negations(world: WorldFiles, seed: int) -> list[str]:
     """One true negating caption per training image, in the captions file's image order: some of what the image
-    shows, then an object it does not show negated in a phrasing family drawn from all of them."""
+    shows, then an object it does not show negated in a phrasing family drawn from all the world uses."""
     present, categories = read_coco_instances(world.instances)
     files = {entry["file_name"]: entry["id"] for entry in json.loads(world.instances.read_text())["images"]}
     pairs, _ = read_coco_pairs(world.captions, world.images)
@@ -190,7 +190,7 @@ def web_negations(world: WorldFiles, seed: int) -> list[str]:
         absent = [c for c in categories if c not in shown]
         rng.shuffle(shown)
         negated, second = rng.sample(absent, 2)
-        template = rng.choice(rng.choice(PHRASINGS).hybrid)
+        template = rng.choice(rng.choice(families(in_world=True)).hybrid)
         captions.append(template.format(c=join_list(shown[: rng.randint(1, len(shown))]), **fields(negated, second)))
     return captions
 

@@ -22,10 +22,11 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..hookspecs import hookimpl
 from ..lexicon import count_negations, is_negated
-from ..phrasings import fields, templates
+from ..phrasings import BY_FAMILY, families, fields
 from .io import KINDS, CaptionItem
 from .language import (
     lower_first,
@@ -38,10 +39,36 @@ from .language import (
 
 CONTEXT_LENGTH = 77
 
-# Caption + absence of an object ("hybrid" in TNG-CLIP), from the TRAIN phrasing families only (the held-out ones
-# measure generalization to phrasings never trained on). {c}: caption body, {o}: object, {a}: with article,
-# {p}: plural. Every template adds exactly ONE negation word, so outputs never double-negate.
-HYBRID_TEMPLATES = templates("hybrid", "train")
+
+
+@dataclass(frozen=True)
+class NegationForms:
+    """The templates a negator writes: ``hybrid`` (caption + absence of an object, "hybrid" in TNG-CLIP) and ``only``
+    (the negation alone) of the chosen TRAIN phrasing families (held-out ones measure generalization to phrasings
+    never trained on). {c}: caption body, {o}: object, {a}: with article, {p}: plural. Every template adds exactly ONE
+    negation word, so outputs never double-negate."""
+
+    hybrid: tuple[str, ...]
+    only: tuple[str, ...]
+
+    @classmethod
+    def of(cls, names: str | Sequence[str] | None = None) -> NegationForms:
+        """The forms of the train families ``names`` (a list or a comma-separated string; all of them if None)."""
+        if names is None:
+            chosen = families("train")
+        else:
+            wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+            for name in wanted:
+                if name not in BY_FAMILY or BY_FAMILY[name].split != "train":
+                    known = ", ".join(p.family for p in families("train"))
+                    raise ValueError(f"phrasing family {name!r} is not a train family; train families: {known}")
+            chosen = [BY_FAMILY[name] for name in dict.fromkeys(wanted)]
+        if not chosen:
+            raise ValueError("no phrasing family chosen")
+        return cls(tuple(t for p in chosen for t in p.hybrid), tuple(t for p in chosen for t in p.only))
+
+
+TRAIN_FORMS = NegationForms.of()
 # Negating a whole caption (TNG-CLIP "full"): true for any image the caption does not describe.
 FULL_TEMPLATES = (
     "this image does not show {c}",
@@ -55,8 +82,6 @@ FULL_TEMPLATES = (
     "no part of this image shows {c}",
     "this scene is not {c}",
 )
-# Negation with nothing affirmative left (presence negation of an image's only known object).
-ONLY_NEGATION_TEMPLATES = templates("only", "train")
 # When a caption is too long, the cue goes first so truncating the caption's tail keeps it.
 SHORT_PREFIX_TEMPLATE = "no {o}: {c}"
 
@@ -151,12 +176,14 @@ def _fit(template: str, body: str, obj: str, end: str, context_length: int) -> s
     return None
 
 
-def hybrid(caption: str, obj: str, rng: random.Random, context_length: int = CONTEXT_LENGTH) -> str | None:
+def hybrid(
+    caption: str, obj: str, rng: random.Random, context_length: int = CONTEXT_LENGTH, forms: NegationForms = TRAIN_FORMS
+) -> str | None:
     """Caption + the absence of ``obj`` (must not be mentioned in the caption); None when it is mentioned."""
     body, end = strip_caption(caption)
     if not body or mentions(body, obj):
         return None
-    template = rng.choice(HYBRID_TEMPLATES)
+    template = rng.choice(forms.hybrid)
     if not template.startswith("{c}"):
         body = lower_first(body)
     text = _fit(template, body, obj, end, context_length)
@@ -178,12 +205,12 @@ def full(caption: str, rng: random.Random, context_length: int = CONTEXT_LENGTH)
     return None
 
 
-def negation_only(caption: str, obj: str, rng: random.Random) -> str:
+def negation_only(caption: str, obj: str, rng: random.Random, forms: NegationForms = TRAIN_FORMS) -> str:
     """Just the negation, nothing affirmed ("there is no dog in this image"): true when ``obj`` is absent, false
     when it is there. Mixed into both kinds so bare negation cues are as common in true captions as in false ones
     (otherwise a model learns "a bare negation is false")."""
     _, end = strip_caption(caption)
-    return _finish(rng.choice(ONLY_NEGATION_TEMPLATES).format(**fields(obj)), end or ".")
+    return _finish(rng.choice(forms.only).format(**fields(obj)), end or ".")
 
 
 def leave_one_out(caption: str, objects: Sequence[str], rng: random.Random) -> str:
@@ -205,6 +232,7 @@ def presence(
     other_objects: Sequence[str],
     rng: random.Random,
     context_length: int = CONTEXT_LENGTH,
+    forms: NegationForms = TRAIN_FORMS,
 ) -> str | None:
     """A FALSE caption negating ``obj`` which is in the image: the mention of ``obj`` is removed from the caption
     (or, when that cannot be done grammatically, the caption is rebuilt from the image's other objects), then
@@ -217,9 +245,9 @@ def presence(
         others = [o for o in dict.fromkeys(other_objects) if o != obj and not mentions(o, obj)]
         remainder = _join([with_article(o) for o in others]) if others else ""
     if not remainder:
-        text = rng.choice(ONLY_NEGATION_TEMPLATES).format(**fields(obj))
+        text = rng.choice(forms.only).format(**fields(obj))
         return _finish(text, end)
-    template = rng.choice(HYBRID_TEMPLATES)
+    template = rng.choice(forms.hybrid)
     if not template.startswith("{c}"):
         remainder = lower_first(remainder)
     text = _fit(template, remainder, obj, end, context_length)
@@ -283,7 +311,7 @@ class Negator:
 class TemplateNegator(Negator):
     name = "template"
     description = (
-        f"Rule-based negation: {len(HYBRID_TEMPLATES)} train-family cue forms, articles/plurals, fits 77 tokens"
+        f"Rule-based negation: {len(TRAIN_FORMS.hybrid)} train-family cue forms, articles/plurals, fits 77 tokens"
     )
 
     def __init__(
@@ -292,13 +320,16 @@ class TemplateNegator(Negator):
         negation_only_share: float = 0.25,
         partial_share: float = 0.5,
         context_length: int = CONTEXT_LENGTH,
+        families: str | Sequence[str] | None = None,
     ):
         """``mode="contextual"`` prefers absent objects that often co-occur with the image's objects in the data
         set (plausible, hence harder, absences, like NegationCLIP's contextual LLM prompt); ``"random"`` does not.
         ``negation_only_share``: share of rewrites that keep only the negation ("there is no dog in this image"),
         for both kinds, as in NegBench's negation-type captions. ``partial_share``: share of absence rewrites that
         also leave out one of the image's other objects: a presence rewrite always drops the negated object's
-        mention, so without this a model tells true from false by how many objects are listed."""
+        mention, so without this a model tells true from false by how many objects are listed. ``families``: the
+        train phrasing families to write (names, or one comma-separated string; default all of them), e.g. to keep
+        some out of training and measure them as unseen phrasings."""
         super().__init__(context_length=context_length)
         if mode not in ("random", "contextual"):
             raise ValueError(f"negator 'template': mode must be random or contextual, got {mode!r}")
@@ -309,6 +340,10 @@ class TemplateNegator(Negator):
         self.mode = mode
         self.negation_only_share = negation_only_share
         self.partial_share = partial_share
+        try:
+            self.forms = NegationForms.of(families)
+        except ValueError as e:
+            raise ValueError(f"negator 'template': families: {e}") from None
         self.cooccurrence: dict[str, Counter] = {}
 
     def prepare(self, items, vocabulary):
@@ -350,15 +385,15 @@ class TemplateNegator(Negator):
         if kind == "absence" and mentions(item.caption, obj):
             return None  # the caption says it is there
         if self.negation_only_share and rng.random() < self.negation_only_share:
-            text = negation_only(item.caption, obj, rng)
+            text = negation_only(item.caption, obj, rng, self.forms)
             if fits_context(text, self.context_length):
                 return text
         if kind == "absence":
             caption = item.caption
             if self.partial_share and rng.random() < self.partial_share:
                 caption = leave_one_out(caption, item.objects or (), rng)
-            return hybrid(caption, obj, rng, self.context_length)
-        return presence(item.caption, obj, item.objects or (), rng, self.context_length)
+            return hybrid(caption, obj, rng, self.context_length, self.forms)
+        return presence(item.caption, obj, item.objects or (), rng, self.context_length, self.forms)
 
 
 @hookimpl

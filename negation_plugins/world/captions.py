@@ -88,7 +88,7 @@ def _hybrid(template: str, affirmed: list[str], negated: str, second: str) -> st
 
 def _pick_phrasing(rng: random.Random) -> Phrasing:
     """Half of the items in a train family, half in a held-out one; families uniform within their split."""
-    return rng.choice(families(rng.choice(SPLITS)))
+    return rng.choice(families(rng.choice(SPLITS), in_world=True))
 
 
 def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:

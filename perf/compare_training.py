@@ -16,7 +16,7 @@ steering direction on each model itself (its row's training records as pairs; th
 ``negclip corrections fit MODEL --pairs RECORDS`` would. ``--reuse`` scores an earlier run of the same row, seed and
 settings in the workdir instead of training it again (to add corrections to a measured table).
 
-Without ``--steps`` each row trains for its own epochs (the world recipe's 15 = 2004 steps; the demo's row 32 = 668).
+Without ``--steps`` each row trains for its own epochs (the world recipe's 15 = 2004 steps; the demo's row 38 = 668).
 
 The goal (issue 15): held-out overall >= 0.90, negation and hybrid >= 0.85, affirmation within 0.02 of the base,
 R@1 >= 0.98x, LoRA within 0.03 of full.

@@ -54,8 +54,9 @@ def negation_records(world, out: Path, seed: int = 0, progress: bool = True, **n
 
 def demo_train_config(model: str, records: Path, world, output: Path, seed: int, progress: bool, **overrides):
     """The demo's fine-tuning: ``--recipe world`` (full tuning) for 5 of its 15 epochs, so the main job fits in 5
-    minutes on 2 CPU cores; exactly row 32 of perf/compare_training.py (the README's seed-0 figures of that row are the
-    demo's; without the recipe's MCQ scope swaps it is row 23; LoRA for 5 epochs, row 24, learns less). No checkpoint
+    minutes on 2 CPU cores; exactly row 38 of perf/compare_training.py (the README's seed-0 figures of that row are the
+    demo's; with the world's 13 train families only it is row 32, without the recipe's MCQ scope swaps too row 23;
+    LoRA for 5 epochs, row 24, learns less). No checkpoint
     selection on the world's MCQ: its questions use held-out phrasings, and choosing weights by them would let those
     phrasings into training."""
     from .config import build_config

@@ -17,14 +17,6 @@ from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.cli import cli
 from negation_plugins.lexicon import NEGATION_WORDS
 from negation_plugins.phrasings import BY_FAMILY, families
-
-# The phrasing families of the world the shipped base model was pretrained on, in table order.
-WORLD_FAMILIES = [
-    *("no without but-not not-a-single does-not absent nothing-like free-of not-present never no-sign-of zero none-of"
-      ).split(),
-    *("x-free lacking contraction without-a-single nothing-resembling empty-of there-are-no nowhere devoid-of "
-      "implicit-verb neither-nor").split(),
-]
 from negation_plugins.world import (
     CATEGORIES,
     WorldConfig,
@@ -32,6 +24,17 @@ from negation_plugins.world import (
     generate_scenes,
     make_world,
 )
+
+# The phrasing families of the world the shipped base model was pretrained on, in table order.
+WORLD_FAMILIES = [
+    *(
+        "no without but-not not-a-single does-not absent nothing-like free-of not-present never no-sign-of zero none-of"
+    ).split(),
+    *(
+        "x-free lacking contraction without-a-single nothing-resembling empty-of there-are-no nowhere devoid-of "
+        "implicit-verb neither-nor"
+    ).split(),
+]
 
 # Generic English negation cues (wider than the lexicon: held-out phrasings use words it does not count) and the
 # clause boundaries of a caption: a clause with a cue negates the objects it names, the others affirm theirs.

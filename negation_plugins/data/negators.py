@@ -40,7 +40,6 @@ from .language import (
 CONTEXT_LENGTH = 77
 
 
-
 @dataclass(frozen=True)
 class NegationForms:
     """The templates a negator writes: ``hybrid`` (caption + absence of an object, "hybrid" in TNG-CLIP) and ``only``

@@ -196,7 +196,19 @@ _TOKEN = re.compile(r"[A-Za-z0-9'\-]+|[^\sA-Za-z0-9'\-]")
 
 
 def split_negations(prompt: str) -> tuple[str, list[str]]:
-    """``(rest, negated_phrases)``: the prompt without its negations, and the negated phrases in order."""
+    """``(rest, negated_phrases)``: the prompt without its negations, and the negated phrases in order. Repeated
+    until nothing is left to split: cutting a span can join two words into a cue ("absence except cars of trees" ->
+    "absence of trees"), so the rest never holds a negation."""
+    rest, negated = _split_once(prompt)
+    while True:
+        again, more = _split_once(rest)
+        if not more:
+            return rest, negated
+        rest, negated = again, negated + more
+
+
+def _split_once(prompt: str) -> tuple[str, list[str]]:
+    """One left-to-right pass of :func:`split_negations`."""
     tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(prompt)]
     words = [t[0].lower() for t in tokens]
     removed: list[tuple[int, int]] = []

@@ -184,13 +184,14 @@ def web_negations(world: WorldFiles, seed: int) -> list[str]:
     files = {entry["file_name"]: entry["id"] for entry in json.loads(world.instances.read_text())["images"]}
     pairs, _ = read_coco_pairs(world.captions, world.images)
     rng = random.Random(f"{seed}-web-negations")
+    phrasings = families(in_world=True)
     captions = []
     for path, _ in pairs:
         shown = list(present[files[path.name]])
         absent = [c for c in categories if c not in shown]
         rng.shuffle(shown)
         negated, second = rng.sample(absent, 2)
-        template = rng.choice(rng.choice(families(in_world=True)).hybrid)
+        template = rng.choice(rng.choice(phrasings).hybrid)
         captions.append(template.format(c=join_list(shown[: rng.randint(1, len(shown))]), **fields(negated, second)))
     return captions
 

@@ -70,6 +70,11 @@ def read_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Te
     for option in _UNSUPPORTED_OPTIONS:
         if config.get(option):
             raise AdapterError(f"{config_path}: {option}=true adapters cannot be expressed as a diffusers LoRA file")
+    if config.get("trainable_token_indices"):
+        raise AdapterError(
+            f"{config_path}: the adapter also trains token-embedding rows (trainable_token_indices), which a "
+            "diffusers LoRA file cannot carry; use the merged text encoder the trainer writes (OUTPUT/text_encoder)"
+        )
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise AdapterError(
             f"{config_path}: per-module rank_pattern/alpha_pattern are not supported; use one rank and alpha"

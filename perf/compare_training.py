@@ -109,6 +109,12 @@ ROWS = (
     ("world recipe with the breadth families (--recipe world)", {}, SCOPE_SWAPS),
     ("world-lora recipe with the breadth families (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
     ("world recipe with the breadth families, 5 epochs (the demo)", {}, {**SCOPE_SWAPS, "epochs": 5.0}),
+    # the breadth families' cue words were never in the base model's pretraining: LoRA cannot learn their embeddings
+    (
+        "world-lora recipe with the breadth families, negation words' embeddings trained",
+        {},
+        {**RECIPES["world-lora"].values(), "lora_trainable_tokens": "negation"},
+    ),
 )
 
 

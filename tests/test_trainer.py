@@ -15,7 +15,7 @@ from tests.test_trainer_support import write_records
 from trainers import batches
 from trainers.config import ConfigError, TrainConfig, parse_config, parse_tuning
 from trainers.finetune import train
-from trainers.tuning import apply_tuning, lora_target_regex
+from trainers.tuning import apply_tuning, lora_target_regex, word_token_ids
 
 
 def tiny_clip(seed=0):
@@ -160,6 +160,47 @@ def test_lora_regex_stays_in_the_text_tower():
 def test_lora_targets_matching_nothing_fail_with_examples():
     with pytest.raises(ConfigError, match="matches no module.*transformer.resblocks.0"):
         apply_tuning(tiny_clip(), "lora", lora_targets="q_proj")
+
+
+def test_lora_trainable_tokens_move_only_the_rows_of_named_words_in_the_text():
+    """peft's trainable tokens: "sans" (in the text) learns, "bereft" (named, not in the text) and every other
+    word keep their rows; merging gives the model the peft wrapper computed."""
+    tokenizer = open_clip.get_tokenizer("RN50")
+    assert word_token_ids(tokenizer, ["sans", "bereft", "sans"]) == sorted(
+        set(tokenizer.encode("sans") + tokenizer.encode("bereft"))
+    )
+    assert len(tokenizer.encode("bereft")) == 2  # a word of two BPE pieces: both rows are named
+    base = tiny_clip()
+    before = base.token_embedding.weight.detach().clone()
+    model, names = apply_tuning(
+        base, "lora", lora_rank=4, lora_alpha=8, lora_token_ids=word_token_ids(tokenizer, ["sans", "bereft"])
+    )
+    assert any("token_embedding" in n and "trainable_tokens_delta" in n for n in names)
+    tokens = tokenizer(["a red star sans circles"])[:, :32]
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.base_model.model.encode_text(tokens).square().sum().backward()
+    torch.optim.SGD(params, lr=1.0).step()
+    with torch.no_grad():
+        wrapped = model.base_model.model.encode_text(tokens)
+        merged = model.merge_and_unload()
+        moved = (merged.token_embedding.weight != before).any(dim=1).nonzero().flatten().tolist()
+        assert moved == tokenizer.encode("sans")
+        torch.testing.assert_close(merged.encode_text(tokens), wrapped)
+
+
+def test_lora_trainable_tokens_need_lora_and_a_word(tiny_spec, records, world_coco, tmp_path):
+    from negation_plugins.lexicon import NEGATION_WORDS
+    from trainers.config import NEGATION_TOKENS, lora_token_words
+
+    out = tmp_path / "o"
+    for extra, match in (
+        (("--lora-trainable-tokens", "sans"), "--lora-trainable-tokens applies to --tuning lora; --tuning full"),
+        (("--tuning", "lora", "--lora-trainable-tokens", " , "), "--lora-trainable-tokens ' , ' names no word"),
+    ):
+        _fails_before_training(base_args(tiny_spec, records, world_coco, out, *extra), match, out)
+    config = TrainConfig(tuning="lora", lora_trainable_tokens=NEGATION_TOKENS)
+    assert lora_token_words(config) == sorted(NEGATION_WORDS) and "sans" in lora_token_words(config)
+    assert lora_token_words(TrainConfig(lora_trainable_tokens="sans, bereft")) == ["sans", "bereft"]
 
 
 # ---- batches ---------------------------------------------------------------------------------------------------
@@ -423,6 +464,33 @@ def test_lora_run_writes_every_output_and_an_exact_diffusers_lora(tiny_spec, rec
     assert torch.allclose(with_lora, merged, atol=1e-4)
     assert not torch.allclose(unchanged, merged, atol=1e-4)
     assert torch.allclose(model.encode_text(tokens), tuned.model.encode_text(tokens))
+
+
+def test_lora_run_with_trainable_tokens_merges_them_and_writes_no_diffusers_file(
+    tiny_spec, records, world_coco, tmp_path, caplog
+):
+    """The merged model carries the learned rows; a diffusers LoRA file cannot, so it is not written (logged), and
+    putting the adapter into a pipeline fails naming its config."""
+    from safetensors.torch import load_file
+
+    from integrations.lora import AdapterError, read_peft_adapter
+    from negation_plugins import load_clip
+
+    out = tmp_path / "run"
+    words = ["no", "without", "bereft"]
+    args = base_args(tiny_spec, records, world_coco, out, "--tuning", "lora", "--lr", "0.05")
+    train(parse_config([*args, "--lora-trainable-tokens", ",".join(words)]))
+
+    assert (out / "adapter/adapter_model.safetensors").is_file()
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    assert "pytorch_lora_weights.safetensors not written" in caplog.text and "trainable_token_indices" in caplog.text
+    with pytest.raises(AdapterError, match=r"adapter_config.json: the adapter also trains token-embedding rows"):
+        read_peft_adapter(out / "adapter")
+    base = load_clip(tiny_spec).model.token_embedding.weight
+    tuned = load_file(str(out / "open_clip_model.safetensors"))["token_embedding.weight"]
+    moved = set((tuned != base).any(dim=1).nonzero().flatten().tolist())
+    named = set(word_token_ids(open_clip.get_tokenizer("RN50"), words))
+    assert moved and moved <= named  # "no"/"without" are in the records' texts; no other row moves
 
 
 @pytest.mark.parametrize("objectives", [["conclip"], ["tng"], ["clip:0.99", "negbench-mcq:0.01"]])

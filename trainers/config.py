@@ -19,6 +19,7 @@ import yaml
 
 DEFAULT_OBJECTIVES = ("negbench-mcq", "clip:0.5")
 DEFAULT_LORA_TARGETS = "attn,mlp"
+NEGATION_TOKENS = "negation"  # --lora-trainable-tokens: every single-word negation cue of negation_plugins.lexicon
 TUNING_PATTERN = re.compile(r"^(full|lora|front:(\d+)-(\d+))$")
 NEGATION_MODES = ("records", "on-the-fly")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -83,6 +84,11 @@ class TrainConfig:
     lora_alpha: float = setting(32.0, "LoRA alpha (scale = alpha / r)")
     lora_targets: str = setting(
         DEFAULT_LORA_TARGETS, "comma list of attn, mlp, or regexes over the text tower's module names"
+    )
+    lora_trainable_tokens: str = setting(
+        "",
+        "comma list of words whose token-embedding rows train beside the LoRA adapters (peft trainable tokens), or "
+        f"{NEGATION_TOKENS!r} for the lexicon's negation words: for words the base model never learned",
     )
     freeze: str = setting("", "comma list of text-tower parameters kept frozen under full/front tuning (e.g. ln_final)")
     max_steps: int | None = setting(None, "optimizer steps (overrides --epochs)")
@@ -276,6 +282,15 @@ CHECKPOINTS = "checkpoints"  # OUTPUT/checkpoints/step-NNNNNNN, complete when ST
 STATE_FILE = "trainer_state.json"
 
 
+def lora_token_words(config: TrainConfig) -> list[str]:
+    """The words of --lora-trainable-tokens (``negation``: the lexicon's single-word negation cues)."""
+    if config.lora_trainable_tokens.strip() == NEGATION_TOKENS:
+        from negation_plugins.lexicon import NEGATION_WORDS
+
+        return sorted(NEGATION_WORDS)
+    return [word.strip() for word in config.lora_trainable_tokens.split(",") if word.strip()]
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     folder = output / CHECKPOINTS
     done = sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
@@ -328,6 +343,13 @@ def validate(config: TrainConfig) -> None:
     mode, _ = parse_tuning(config.tuning)
     if config.freeze and mode == "lora":
         raise ConfigError("--freeze applies to full or front:A-B tuning; LoRA already keeps the base weights frozen")
+    if config.lora_trainable_tokens and mode != "lora":
+        raise ConfigError(
+            f"--lora-trainable-tokens applies to --tuning lora; --tuning {config.tuning} trains the whole token "
+            "embedding already"
+        )
+    if config.lora_trainable_tokens and not lora_token_words(config):
+        raise ConfigError(f"--lora-trainable-tokens {config.lora_trainable_tokens!r} names no word")
     positive = {
         "batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,

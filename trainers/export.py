@@ -9,10 +9,13 @@
     results.json                                         the run's summary (settings, results before/after)
 
 The last three adapter files only for ``--tuning lora``; the weights at the top level are then the merged model.
+An adapter that also trains token-embedding rows (``--lora-trainable-tokens``) gets no diffusers LoRA file: that
+format carries layer LoRAs only; pipelines take the merged ``text_encoder/`` instead (logged when skipped).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +27,8 @@ from negation_plugins.atomic import atomic_folder, atomic_write_json
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_DIR = "adapter"
 RESULTS_FILE = "results.json"
+
+logger = logging.getLogger(__name__)
 
 
 def export_diffusers_lora(adapter_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
@@ -40,6 +45,7 @@ def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: di
     """Adapters first (they need the unmerged peft model), then the merged full model, results and card."""
     import peft
 
+    from integrations.lora import AdapterError
     from negation_plugins.convert import save_open_clip, save_transformers
     from negation_plugins.factory import ClipBundle
     from negation_plugins.model_card import write_model_card
@@ -47,7 +53,10 @@ def write_outputs(output: Path, *, model: nn.Module, bundle, config, summary: di
     output.mkdir(parents=True, exist_ok=True)
     if isinstance(model, peft.PeftModel):
         atomic_folder(output / ADAPTER_DIR, lambda tmp: model.save_pretrained(str(tmp)))
-        export_diffusers_lora(output / ADAPTER_DIR, output)
+        try:
+            export_diffusers_lora(output / ADAPTER_DIR, output)
+        except AdapterError as error:
+            logger.warning("%s not written: %s", DIFFUSERS_LORA_FILE, error)
         model = model.merge_and_unload()
     model.eval()
     trained = ClipBundle(model, bundle.tokenizer, bundle.preprocess, bundle.spec, bundle.info)

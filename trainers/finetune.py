@@ -31,6 +31,7 @@ from .config import (
     ConfigError,
     TrainConfig,
     latest_checkpoint,
+    lora_token_words,
     parse_command_line,
     resolve_defaults,
     validate,
@@ -47,7 +48,7 @@ from .data import (
 )
 from .features import autocast_bf16, build_feature_table, default_root, embed_files
 from .optim import adamw, warmup_cosine
-from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model
+from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model, word_token_ids
 
 logger = logging.getLogger("trainers.finetune")
 
@@ -350,6 +351,7 @@ def train(config: TrainConfig) -> dict:
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_targets=config.lora_targets,
+        lora_token_ids=word_token_ids(bundle.tokenizer, lora_token_words(config)),
         freeze=config.freeze,
         seed=config.seed,
     )

@@ -6,6 +6,8 @@ The vision tower is always frozen. Modes:
 - ``lora``: peft LoRA adapters on the text tower's attention and MLP (the base weights stay frozen).
   open_clip's attention is ``nn.MultiheadAttention``: peft must target the whole ``attn`` module (it then adapts
   both the fused q/k/v projection and ``out_proj``); targeting ``out_proj`` alone would silently do nothing.
+  Optionally the token-embedding rows of chosen words train too (peft's trainable tokens): adapters on the layers
+  cannot give a word the base model never learned an embedding of its own meaning.
 - ``front:A-B``: text layers A..B (inclusive) plus embeddings, ln_final, text_projection and logit_scale
   (Omni-NegCLIP trains layers 0-5 of 12).
 """
@@ -89,6 +91,7 @@ def apply_tuning(
     lora_rank: int = 16,
     lora_alpha: float = 32.0,
     lora_targets: str = "attn,mlp",
+    lora_token_ids: list[int] | None = None,
     freeze: str = "",
     seed: int = 0,
 ) -> tuple[nn.Module, list[str]]:
@@ -96,11 +99,11 @@ def apply_tuning(
 
     ``freeze`` names text-tower parameters (prefixes such as ``ln_final``) kept frozen under full/front tuning
     (NegationCLIP's code freezes ln_final). For ``lora`` the returned model is a ``peft.PeftModel`` around ``model``
-    (LoRA layers injected in place).
+    (LoRA layers injected in place); ``lora_token_ids`` are token ids whose embedding rows train beside it.
     """
     mode, layer_range = parse_tuning(tuning)
     if mode == "lora":
-        return _apply_lora(model, lora_rank, lora_alpha, lora_targets, seed)
+        return _apply_lora(model, lora_rank, lora_alpha, lora_targets, lora_token_ids or [], seed)
     tower = text_tower(model)
     scale = ["logit_scale"]
     if mode == "full":
@@ -132,7 +135,7 @@ def _refreeze(model: nn.Module, names: list[str], tower: TextTower, freeze: str)
     return [name for name in names if not _starts(name, frozen)]
 
 
-def _apply_lora(model, rank, alpha, targets, seed):
+def _apply_lora(model, rank, alpha, targets, token_ids, seed):
     import peft
 
     regex = lora_target_regex(model, targets)
@@ -151,10 +154,27 @@ def _apply_lora(model, rank, alpha, targets, seed):
     model.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=regex, lora_dropout=0.0, bias="none")
+        tokens = {text_tower(model).prefix + "token_embedding": sorted(set(token_ids))} if token_ids else None
+        config = peft.LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=regex,
+            lora_dropout=0.0,
+            bias="none",
+            trainable_token_indices=tokens,
+        )
         peft_model = peft.get_peft_model(model, config)
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     return peft_model, names
+
+
+def word_token_ids(tokenizer, words: list[str]) -> list[int]:
+    """The token ids ``tokenizer`` writes for ``words`` (each alone, without start/end-of-text), sorted, unique."""
+    ids: set[int] = set()
+    for row in tokenizer(words) if words else []:
+        end = int(row.argmax())  # CLIP's end-of-text token has the largest id
+        ids.update(int(i) for i in row[1:end])
+    return sorted(ids)
 
 
 def _example_modules(model) -> list[str]:

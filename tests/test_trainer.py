@@ -503,6 +503,12 @@ def test_every_batch_kind_builds_for_train_and_validation(objectives, tiny_spec,
     assert summary["steps"] == 2 and summary["results_after"]["validation"]["loss"] > 0
 
 
+def test_mcq_settings_without_an_mcq_objective_are_reported(tiny_spec, records, world_coco, tmp_path, caplog):
+    args = base_args(tiny_spec, records, world_coco, tmp_path / "o", "--objective", "conclip", "--mcq-scope-swap")
+    train(parse_config(args))
+    assert "--mcq-scope-swap changes nothing: no objective of conclip asks MCQ questions" in caplog.text
+
+
 def test_bf16_with_gradient_accumulation_trains_full_tower(tiny_spec, records, world_coco, tmp_path):
     """Mixed precision + 2 micro-batches per optimizer step: one logged step per optimizer step, finite losses,
     and the weights move."""

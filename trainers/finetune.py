@@ -344,6 +344,16 @@ def train(config: TrainConfig) -> dict:
     check_model_and_tokenizer(bundle, examples)
     if dropped and is_main:
         logger.warning("%d example(s) lack the negation kinds %s needs and are not used", dropped, objective.name)
+    unused = (
+        [f for f in ("mcq_scope_swap", "mcq_affirmation_share") if getattr(config, f)] if "mcq" not in requires else []
+    )
+    if unused and is_main:
+        logger.warning(
+            "%s %s nothing: no objective of %s asks MCQ questions (negbench-mcq)",
+            " and ".join("--" + f.replace("_", "-") for f in unused),
+            "change" if len(unused) > 1 else "changes",
+            " + ".join(config.objective),
+        )
     train_set, val_set = split_by_image(examples, config.val_fraction, config.seed)
     model, trainable = apply_tuning(
         bundle.model,

@@ -109,11 +109,18 @@ ROWS = (
     ("world recipe with the breadth families (--recipe world)", {}, SCOPE_SWAPS),
     ("world-lora recipe with the breadth families (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
     ("world recipe with the breadth families, 5 epochs (the demo)", {}, {**SCOPE_SWAPS, "epochs": 5.0}),
-    # the breadth families' cue words were never in the base model's pretraining: LoRA cannot learn their embeddings
+    # does LoRA trail (row 37 vs 36) because the breadth families' cue words, never in the base model's pretraining,
+    # keep random embeddings under LoRA? Their rows train here (peft trainable tokens)
     (
         "world-lora recipe with the breadth families, negation words' embeddings trained",
         {},
         {**RECIPES["world-lora"].values(), "lora_trainable_tokens": "negation"},
+    ),
+    # LoRA fits even the seen phrasings less than full tuning (row 37 vs 36): full-rank adapters on the 64-wide tower
+    (
+        "world-lora recipe with the breadth families, LoRA r64 alpha 128",
+        {},
+        {**RECIPES["world-lora"].values(), "lora_rank": 64, "lora_alpha": 128.0},
     ),
 )
 

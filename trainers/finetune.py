@@ -344,10 +344,8 @@ def train(config: TrainConfig) -> dict:
     check_model_and_tokenizer(bundle, examples)
     if dropped and is_main:
         logger.warning("%d example(s) lack the negation kinds %s needs and are not used", dropped, objective.name)
-    unused = (
-        [f for f in ("mcq_scope_swap", "mcq_affirmation_share") if getattr(config, f)] if "mcq" not in requires else []
-    )
-    if unused and is_main:
+    unused = [f for f in ("mcq_scope_swap", "mcq_affirmation_share") if getattr(config, f)]
+    if unused and "mcq" not in requires and is_main:
         logger.warning(
             "%s %s nothing: no objective of %s asks MCQ questions (negbench-mcq)",
             " and ".join("--" + f.replace("_", "-") for f in unused),

@@ -27,6 +27,7 @@ import torch
 from negation_plugins.atomic import atomic_write, atomic_write_text
 from negation_plugins.checks import OutputPath
 from negation_plugins.hookspecs import hookimpl
+from negation_plugins.textfiles import read_text
 
 from . import prompting
 
@@ -108,7 +109,7 @@ def read_prompts(path: str | Path) -> list[NegatedPrompt]:
     """Prompts from ``.jsonl`` ({"prompt", "objects": [...]}) or text (one per line, objects read from the prompt)."""
     path = Path(path)
     prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}:{number}"

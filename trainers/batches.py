@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from negation_plugins.data.language import mentions, replace_mention
+from negation_plugins.textfiles import read_text
 
 TEXT_KEYS = ("caption", "absence", "presence", "hybrid", "full")
 MCQ_OPTIONS = 4
@@ -98,7 +99,7 @@ def _is_coco_without_negations(path: Path) -> bool:
     if path.suffix != ".json":
         return False
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except (ValueError, UnicodeDecodeError):
         return False
     annotations = data.get("annotations") if isinstance(data, dict) else None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from negation_plugins.textfiles import read_text
+
 DEFAULT_OBJECTIVES = ("negbench-mcq", "clip:0.5")
 DEFAULT_LORA_TARGETS = "attn,mlp"
 NEGATION_TOKENS = "negation"  # --lora-trainable-tokens: every single-word negation cue of negation_plugins.lexicon
@@ -248,7 +250,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..factory import Backend, ClipBundle
 from ..hookspecs import hookimpl
+from ..textfiles import read_text
 
 MODEL_TYPES = ("clip", "clip_text_model")
 IGNORED_UNEXPECTED = ("position_ids",)  # buffers older transformers versions saved
@@ -19,7 +20,7 @@ IGNORED_UNEXPECTED = ("position_ids",)  # buffers older transformers versions sa
 
 def _model_type(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "config.json").read_text()).get("model_type")
+        return json.loads(read_text(folder / "config.json")).get("model_type")
     except (OSError, ValueError):
         return None
 
@@ -105,7 +106,7 @@ def _image_processor_settings(source: str) -> dict:
     path = Path(source) / "preprocessor_config.json"
     if not path.is_file():
         return {}
-    cfg = json.loads(path.read_text())
+    cfg = json.loads(read_text(path))
     return {k: list(cfg[hf]) for k, hf in (("mean", "image_mean"), ("std", "image_std")) if hf in cfg}
 
 

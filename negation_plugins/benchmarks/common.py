@@ -17,6 +17,7 @@ from ..atomic import atomic_write
 from ..data.io import check_image
 from ..factory import ClipBundle
 from ..images import ImageDecodeError, load_rgb
+from ..textfiles import read_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -72,7 +73,7 @@ def read_coco_pairs(
     that have captions), plus the problems collector; images without captions are left out."""
     path = Path(captions)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
     if (
@@ -418,7 +419,7 @@ def read_json_items(file, expected: type, what: str, skip_bad: bool = False) -> 
     does not parse or is not ``expected`` (``what`` says what was wanted, e.g. "a list of items")."""
     path = Path(file)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise BenchmarkDataError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, expected):

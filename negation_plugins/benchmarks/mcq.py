@@ -21,6 +21,7 @@ import torch
 
 from ..factory import ClipBundle
 from ..hookspecs import hookimpl
+from ..textfiles import open_text
 from . import Benchmark
 from .common import BenchmarkDataError, Encoder, RowProblems, encoder_for, resolve_image
 
@@ -60,7 +61,7 @@ def read_mcq_csv(path: str | os.PathLike, problems: RowProblems | None = None) -
     :class:`BenchmarkDataError` naming the file and row; with ``skip_bad`` it is counted and left out)."""
     path = Path(path)
     problems = problems if problems is not None else RowProblems(path)
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in MCQ_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

@@ -10,6 +10,7 @@ import ast
 import csv
 from pathlib import Path
 
+from ..textfiles import open_text
 from . import Benchmark
 from .common import BenchmarkDataError, RowProblems, encoder_for, resolve_image, retrieval_of_groups
 
@@ -18,7 +19,7 @@ def read_retrieval_csv(path, images=None, skip_bad=False):
     """``[(image_path, [captions])]`` plus the problems collector (row numbers count the header as row 1)."""
     path = Path(path)
     problems = RowProblems(path, skip_bad)
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open_text(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"filepath", "captions"} - set(reader.fieldnames or ())
         if missing:

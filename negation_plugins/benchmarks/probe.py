@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..textfiles import read_text
 from . import Benchmark
 from .common import BenchmarkDataError, RowProblems, encoder_for
 
@@ -92,7 +93,7 @@ def read_pairs(path, skip_bad=False) -> tuple[list[tuple[str, str]], RowProblems
     path = Path(path)
     problems = RowProblems(path, skip_bad)
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         if path.suffix in (".jsonl", ".json"):

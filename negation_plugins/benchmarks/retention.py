@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data.io import check_image
+from ..textfiles import read_text
 from . import Benchmark
 from .common import (
     IMAGE_SUFFIXES,
@@ -55,7 +56,7 @@ def parse_templates(templates) -> list[str]:
     if isinstance(templates, str):
         path = Path(templates)
         if "{}" not in templates and path.is_file():
-            templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            templates = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         else:
             templates = [t.strip() for t in templates.split("|") if t.strip()]
     templates = list(templates)
@@ -110,7 +111,7 @@ def read_class_names(path, folders: list[str]) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class-names file not found: {path}")
-    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    lines = [(n, line) for n, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
     tabbed = [n for n, line in lines if "\t" in line]
     if not tabbed:
         if len(lines) != len(folders):

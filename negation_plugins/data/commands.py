@@ -6,12 +6,12 @@ import inspect
 import json
 import os
 import re
-from pathlib import Path
 
 import click
 
 from ..checks import OutputPath, output_file
 from ..hookspecs import hookimpl
+from ..textfiles import read_text
 
 
 def _options(pairs: tuple[str, ...], flag: str) -> dict:
@@ -157,7 +157,7 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
 
     try:
         if vocabulary:
-            words = [w.strip().lower() for w in Path(vocabulary).read_text(encoding="utf-8").splitlines()]
+            words = [w.strip().lower() for w in read_text(vocabulary).splitlines()]
             vocab = list(dict.fromkeys(w for w in words if w))
             if not vocab:
                 raise DataError(f"--vocabulary {vocabulary}: no object names in it (expected one per line)")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..textfiles import open_text
 
 KINDS = ("absence", "presence")
 RECORD_FIELDS = ("image", "image_id", "caption", "negated_caption", "objects", "kind", "negator", "verifier")
@@ -71,7 +72,7 @@ def _load_json(path: str | os.PathLike, what: str):
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON in {what} file: {e.msg} at line {e.lineno} column {e.colno}") from None
@@ -246,7 +247,7 @@ def read_caption_table(
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -260,7 +261,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open_text(path, newline="") as f:
         for n, row in enumerate(csv.DictReader(f), 2):
             yield f"{path}: row {n}", row
 
@@ -324,7 +325,7 @@ def read_negation_records(path: str | os.PathLike) -> list[NegationRecord]:
 
 def _first_line_is_record(path: Path) -> bool:
     """JSONL saved under a .json name: its first line alone is a record."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open_text(path, errors="replace") as f:
         first = f.readline()
     try:
         row = json.loads(first)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from negation_plugins.atomic import DiskFullError
 from negation_plugins.checks import own_message
 
 from .batches import BatchPlan, Example, absent_object_index, load_examples, split_by_image, usable_examples
@@ -717,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         output_existed = Path(config.output).exists()
         summary = train(config)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
+    except (ConfigError, ValueError, FileNotFoundError, KeyError, DiskFullError) as error:
         print(f"error: {own_message(error)}", file=sys.stderr)  # one line, also for errors raised in loader workers
         if config is not None and not output_existed:
             _remove_unfinished_output(Path(config.output))

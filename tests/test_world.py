@@ -237,7 +237,8 @@ def test_shipped_model_is_used_when_its_settings_match_and_checked_by_hash(tmp_p
     manifest = shipped.ship(model, tuple(files), "world-abc", folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "shipped.json"])
     assert manifest["sha256"]["open_clip_model.safetensors"] == shipped.sha256(model / "open_clip_model.safetensors")
-    assert shipped.shipped_model("world-abc", folder) == folder and shipped.shipped_model("world-xyz", folder) is None
+    assert shipped.shipped_model("world-abc", folder) == {name: folder / name for name in files}
+    assert shipped.shipped_model("world-xyz", folder) is None
     assert shipped.shipped_model("world-abc", tmp_path / "nothing") is None
 
     # pretrain() copies the shipped model instead of training when the cache key matches
@@ -287,8 +288,8 @@ def test_a_shipped_base_model_matches_the_default_settings(tmp_path):
         return
     (tmp_path / "world.json").write_text(json.dumps({"config": asdict(WorldConfig())}))
     key = cache_key(WorldFiles.at(tmp_path), PretrainConfig())
-    folder = shipped.shipped_model(key)
-    assert folder is not None, f"{manifest} is for other settings than the default ({key}): re-ship the model"
-    assert (folder / "open_clip_model.safetensors").stat().st_size < 20 * 2**20
-    clip = npl.load_clip(f"local-dir:{folder}")
+    files = shipped.shipped_model(key)
+    assert files is not None, f"{manifest} is for other settings than the default ({key}): re-ship the model"
+    assert files["open_clip_model.safetensors"].stat().st_size < 20 * 2**20
+    clip = npl.load_clip(f"local-dir:{shipped.FOLDER}")
     assert clip.encode_text(["a red circle."]).shape[-1] == 64

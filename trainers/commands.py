@@ -172,7 +172,9 @@ def world_pretrain_command(
         raise click.BadParameter(str(err), param_hint="'--world'") from None
     result = pretrain(world, out, config, cache_dir=cache_dir, use_cache=not no_cache)
     if ship:
-        result["shipped_as"] = ship_model(out, (*OPEN_CLIP_FILES, RESULT_NAME), cache_key(world, config))
+        result["shipped_as"] = ship_model(
+            out, (*OPEN_CLIP_FILES, RESULT_NAME), cache_key(world, config), kind=world.kind
+        )
     clip = load_clip(f"local-dir:{Path(out).resolve()}")
     result["mcq_val"] = run_mcq(clip, world.mcq_csv, world.images)
     result["model"] = f"local-dir:{Path(out).resolve()}"

@@ -10,7 +10,7 @@ open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) t
 ``open_clip.create_model_and_transforms("local-dir:PATH")`` and ``negation_plugins.load_clip`` both load.
 A finished run is cached under ``~/.cache/negation-plugins/world-<hash>`` (hash of the world and the config), so
 re-runs with the same seed reuse it; without the cache the same seed gives the same weights on the same machine.
-The default world's model ships with the package (:mod:`negation_plugins.world.shipped`) and is used first.
+Each world's default model ships with the package (:mod:`negation_plugins.world.shipped`) and is used first.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from negation_plugins.benchmarks.retention import CocoRetrieval
 from negation_plugins.convert import save_open_clip
 from negation_plugins.data.io import read_coco_instances
 from negation_plugins.factory import ClipBundle
-from negation_plugins.phrasings import families, fields
+from negation_plugins.phrasings import fields
 from negation_plugins.world.captions import join_list
 from negation_plugins.world.export import WorldFiles
+from negation_plugins.world.kinds import DEFAULT_WORLD, world_kind
 from negation_plugins.world.shipped import shipped_model
 
 from .optim import adamw, warmup_cosine
@@ -97,8 +98,10 @@ def default_cache_dir() -> Path:
 
 def cache_key(world: WorldFiles, config: PretrainConfig) -> str:
     """Same world settings + same training config -> same key (the run is deterministic in them)."""
-    manifest = json.loads((world.root / "world.json").read_text())
-    blob = json.dumps({"world": manifest["config"], "pretrain": asdict(config), "version": 5}, sort_keys=True)
+    settings = json.loads((world.root / "world.json").read_text())["config"]
+    if settings.get("kind") == DEFAULT_WORLD:  # worlds written before there were kinds: the shipped model's key
+        settings = {k: v for k, v in settings.items() if k != "kind"}
+    blob = json.dumps({"world": settings, "pretrain": asdict(config), "version": 5}, sort_keys=True)
     return "world-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -116,19 +119,20 @@ def pretrain(
     out = Path(out)
     key = cache_key(world, config)
     cached = Path(cache_dir or default_cache_dir()) / key
-    shipped = shipped_model(key) if use_cache else None
-    for source in (shipped, cached if use_cache and (cached / RESULT_NAME).is_file() else None):
-        if source is None:
+    shipped = shipped_model(key, kind=world.kind) if use_cache else None
+    earlier = {p.name: p for p in cached.iterdir() if p.is_file()} if (cached / RESULT_NAME).is_file() else None
+    for files in (shipped, earlier if use_cache else None):
+        if files is None:
             continue
-        logger.info("reusing the %s world model %s", "shipped" if source == shipped else "cached", source)
-        if source.resolve() != out.resolve() and not holds_copy(out, source):
-            copy_folder(source, out)
+        logger.info("reusing the %s world model %s", "shipped" if files is shipped else "cached", files[RESULT_NAME])
+        if files[RESULT_NAME].parent.resolve() != out.resolve() and not holds_copy(out, files):
+            copy_files(files, out)
         result = json.loads((out / RESULT_NAME).read_text())
-        return {**result, "cached": True, "shipped": source == shipped}
+        return {**result, "cached": True, "shipped": files is shipped}
 
     result = _train_and_save(world, out, config, progress)
     if use_cache and cached.resolve() != out.resolve():
-        copy_folder(out, cached)
+        atomic_folder(cached, lambda tmp: shutil.copytree(out, tmp, dirs_exist_ok=True))
     return {**result, "cached": False, "shipped": False}
 
 
@@ -184,7 +188,7 @@ def web_negations(world: WorldFiles, seed: int) -> list[str]:
     files = {entry["file_name"]: entry["id"] for entry in json.loads(world.instances.read_text())["images"]}
     pairs, _ = read_coco_pairs(world.captions, world.images)
     rng = random.Random(f"{seed}-web-negations")
-    phrasings = families(in_world=True)
+    phrasings = world_kind(world.kind).web_phrasings
     captions = []
     for path, _ in pairs:
         shown = list(present[files[path.name]])
@@ -244,14 +248,15 @@ def retrieval_r1(model, tokenizer, preprocess, world: WorldFiles) -> dict:
     return CocoRetrieval().run(clip, captions=world.val_captions, images=world.images, ks=(1,), progress=False)
 
 
-def holds_copy(target: Path, source: Path) -> bool:
-    """Whether ``target`` already has every file of ``source``, byte for byte. Then nothing is copied: jobs that
-    share a work folder (two benchmark processes side by side) would otherwise swap it under each other."""
-    names = [p.name for p in source.iterdir() if p.is_file()]
-    _, mismatch, errors = filecmp.cmpfiles(source, target, names, shallow=False)
-    return bool(names) and not mismatch and not errors
+def holds_copy(target: Path, files: dict[str, Path]) -> bool:
+    """Whether ``target`` already has each of ``files`` (name -> source file), byte for byte. Then nothing is
+    copied: jobs that share a work folder (two benchmark processes side by side) would otherwise swap it under each
+    other. (A copy goes through ``atomic_folder``: readers see the old folder or the whole new one.)"""
+    return bool(files) and all(
+        (target / name).is_file() and filecmp.cmp(path, target / name, shallow=False) for name, path in files.items()
+    )
 
 
-def copy_folder(source: Path, target: Path) -> None:
-    """Copy a finished run into (or out of) the cache; readers see the old folder or the whole new one."""
-    atomic_folder(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+def copy_files(files: dict[str, Path], target: Path) -> None:
+    """Write ``target`` as a folder of exactly ``files`` (name -> source file); readers see the old or the new one."""
+    atomic_folder(target, lambda tmp: [shutil.copyfile(path, tmp / name) for name, path in files.items()])

@@ -105,7 +105,7 @@ def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
         _affirm(template, absent[1 : 1 + len(present)]),  # only absent objects
         _affirm(template, [absent[2]] + present[1:]) if len(present) > 1 else _affirm(template, [absent[3]]),
     ]
-    items.append(_shuffle_item(correct, distractors, "positive", rng))
+    items.append(shuffle_item(correct, distractors, "positive", rng))
 
     # "neither X nor Y" negates a second object: always another absent one, so it never decides the answer.
     second = absent[-1]
@@ -119,7 +119,7 @@ def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
         if len(present) > 1
         else _affirm(rng.choice(MCQ_AFFIRMATION), [absent[1]]),
     ]
-    items.append(_shuffle_item(correct, distractors, "negative", rng, phrasing))
+    items.append(shuffle_item(correct, distractors, "negative", rng, phrasing))
 
     if len(present) > 1:
         # NegBench's shape: the correct caption affirms part of the scene and negates an absent object; the
@@ -134,11 +134,11 @@ def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
             _hybrid(template, [absent[0]], present[1], second),  # present and absent swapped
             _hybrid(template, [absent[1]] + present[2:], present[0], second),
         ]
-        items.append(_shuffle_item(correct, distractors, "hybrid", rng, phrasing))
+        items.append(shuffle_item(correct, distractors, "hybrid", rng, phrasing))
     return items
 
 
-def _shuffle_item(
+def shuffle_item(
     correct: str, distractors: list[str], template: str, rng: random.Random, phrasing: Phrasing | None = None
 ) -> McqItem:
     options = [correct] + distractors

@@ -8,13 +8,15 @@ Layout of ``make_world(out)``::
     out/mcq_{train,val}.csv              NegBench MCQ CSV (image_path relative to out/images) + phrasing columns
     out/world.json                       the settings and file names
 
-Train and val scenes are disjoint (different content), so val numbers measure generalisation.
+Train and val scenes are disjoint (different content), so val numbers measure generalisation. ``WorldConfig.kind``
+picks the world (:mod:`negation_plugins.world.kinds`): every world writes this same layout.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -24,8 +26,8 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..benchmarks.mcq import MCQ_COLUMNS, PHRASING_COLUMNS
-from .captions import affirmative_captions, mcq_items
-from .scenes import CATEGORIES, Scene, bbox, generate_scenes, render
+from .kinds import DEFAULT_WORLD, world_kind
+from .scenes import Scene, bbox, generate_scenes
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,14 @@ class WorldFiles:
     val_captions: Path
     val_instances: Path
     mcq_train_csv: Path
+    kind: str = DEFAULT_WORLD  # which world (negation_plugins.world.kinds)
 
     @classmethod
     def at(cls, root: str | os.PathLike) -> WorldFiles:
         root = Path(root)
         if not (root / "world.json").is_file():
             raise FileNotFoundError(f"{root}: not a world folder (no world.json); create one with `negclip world make`")
+        kind = json.loads((root / "world.json").read_text())["config"].get("kind", DEFAULT_WORLD)
         return cls(
             root=root,
             images=root / "images",
@@ -55,6 +59,7 @@ class WorldFiles:
             val_captions=root / "captions_val.json",
             val_instances=root / "instances_val.json",
             mcq_train_csv=root / "mcq_train.csv",
+            kind=kind,
         )
 
 
@@ -64,6 +69,7 @@ class WorldConfig:
     seed: int = 0
     image_size: int = 32
     val_fraction: float = 0.1
+    kind: str = DEFAULT_WORLD
 
 
 def make_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), progress: bool = True) -> WorldFiles:
@@ -72,9 +78,10 @@ def make_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), prog
         raise ValueError(f"a world needs at least 2 images (one train, one val); got n_images={config.n_images}")
     if not 0 < config.val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1); got {config.val_fraction}")
+    kind = world_kind(config.kind)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    scenes = generate_scenes(config.n_images, config.seed)
+    scenes = generate_scenes(config.n_images, config.seed, layout=kind.layout)
     n_val = max(1, round(config.n_images * config.val_fraction))
     splits = {"train": scenes[:-n_val], "val": scenes[-n_val:]}
     text_rng = random.Random(f"{config.seed}-text")
@@ -82,18 +89,18 @@ def make_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), prog
     for scene in tqdm(scenes, desc="rendering scenes", disable=not progress):
         path = out / "images" / _file_name(scene)
         buffer = io.BytesIO()
-        render(scene, config.image_size).save(buffer, format="PNG")
+        kind.render(scene, config.image_size).save(buffer, format="PNG")
         atomic_write_bytes(path, buffer.getvalue())
 
     for split, split_scenes in splits.items():
-        captions = {s.id: affirmative_captions(s, text_rng) for s in split_scenes}
+        captions = {s.id: kind.affirmative_captions(s, text_rng) for s in split_scenes}
         atomic_write_json(out / f"captions_{split}.json", _coco_captions(split_scenes, captions, config.image_size))
-        atomic_write_json(out / f"instances_{split}.json", _coco_instances(split_scenes, config.image_size))
-        atomic_write_bytes(out / f"mcq_{split}.csv", _mcq_csv(split_scenes, text_rng).encode())
+        atomic_write_json(out / f"instances_{split}.json", _coco_instances(split_scenes, config.image_size, kind))
+        atomic_write_bytes(out / f"mcq_{split}.csv", _mcq_csv(split_scenes, text_rng, kind.mcq_items).encode())
 
     manifest = {
         "config": asdict(config),
-        "categories": list(CATEGORIES),
+        "categories": list(kind.layout.categories),
         "n_train": len(splits["train"]),
         "n_val": len(splits["val"]),
         "files": {
@@ -130,8 +137,8 @@ def _coco_captions(scenes: list[Scene], captions: dict[int, list[str]], image_si
     }
 
 
-def _coco_instances(scenes: list[Scene], image_size: int) -> dict:
-    category_id = {name: i + 1 for i, name in enumerate(CATEGORIES)}
+def _coco_instances(scenes: list[Scene], image_size: int, kind) -> dict:
+    category_id = {name: i + 1 for i, name in enumerate(kind.layout.categories)}
     annotations = []
     for scene in scenes:
         for obj in scene.objects:
@@ -151,11 +158,11 @@ def _coco_instances(scenes: list[Scene], image_size: int) -> dict:
         "info": {"description": "negation-plugins synthetic world: objects per image"},
         "images": [_image_entry(s, image_size) for s in scenes],
         "annotations": annotations,
-        "categories": [{"id": i, "name": name, "supercategory": "shape"} for name, i in category_id.items()],
+        "categories": [{"id": i, "name": name, "supercategory": kind.supercategory} for name, i in category_id.items()],
     }
 
 
-def _mcq_csv(scenes: list[Scene], rng: random.Random) -> str:
+def _mcq_csv(scenes: list[Scene], rng: random.Random, mcq_items) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow((*MCQ_COLUMNS, *PHRASING_COLUMNS))  # NegBench's columns first, so NegBench readers work

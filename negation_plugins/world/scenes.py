@@ -2,7 +2,8 @@
 
 Each scene holds 1-3 objects of distinct categories (shapes a tiny vision tower can tell apart), each with a colour,
 placed in distinct cells of a 2x2 grid with a little jitter. Everything is drawn from ``random.Random(seed)``, so a
-seed fully determines the world.
+seed fully determines the world. A :class:`Layout` names a world's objects, colours and placement (the ``shapes``
+world's is :data:`SHAPES`; others live in :mod:`negation_plugins.world.kinds`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ MAX_OBJECTS = 3
 
 
 @dataclass(frozen=True)
+class Layout:
+    """What a world's scenes are made of: object names, colour names, and how far objects stray from their cell's
+    centre (``jitter``, a fraction of the cell) at which size (``scale``, a fraction of the cell)."""
+
+    categories: tuple[str, ...]
+    colours: tuple[str, ...]
+    jitter: float = 0.12
+    scale: tuple[float, float] = (0.62, 0.78)
+
+
+SHAPES = Layout(CATEGORIES, tuple(COLOURS))
+
+
+@dataclass(frozen=True)
 class SceneObject:
     category: str
     colour: str
@@ -42,6 +57,7 @@ class Scene:
     id: int
     objects: tuple[SceneObject, ...]
     noise_seed: int
+    vocabulary: tuple[str, ...] = CATEGORIES  # every category of the scene's world
 
     @property
     def categories(self) -> list[str]:
@@ -49,35 +65,35 @@ class Scene:
 
     @property
     def absent(self) -> list[str]:
-        return [c for c in CATEGORIES if c not in self.categories]
+        return [c for c in self.vocabulary if c not in self.categories]
 
     def content_key(self) -> frozenset:
         """What a caption can say about the scene: the set of (colour, category)."""
         return frozenset((o.colour, o.category) for o in self.objects)
 
 
-def generate_scenes(n: int, seed: int, *, first_id: int = 1) -> list[Scene]:
+def generate_scenes(n: int, seed: int, *, first_id: int = 1, layout: Layout = SHAPES) -> list[Scene]:
     """``n`` scenes with pairwise different content (so retrieval has one right answer); deterministic in ``seed``."""
-    capacity = _content_capacity()
+    capacity = _content_capacity(layout)
     if n > capacity:
         raise ValueError(f"a world holds at most {capacity} scenes with distinct content; asked for {n}")
     rng = random.Random(seed)
     scenes, seen = [], set()
     while len(scenes) < n:
         n_objects = rng.choices((1, 2, 3), weights=(1, 3, 3))[0]
-        categories = rng.sample(CATEGORIES, n_objects)
+        categories = rng.sample(layout.categories, n_objects)
         cells = rng.sample(range(4), n_objects)
         objects = tuple(
             SceneObject(
                 category=category,
-                colour=rng.choice(list(COLOURS)),
+                colour=rng.choice(layout.colours),
                 cell=cell,
-                jitter=(rng.uniform(-0.12, 0.12), rng.uniform(-0.12, 0.12)),
-                scale=rng.uniform(0.62, 0.78),
+                jitter=(rng.uniform(-layout.jitter, layout.jitter), rng.uniform(-layout.jitter, layout.jitter)),
+                scale=rng.uniform(*layout.scale),
             )
             for category, cell in zip(categories, cells)
         )
-        scene = Scene(id=first_id + len(scenes), objects=objects, noise_seed=rng.getrandbits(32))
+        scene = Scene(first_id + len(scenes), objects, rng.getrandbits(32), layout.categories)
         if scene.content_key() in seen:
             continue
         seen.add(scene.content_key())
@@ -85,8 +101,8 @@ def generate_scenes(n: int, seed: int, *, first_id: int = 1) -> list[Scene]:
     return scenes
 
 
-def _content_capacity() -> int:
-    k, c = len(CATEGORIES), len(COLOURS)
+def _content_capacity(layout: Layout) -> int:
+    k, c = len(layout.categories), len(layout.colours)
     return sum(math.comb(k, m) * c**m for m in range(1, MAX_OBJECTS + 1))
 
 
@@ -100,12 +116,9 @@ def render(scene: Scene, image_size: int = 32) -> Image.Image:
             d = noise_rng.randint(-8, 8)
             pixels[x, y] = tuple(v + d for v in BACKGROUND)
     draw = ImageDraw.Draw(image)
-    cell = image_size / 2
     for obj in scene.objects:
-        row, col = divmod(obj.cell, 2)
-        cx = (col + 0.5 + obj.jitter[0]) * cell
-        cy = (row + 0.5 + obj.jitter[1]) * cell
-        _draw_shape(draw, obj.category, cx, cy, obj.scale * cell / 2, COLOURS[obj.colour])
+        cx, cy, r = centre(obj, image_size)
+        _draw_shape(draw, obj.category, cx, cy, r, COLOURS[obj.colour])
     return image
 
 
@@ -146,13 +159,17 @@ def _draw_shape(draw: ImageDraw.ImageDraw, category: str, cx: float, cy: float, 
         raise ValueError(f"unknown category {category!r}; categories are {', '.join(CATEGORIES)}")
 
 
-def bbox(obj: SceneObject, image_size: int) -> list[float]:
-    """COCO [x, y, w, h] of an object's drawing box, clipped to the image."""
+def centre(obj: SceneObject, image_size: int) -> tuple[float, float, float]:
+    """``(cx, cy, r)``: an object's centre in pixels and its drawing radius."""
     cell = image_size / 2
     row, col = divmod(obj.cell, 2)
-    cx = (col + 0.5 + obj.jitter[0]) * cell
-    cy = (row + 0.5 + obj.jitter[1]) * cell
-    r = obj.scale * cell / 2 * 1.1
+    return (col + 0.5 + obj.jitter[0]) * cell, (row + 0.5 + obj.jitter[1]) * cell, obj.scale * cell / 2
+
+
+def bbox(obj: SceneObject, image_size: int) -> list[float]:
+    """COCO [x, y, w, h] of an object's drawing box, clipped to the image."""
+    cx, cy, r = centre(obj, image_size)
+    r *= 1.1
     x0, y0 = max(0.0, cx - r), max(0.0, cy - r)
     x1, y1 = min(float(image_size), cx + r), min(float(image_size), cy + r)
     return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]

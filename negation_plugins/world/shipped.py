@@ -6,16 +6,20 @@ world and settings ships as package data (``negation_plugins/world/base_model/``
 of training when its settings' cache key matches the one recorded in ``shipped.json``, after checking each file's
 sha256. ``negclip world pretrain --no-cache`` still rebuilds it from the seed; ``--ship`` (maintainers) stores a
 rebuilt model as the shipped one.
+
+Every world (:mod:`negation_plugins.world.kinds`) ships its own model in the same folder: the ``shapes`` world's
+files under their own names (so ``local-dir:negation_plugins/world/base_model`` loads it), another world's with its
+name as prefix (``icons.open_clip_model.safetensors``, manifest ``icons.shipped.json``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
-from ..atomic import atomic_folder
+from ..atomic import atomic_write_bytes
+from .kinds import DEFAULT_WORLD
 
 FOLDER = Path(__file__).with_name("base_model")
 MANIFEST = "shipped.json"
@@ -34,37 +38,42 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_model(key: str, folder: Path | None = None) -> Path | None:
-    """The shipped model folder when it was trained with the settings of cache key ``key``, its files verified;
-    None when nothing is shipped for these settings."""
+def _prefix(kind: str) -> str:
+    return "" if kind == DEFAULT_WORLD else f"{kind}."
+
+
+def shipped_model(key: str, folder: Path | None = None, kind: str = DEFAULT_WORLD) -> dict[str, Path] | None:
+    """The shipped model of world ``kind`` when it was trained with the settings of cache key ``key``, its files
+    verified, as {model file name: shipped file}; None when nothing is shipped for these settings."""
     folder = FOLDER if folder is None else folder
-    manifest_path = folder / MANIFEST
+    manifest_path = folder / (_prefix(kind) + MANIFEST)
     if not manifest_path.is_file():
         return None
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("cache_key") != key:
         return None
+    files = {name: folder / (_prefix(kind) + name) for name in manifest["sha256"]}
     for name, expected in manifest["sha256"].items():
-        path = folder / name
+        path = files[name]
         actual = sha256(path) if path.is_file() else "missing"
         if actual != expected:
             raise ShippedModelError(
                 f"{path}: sha256 {actual} does not match the shipped {expected}; reinstall negation-plugins or "
                 "rebuild the model with `negclip world pretrain --no-cache`"
             )
-    return folder
+    return files
 
 
-def ship(model_dir: str | Path, names: tuple[str, ...], key: str, folder: Path | None = None) -> dict:
-    """Store files ``names`` of a pretrained model folder as the shipped model for cache key ``key``; returns the
-    manifest."""
+def ship(
+    model_dir: str | Path, names: tuple[str, ...], key: str, folder: Path | None = None, kind: str = DEFAULT_WORLD
+) -> dict:
+    """Store files ``names`` of a pretrained model folder as world ``kind``'s shipped model for cache key ``key``
+    (other worlds' files in the folder stay); returns the manifest, written last."""
+    folder = FOLDER if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
     files = [Path(model_dir) / name for name in names]
     manifest = {"cache_key": key, "sha256": {p.name: sha256(p) for p in files}}
-
-    def write(tmp: Path) -> None:
-        for path in files:
-            shutil.copyfile(path, tmp / path.name)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-
-    atomic_folder(FOLDER if folder is None else folder, write)
+    for path in files:
+        atomic_write_bytes(folder / (_prefix(kind) + path.name), path.read_bytes())
+    atomic_write_bytes(folder / (_prefix(kind) + MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest

@@ -121,3 +121,18 @@ def test_recipes_command_lists_every_recipe_with_sources():
     assert "jaisidhsingh/CoN-CLIP src/run_finetuning.sh" in result.output
     assert "m1k2zoo/negbench" in result.output and "lr1e-8" in result.output
     assert CliRunner().invoke(cli, ["recipes", "nope"]).exit_code != 0
+
+
+def test_recipe_sources_name_public_references_or_this_repository():
+    """A source is a paper (arXiv id), a public repository's file, or a file of this repository: never a path on
+    one machine."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for recipe in RECIPES.values():
+        for key, (_, source) in recipe.settings.items():
+            public = "arXiv" in source or "github.com/" in source
+            local = [word for word in source.replace("(", " ").split() if "/" in word and not word.startswith("github")]
+            in_repo = bool(local) and all((root / word.rstrip(",;:)")).exists() for word in local[:1])
+            assert public or in_repo, (recipe.name, key, source)
+            assert "shared/reference" not in source, (recipe.name, key, source)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-METHODS = "shared/reference/methods.md"
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -23,13 +21,16 @@ class Recipe:
         return {key: value for key, (value, _) in self.settings.items()}
 
 
-NEGATIONCLIP = "NegationCLIP (arXiv 2501.10913) paper + code, " + METHODS
-TNG = "TNG-CLIP (arXiv 2505.18434), " + METHODS
-OMNI = "Omni-NegCLIP (arXiv 2603.29258) paper + code, " + METHODS
-NEGBENCH_PARAMS = "m1k2zoo/negbench benchmarks/src/training/params.py default"
-NEGBENCH_MODEL = "m1k2zoo/negbench models.md: best model NegCLIP_CC12M_NegFull_ViT-B-32_lr1e-8_clw0.99_mlw0.01"
-CONCLIP_ARGS = "jaisidhsingh/CoN-CLIP src/training_utils/helpers.py setup_args default"
-CONCLIP_RUN = "jaisidhsingh/CoN-CLIP src/run_finetuning.sh"
+# Public references only: the paper (arXiv id) and, where one is released, the repository and file.
+NEGATIONCLIP = 'NegationCLIP (Know "No" Better, ICCV 2025, arXiv 2501.10913; github.com/parkquasar/NegationCLIP)'
+TNG = "TNG-CLIP paper (arXiv 2505.18434)"
+OMNI = "Omni-NegCLIP paper and code (arXiv 2603.29258)"
+NEGBENCH_PARAMS = "github.com/m1k2zoo/negbench benchmarks/src/training/params.py default"
+NEGBENCH_MODEL = (
+    "github.com/m1k2zoo/negbench models.md: best model NegCLIP_CC12M_NegFull_ViT-B-32_lr1e-8_clw0.99_mlw0.01"
+)
+CONCLIP_ARGS = "github.com/jaisidhsingh/CoN-CLIP src/training_utils/helpers.py setup_args default"
+CONCLIP_RUN = "github.com/jaisidhsingh/CoN-CLIP src/run_finetuning.sh"
 WORLD = "perf/compare_training.py on the synthetic world (README table)"
 
 # The synthetic world's best measured settings (full tuning); ``world-lora`` changes what LoRA needs.

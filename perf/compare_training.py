@@ -1,136 +1,140 @@
-"""Which objectives, data mix and tuning teach negation that reaches UNSEEN phrasings? Prints one table.
+"""Which objectives, data mix and tuning teach negation that reaches UNSEEN phrasings? Runs experiment rows, writes
+one JSON result per (row, world) into experiments/results/ and prints one table.
 
-    python perf/compare_training.py --workdir /tmp/compare --seeds 0,1,2 --only 1,2
-    python perf/compare_training.py --workdir /tmp/compare --only 3,4,5,6,7 --correction span-subtraction:scale=0.3
+    python perf/compare_training.py --rows 36-breadth --seeds 0,1,2
+    python perf/compare_training.py --rows 28,29 --world shapes --correction span-subtraction:scale=0.3
+    python perf/compare_training.py --rows 38 --steps 20 --seeds 0      # a short check, labelled by its steps
 
-Same world, same base model (the package's shipped one) for every row. Each row starts from ``--recipe world`` and
-changes what its settings say: the template negator's options (the data mix: it writes only TRAIN phrasing
-families, see negation_plugins/phrasings.py) and trainer settings (objectives and weights, tuning, learning rate,
-the share of affirmation questions in the MCQ loss, frozen parameters). Scores on the world's held-out scenes, MCQ
-split by the phrasing family of each negation/hybrid item: ``seen`` (train families) and ``held-out`` (families
-never in training data), each with the affirmation items included; "R@1 x base" is affirmative image->text R@1
-relative to the base model. Cells are the mean over seeds with half the spread (max - min) when there are several.
-``--correction SPEC`` (repeatable) adds a row under the base model and under each trained row: the same model with
-that training-free correction (negation_plugins/corrections.py) applied at encode time. ``steering:fit`` fits a
-steering direction on each model itself (its row's training records as pairs; the file lands beside the model), as
-``negclip corrections fit MODEL --pairs RECORDS`` would. ``--reuse`` scores an earlier run of the same row, seed and
-settings in the workdir instead of training it again (to add corrections to a measured table).
+A row is a TOML file in experiments/rows/ (``NN-name.toml``: description, the question it tests, the recipe it
+starts from, ``[negator]`` template negator options = the data mix, ``[settings]`` trainer settings over the
+recipe); ``--rows`` takes file names, their number or their name (``38``, ``breadth-5-epochs``,
+``38-breadth-5-epochs``). Every row of one run trains from the same world and base model (``--world``, see
+``prepare_world``). Scores on the world's held-out scenes: MCQ overall / affirmation / negation / hybrid, split by
+the phrasing family of each negation and hybrid item where the world's MCQ records it (``seen``: train families,
+``held-out``: families never in training data, each with the affirmation items included), and affirmative
+image->text R@1 relative to the base model. The result schema is in experiments/README.md; docs/results.md is
+generated from the results by ``python -m negation_plugins.docs_gen pages``.
 
-Without ``--steps`` each row trains for its own epochs (the world recipe's 15 = 2004 steps; the demo's row 38 = 668).
+``--correction SPEC`` (repeatable) also scores each model with that training-free correction applied at encode time
+(negation_plugins/corrections.py); ``steering:fit`` fits a steering direction on each model itself from its row's
+records, as ``negclip corrections fit MODEL --pairs RECORDS`` would. ``--reuse`` scores an earlier run of the same
+row, seed and settings in the workdir instead of training it again. A result file that already holds runs of the
+same settings gains the new seeds (a seed run again replaces its earlier entry); other settings replace the file.
 
-The goal (issue 15): held-out overall >= 0.90, negation and hybrid >= 0.85, affirmation within 0.02 of the base,
-R@1 >= 0.98x, LoRA within 0.03 of full.
+Without ``--steps`` each row trains for its own epochs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import platform
+import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
+import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from negation_plugins.phrasings import families
-from trainers.recipes import RECIPES
-
-# (label, template negator options, trainer settings over --recipe world). Rows 1, 2 and 8-15 set the objectives the
-# world recipe had before row 16 (negbench-mcq + clip:1.0), rows 1-27 its MCQ without scope swaps (before row 28),
-# and rows 1-35 the negator's 13 train families before the breadth families (row 36), so their README figures stay
-# reproducible by number.
+REPO = Path(__file__).resolve().parents[1]
+ROWS_DIR = REPO / "experiments" / "rows"
+RESULTS_DIR = REPO / "experiments" / "results"
+SCHEMA = 1
 STEERING_FIT = "steering:fit"
-MCQ_CLIP = {"objective": ["negbench-mcq", "clip:1.0"]}
-LORA = {"tuning": "lora", "lr": 1e-2}
-BEFORE_SCOPE_SWAPS = {"mcq_scope_swap": False}
-SCOPE_SWAPS = {"mcq_scope_swap": True}  # as the world recipe has them since row 28, spelled out per row
-# the train families of the synthetic world itself: all the negator wrote before the breadth families
-BEFORE_BREADTH = {"families": ",".join(p.family for p in families("train", in_world=True))}
-ROWS_BEFORE_SCOPE_SWAPS = (
-    ("mcq + clip:1.0, full tuning, lr 3e-3", {}, MCQ_CLIP),
-    ("mcq + clip:1.0, LoRA r16 lr 1e-2", {}, {**MCQ_CLIP, **LORA}),
-    # the papers' objectives on the world recipe's settings
-    ("infonce (NegationCLIP)", {}, {"objective": ["infonce"]}),
-    ("tng (TNG-CLIP)", {}, {"objective": ["tng"]}),
-    ("omni (Omni-NegCLIP)", {}, {"objective": ["omni"]}),
-    ("conclip + clip:0.5 (CoN-CLIP)", {}, {"objective": ["conclip", "clip:0.5"]}),
-    ("omni, front:0-0 (Omni-NegCLIP's recipe)", {}, {"objective": ["omni"], "tuning": "front:0-0"}),
-    # data mix, weights and LoRA settings around mcq + clip:1.0
-    ("mcq + clip:0.5", {}, {"objective": ["negbench-mcq", "clip:0.5"]}),
-    ("mcq + clip:1.0, affirmation questions 0.33", {}, {**MCQ_CLIP, "mcq_affirmation_share": 0.33}),
-    ("mcq + clip:1.0, token embeddings frozen", {}, {**MCQ_CLIP, "freeze": "token_embedding"}),
-    ("mcq + clip:1.0, negation-only share 0.5", {"negation_only_share": 0.5}, MCQ_CLIP),
-    ("mcq + clip:1.0, LoRA r32 lr 1e-2", {}, {**MCQ_CLIP, **LORA, "lora_rank": 32, "lora_alpha": 64.0}),
-    ("mcq + clip:1.0, LoRA r16 lr 2e-2", {}, {**MCQ_CLIP, **LORA, "lr": 2e-2}),
-    ("mcq + clip:1.0, LoRA r16 lr 1e-2, 5 epochs", {}, {**MCQ_CLIP, **LORA, "epochs": 5.0}),
-    ("mcq + clip:1.0, LoRA r16 lr 1e-2, 30 epochs", {}, {**MCQ_CLIP, **LORA, "epochs": 30.0}),
-    # the world recipe since row 16: mcq + conclip + clip:1.0, full tuning, lr 3e-3, 15 epochs
-    ("world recipe: mcq + conclip + clip:1.0, full", {}, {}),
-    ("world recipe, conclip:2.0", {}, {"objective": ["negbench-mcq", "conclip:2.0", "clip:1.0"]}),
-    ("world recipe, LoRA r16 lr 1e-2", {}, LORA),
-    ("world recipe, 25 epochs", {}, {"epochs": 25.0}),
-    ("world recipe, LoRA r16 lr 1e-2, 30 epochs", {}, {**LORA, "epochs": 30.0}),
-    ("world recipe, token embeddings frozen", {}, {"freeze": "token_embedding"}),
-    ("world recipe, negation-only share 0.5", {"negation_only_share": 0.5}, {}),
-    ("world recipe, 5 epochs", {}, {"epochs": 5.0}),
-    ("world recipe, LoRA r16 lr 1e-2, 5 epochs", {}, {**LORA, "epochs": 5.0}),
-    ("world recipe, token and positional embeddings frozen", {}, {"freeze": "token_embedding,positional_embedding"}),
-    ("world recipe, LoRA r16 lr 1e-2, 30 epochs, clip:2.0 (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
-    ("world-lora recipe, 45 epochs", {}, {**RECIPES["world-lora"].values(), "epochs": 45.0}),
-)
-ROWS_BEFORE_BREADTH = (
-    *((label, mix, {**BEFORE_SCOPE_SWAPS, **settings}) for label, mix, settings in ROWS_BEFORE_SCOPE_SWAPS),
-    ("world recipe with MCQ scope swaps (--recipe world)", {}, SCOPE_SWAPS),
-    ("world-lora recipe with MCQ scope swaps", {}, {**RECIPES["world-lora"].values(), **SCOPE_SWAPS}),
-    (
-        "world recipe, MCQ scope swaps, clip:2.0",
-        {},
-        {**SCOPE_SWAPS, "objective": ["negbench-mcq", "conclip", "clip:2.0"]},
-    ),
-    (
-        "world recipe, MCQ scope swaps, token and positional embeddings frozen",
-        {},
-        {**SCOPE_SWAPS, "freeze": "token_embedding,positional_embedding"},
-    ),
-    ("world recipe, MCQ scope swaps, 5 epochs (the demo)", {}, {**SCOPE_SWAPS, "epochs": 5.0}),
-    ("world recipe, MCQ scope swaps, 25 epochs", {}, {**SCOPE_SWAPS, "epochs": 25.0}),
-    (
-        "world recipe, MCQ scope swaps, negbench-mcq:2.0",
-        {},
-        {**SCOPE_SWAPS, "objective": ["negbench-mcq:2.0", "conclip", "clip:1.0"]},
-    ),
-    ("world recipe, MCQ scope swaps, negation-only share 0.5", {"negation_only_share": 0.5}, SCOPE_SWAPS),
-)
-ROWS = (
-    *((label, {**BEFORE_BREADTH, **mix}, settings) for label, mix, settings in ROWS_BEFORE_BREADTH),
-    # the negator's 23 train families (13 + 10 for breadth, negation_plugins/phrasings.toml)
-    ("world recipe with the breadth families (--recipe world)", {}, SCOPE_SWAPS),
-    ("world-lora recipe with the breadth families (--recipe world-lora)", {}, RECIPES["world-lora"].values()),
-    ("world recipe with the breadth families, 5 epochs (the demo)", {}, {**SCOPE_SWAPS, "epochs": 5.0}),
-    # does LoRA trail (row 37 vs 36) because the breadth families' cue words, never in the base model's pretraining,
-    # keep random embeddings under LoRA? Their rows train here (peft trainable tokens)
-    (
-        "world-lora recipe with the breadth families, negation words' embeddings trained",
-        {},
-        {**RECIPES["world-lora"].values(), "lora_trainable_tokens": "negation"},
-    ),
-    # LoRA fits even the seen phrasings less than full tuning (row 37 vs 36): full-rank adapters on the 64-wide tower
-    (
-        "world-lora recipe with the breadth families, LoRA r64 alpha 128",
-        {},
-        {**RECIPES["world-lora"].values(), "lora_rank": 64, "lora_alpha": 128.0},
-    ),
+WORLDS = ("shapes",)
+# trainer settings that name this machine's files: a result records the base model and world instead
+PATH_SETTINGS = ("model", "train", "images", "output")
+# figures of one evaluation, in table order; seen/held-out are None where the world's MCQ records no phrasing split
+FIGURES = (
+    "mcq",
+    "affirmation",
+    "negation",
+    "hybrid",
+    "seen_mcq",
+    "seen_negation",
+    "seen_hybrid",
+    "held_out_mcq",
+    "held_out_negation",
+    "held_out_hybrid",
+    "i2t_r1",
+    "t2i_r1",
+    "i2t_r1_vs_base",
 )
 
 
-def prepare_base(workdir: Path):
-    """The default world and its base model (the package's shipped one; pretrained and cached if settings differ)."""
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One experiment row, as its TOML file says."""
+
+    name: str  # the file name without .toml: NN-name
+    description: str
+    question: str
+    recipe: str | None
+    negator: dict
+    settings: dict
+
+    def answers_to(self, key: str) -> bool:
+        """Whether ``--rows`` entry ``key`` names this row: its file name, its number or its name after the number."""
+        number, _, name = self.name.partition("-")
+        return key in (self.name, name) or (key.isdigit() and number.isdigit() and int(key) == int(number))
+
+    @classmethod
+    def read(cls, path: Path) -> Row:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise SystemExit(f"error: {path}: not valid TOML: {error}") from None
+        unknown = set(data) - {"description", "question", "recipe", "negator", "settings"}
+        missing = {"description", "question"} - set(data)
+        if unknown or missing:
+            problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"
+            raise SystemExit(f"error: {path}: {problem}")
+        return cls(
+            name=path.stem,
+            description=data["description"],
+            question=data["question"],
+            recipe=data.get("recipe"),
+            negator=data.get("negator", {}),
+            settings=data.get("settings", {}),
+        )
+
+
+def read_rows(folder: Path = ROWS_DIR) -> list[Row]:
+    return [Row.read(path) for path in sorted(folder.glob("*.toml"))]
+
+
+def select_rows(rows: list[Row], wanted: str) -> list[Row]:
+    """The rows named in the comma list ``wanted`` (a file name, its number or its name after the number), or all."""
+    if wanted == "all":
+        return rows
+    chosen = []
+    for key in (k.strip() for k in wanted.split(",") if k.strip()):
+        matches = [row for row in rows if row.answers_to(key)]
+        if len(matches) != 1:
+            known = ", ".join(row.name for row in rows)
+            raise SystemExit(f"error: --rows {key!r}: {'ambiguous' if matches else 'no such row'}; rows: {known}")
+        chosen.append(matches[0])
+    return chosen
+
+
+def prepare_world(name: str, workdir: Path):
+    """The world ``name`` (made once under ``workdir``) and the ``load_clip`` spec of its base model.
+
+    ``shapes``: the package's synthetic world (``negclip world make`` defaults) and its shipped base model (pretrained
+    and cached if the settings differ)."""
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
     from trainers.pretrain_world import PretrainConfig, pretrain
 
+    if name != "shapes":
+        raise SystemExit(f"error: --world {name!r}: unknown; worlds: {', '.join(WORLDS)}")
     world_dir = workdir / "world"
     world = (
         WorldFiles.at(world_dir)
@@ -155,8 +159,6 @@ def records_for(workdir: Path, world, mix: dict, seed: int) -> Path:
 def trained_with(out: Path, config) -> bool:
     """Whether ``out`` holds a finished run of exactly ``config`` (its results.json records the settings). The
     DataLoader workers are left out: their default follows ``--threads``, and they place work, not change it."""
-    import dataclasses
-
     from trainers.config import TrainConfig
 
     results = out / "results.json"
@@ -184,29 +186,111 @@ def steering_fitted(spec: str, records: Path) -> str:
 
 
 def figures(scores: dict, base: dict) -> dict:
-    """Flat figures of one evaluation: affirmation (no phrasing), seen/held-out MCQ, the retrieval ratio."""
-    splits = scores["mcq"]["by_phrasing_split"]
-    out = {"affirmation": scores["mcq"]["affirmation"]}
-    for split, name in (("train", "seen"), ("held-out", "held-out")):
-        for column in ("overall", "negation", "hybrid"):
-            out[f"{name} {column}"] = splits[split]["accuracy" if column == "overall" else column]
-    out["R@1 x base"] = scores["retrieval"]["i2t_R@1"] / max(base["retrieval"]["i2t_R@1"], 1e-9)
+    """The flat figures (``FIGURES``) of one evaluation; ``base`` is the base model's for the retrieval ratio."""
+    mcq, retrieval = scores["mcq"], scores["retrieval"]
+    out = {"mcq": mcq["accuracy"], **{kind: mcq[kind] for kind in ("affirmation", "negation", "hybrid")}}
+    splits = mcq.get("by_phrasing_split", {})
+    for split, prefix in (("train", "seen"), ("held-out", "held_out")):
+        for column, key in (("mcq", "accuracy"), ("negation", "negation"), ("hybrid", "hybrid")):
+            out[f"{prefix}_{column}"] = splits[split][key] if split in splits else None
+    out["i2t_r1"], out["t2i_r1"] = round(retrieval["i2t_R@1"], 4), round(retrieval["t2i_R@1"], 4)
+    out["i2t_r1_vs_base"] = round(retrieval["i2t_R@1"] / max(base["retrieval"]["i2t_R@1"], 1e-9), 4)
     return out
 
 
-def cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f}±{(max(values) - min(values)) / 2:.3f}"
+def summary(runs: list[dict]) -> dict:
+    """Per figure over the seeds: mean, std (sample; 0 for one seed), min, max; None where a figure is missing."""
+    out = {}
+    for name in FIGURES:
+        values = [run[name] for run in runs if run.get(name) is not None]
+        out[name] = (
+            {
+                "mean": round(statistics.fmean(values), 4),
+                "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+                "min": min(values),
+                "max": max(values),
+            }
+            if values
+            else None
+        )
+    return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="/tmp/negclip-compare")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps per run [default: the recipe's 5 epochs]"
+def cell(stats: dict | None) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats['mean']:.3f}" if stats["std"] == 0 else f"{stats['mean']:.3f}±{stats['std']:.3f}"
+
+
+def git_commit() -> dict:
+    """The commit the code ran at, and whether tracked files differed from it (``dirty``)."""
+
+    def git(*args):
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+
+
+def machine(note: str) -> dict:
+    """What the figures depend on besides the code: CPU, cores, load, torch version (thread count is per run)."""
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else platform.processor()
     )
+    return {
+        "note": note,
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def result_path(results_dir: Path, row: Row, world: str, steps: int | None) -> Path:
+    """One file per (row, world); a run with ``--steps`` is a different setting and gets its own file."""
+    return results_dir / f"{row.name}--{world}{'' if steps is None else f'--steps{steps}'}.json"
+
+
+def write_result(path: Path, result: dict) -> dict:
+    """Write ``result``; runs of identical settings already in ``path`` are kept unless this run has their seed."""
+    from negation_plugins.atomic import atomic_write_json
+
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier.get("settings") == result["settings"] and earlier.get("world") == result["world"]:
+            seeds = {run["seed"] for run in result["runs"]}
+            runs = [run for run in earlier["runs"] if run["seed"] not in seeds] + result["runs"]
+            result = {**result, "runs": sorted(runs, key=lambda run: run["seed"])}
+    result["seeds"] = [run["seed"] for run in result["runs"]]
+    result["summary"] = summary([run["figures"] for run in result["runs"]])
+    corrections = sorted({name for run in result["runs"] for name in run.get("corrected", {})})
+    result["corrected_summary"] = {
+        name: summary([run["corrected"][name] for run in result["runs"] if name in run.get("corrected", {})])
+        for name in corrections
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result, indent=1)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", required=True, help="comma list of rows (file name, number or name) to run, or all")
+    parser.add_argument("--world", default="shapes", choices=WORLDS, help="the world to train and score on")
     parser.add_argument("--seeds", default="0", help="comma list of fine-tuning and negation seeds")
-    parser.add_argument("--only", default=None, help="comma list of row numbers (1-based) to run")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run [default: the row's epochs]")
     parser.add_argument("--correction", action="append", default=[], help="also score each model with this correction")
     parser.add_argument(
         "--reuse", action="store_true", help="score earlier runs with identical settings instead of retraining them"
@@ -214,7 +298,18 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a loaded machine 2 threads spin-wait, ~8x slower)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--workdir", default="/tmp/negclip-compare", help="world, base model, records and runs")
+    parser.add_argument("--rows-dir", default=str(ROWS_DIR), help="folder of row TOML files")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="folder the JSON results are written to")
+    parser.add_argument("--machine-note", default="", help="free text stored with the results (e.g. 'quiet machine')")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "perf/compare_training.py", *(sys.argv[1:] if argv is None else argv)])
+    rows = select_rows(read_rows(Path(args.rows_dir)), args.rows)
+    seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
     from trainers.config import build_config
     from trainers.demo import evaluate_on_world
@@ -222,50 +317,45 @@ def main() -> int:
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    world, base = prepare_base(workdir)
+    world, base = prepare_world(args.world, workdir)
     base_scores = evaluate_on_world(base, world)
-    rows = list(enumerate(ROWS, 1))
-    if args.only:
-        keep = {int(x) for x in args.only.split(",")}
-        rows = [(i, row) for i, row in rows if i in keep]
-    names = list(figures(base_scores, base_scores))
-    print(f"steps={args.steps} seeds={seeds}; --recipe world plus each row's settings; held-out scenes")
-    header = f"| {'row':<48} | " + " | ".join(names) + " | s/run |"
+    base_figures = figures(base_scores, base_scores)
+
+    def corrected(spec, records):
+        out = {}
+        for correction in args.correction:
+            applied = steering_fitted(spec, records) if correction == STEERING_FIT else correction
+            out[correction] = figures(evaluate_on_world(spec, world, correction=applied), base_scores)
+        return out
+
+    base_corrected = corrected(base, records_for(workdir, world, {}, seeds[0]))
+    print(f"world={args.world} steps={args.steps} seeds={seeds} threads={args.threads}; held-out scenes")
+    header = f"| {'row':<44} | " + " | ".join(FIGURES) + " | s/run |"
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
 
-    def print_row(label, runs, seconds=None):
-        cells = " | ".join(cell([r[n] for r in runs]) for n in names)
-        print(f"| {label:<48} | {cells} | {'-' if seconds is None else f'{seconds:.0f}'} |", flush=True)
+    def print_row(label, stats, seconds=None):
+        cells = " | ".join(cell(stats[name]) for name in FIGURES)
+        print(f"| {label:<44} | {cells} | {'-' if seconds is None else f'{seconds:.0f}'} |", flush=True)
 
-    def with_corrections(spec, records, runs_by_correction):
-        for correction in args.correction:
-            applied = steering_fitted(spec, records) if correction == STEERING_FIT else correction
-            scores = evaluate_on_world(spec, world, correction=applied)
-            runs_by_correction.setdefault(correction, []).append(figures(scores, base_scores))
-
-    base_corrected: dict[str, list] = {}
-    with_corrections(base, records_for(workdir, world, {}, seeds[0]), base_corrected)
-    print_row("base model (no fine-tuning)", [figures(base_scores, base_scores)])
-    for correction, runs in base_corrected.items():
-        print_row(f"  + {correction}", runs)
-    results = {"steps": args.steps, "base": base_scores, "rows": {}}
-    for number, (label, mix, settings) in rows:
-        runs, corrected, seconds = [], {}, []
+    print_row("base model (no fine-tuning)", summary([base_figures]))
+    for correction, values in base_corrected.items():
+        print_row(f"  + {correction}", summary([values]))
+    machine_info, code = machine(args.machine_note), git_commit()
+    for row in rows:
+        runs = []
         for seed in seeds:
-            out = workdir / f"run-{number}-seed{seed}"
-            records = records_for(workdir, world, mix, seed)
+            out = workdir / f"run-{row.name}-seed{seed}"
+            records = records_for(workdir, world, row.negator, seed)
+            steps = {} if args.steps is None else {"max_steps": args.steps}
+            settings = {"val_fraction": 0.05, **row.settings, **steps, "seed": seed}
             config = build_config(
-                "world",
+                row.recipe,
                 **{
                     "model": base,
                     "train": str(records),
                     "images": str(world.images),
                     "output": str(out),
-                    "max_steps": args.steps,
-                    "seed": seed,
-                    "val_fraction": 0.05,
                     "progress": False,
                     "log_with": "none",
                     "export_transformers": False,
@@ -278,18 +368,46 @@ def main() -> int:
                 # a rerun trains afresh (the trainer refuses an output holding an earlier run's checkpoints)
                 shutil.rmtree(out, ignore_errors=True)
                 train(config)
-            runs.append(figures(evaluate_on_world(f"local-dir:{out}", world), base_scores))
-            if not reused:  # s/run is training + evaluation; a reused run has no time of its own here
-                seconds.append(time.perf_counter() - started)
-            with_corrections(f"local-dir:{out}", records, corrected)
-        print_row(f"{number}. {label}", runs, statistics.fmean(seconds) if seconds else None)
-        for correction, corrected_runs in corrected.items():
-            print_row(f"  + {correction}", corrected_runs)
-        results["rows"][label] = {"mix": mix, "settings": settings, "runs": runs, "corrected": corrected}
-    # rows of earlier runs in the same workdir (e.g. with --only) are kept
-    path = workdir / "compare_training.json"
-    earlier = json.loads(path.read_text())["rows"] if path.is_file() else {}
-    path.write_text(json.dumps({**results, "rows": {**earlier, **results["rows"]}}, indent=1))
+            run = {
+                "seed": seed,
+                "figures": figures(evaluate_on_world(f"local-dir:{out}", world), base_scores),
+                "corrected": corrected(f"local-dir:{out}", records),
+                # training + evaluation; a reused run has no time of its own here
+                "seconds": None if reused else round(time.perf_counter() - started, 1),
+                "reused": reused,
+                "threads": args.threads,
+                **code,
+                "machine": machine_info,
+                "command": command,
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            runs.append(run)
+        trainer_settings = json.loads(json.dumps(dataclasses.asdict(config)))
+        for key in (*PATH_SETTINGS, "seed", "dataloader_num_workers"):  # per machine and per run, not the setting
+            trainer_settings.pop(key)
+        result = write_result(
+            result_path(Path(args.results_dir), row, args.world, args.steps),
+            {
+                "schema": SCHEMA,
+                "row": row.name,
+                "description": row.description,
+                "question": row.question,
+                "world": args.world,
+                "settings": {
+                    "recipe": row.recipe,
+                    "negator": row.negator,
+                    "row_settings": row.settings,
+                    "steps": args.steps,
+                    "trainer": trainer_settings,
+                },
+                "base_model": {"figures": base_figures, "corrected": base_corrected},
+                "runs": runs,
+            },
+        )
+        seconds = [run["seconds"] for run in runs if run["seconds"] is not None]
+        print_row(row.name, result["summary"], statistics.fmean(seconds) if seconds else None)
+        for correction, stats in result["corrected_summary"].items():
+            print_row(f"  + {correction}", stats)
     return 0
 
 

@@ -5,8 +5,12 @@ hidden states, pooled and projected features; whether open_clip -> transformers 
 and the wall time of each conversion (including its built-in verification run).
 
     .venv/bin/python perf/bench_convert.py
+    .venv/bin/python perf/bench_convert.py --json experiments/results/perf-convert.json   # what docs/loading.md shows
 """
 
+import argparse
+import shlex
+import sys
 import time
 
 import torch
@@ -25,8 +29,12 @@ SIZES = {  # name: (width, heads, layers, embed_dim), the text towers of OpenAI'
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    figures = {}
     print(
         f"{'size':<15} {'hidden':>9} {'pooled':>9} {'projected':>9} {'round trip':>10} {'oc->hf s':>8} {'hf->oc s':>8}"
     )
@@ -55,6 +63,19 @@ def main():
             f"{name:<15} {diffs['last_hidden_state']:>9.2e} {diffs['pooled']:>9.2e} {diffs['projected']:>9.2e} "
             f"{exact!s:>10} {to_hf:>8.2f} {to_oc:>8.2f}"
         )
+        figures[name] = {
+            "hidden": diffs["last_hidden_state"],
+            "pooled": diffs["pooled"],
+            "projected": diffs["projected"],
+            "round_trip_exact": exact,
+            "to_transformers_s": round(to_hf, 2),
+            "to_open_clip_s": round(to_oc, 2),
+        }
+    if args.json:
+        from negation_plugins.atomic import atomic_write_json
+
+        command = shlex.join(["python", "perf/bench_convert.py", *sys.argv[1:]])
+        atomic_write_json(args.json, {"benchmark": "convert", "command": command, "threads": 1, "sizes": figures})
 
 
 if __name__ == "__main__":

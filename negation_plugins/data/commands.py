@@ -90,10 +90,17 @@ class _GenerateGroup(click.Group):
 @click.group("generate", cls=_GenerateGroup, invoke_without_command=True)
 @click.option(
     "--captions",
-    required=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="COCO captions JSON, or JSONL/CSV of image,caption.",
+    help="COCO captions JSON, or JSONL/CSV of image,caption (or give --shards).",
 )
+@click.option(
+    "--shards",
+    metavar="PATTERN",
+    help="img2dataset webdataset shards by brace pattern ('cc12m-{00000..02175}.tar') instead of --captions: "
+    "writes, per shard, OUT_DIR/NAME.negations.jsonl and OUT_DIR/NAME.tar (the samples with their negations in "
+    "each json, for `--train OUT_DIR/...tar` patterns); resumes at the first unfinished shard.",
+)
+@click.option("--out-dir", type=OutputPath(folder=True), help="Output folder for --shards.")
 @click.option(
     "--instances",
     type=click.Path(exists=True, dir_okay=False),
@@ -101,13 +108,10 @@ class _GenerateGroup(click.Group):
 )
 @click.option(
     "--images",
-    required=True,
     type=click.Path(file_okay=False),
-    help="Image folder (records name files relative to it).",
+    help="Image folder (records name files relative to it); with --captions.",
 )
-@click.option(
-    "--out", required=True, type=OutputPath(), help="Output: .jsonl records, or .json in NegationCLIP's format."
-)
+@click.option("--out", type=OutputPath(), help="Output: .jsonl records, or .json in NegationCLIP's format.")
 @click.option("--negator", default="template", show_default=True, help="Negator plugin name.")
 @click.option("--negator-option", multiple=True, metavar="KEY=VALUE", help="Option for the negator (repeatable).")
 @click.option(
@@ -134,23 +138,36 @@ class _GenerateGroup(click.Group):
     default=None,
     metavar="I/N|auto",
     help="Process only the I-th of N shards (0-based; whole chunks; auto: RANK/WORLD_SIZE of torchrun or accelerate "
-    "launch, with --out containing {shard}); join them with `negclip generate merge`.",
+    "launch, with --out containing {shard}); join them with `negclip generate merge`. With --shards: every N-th "
+    "input shard from the I-th.",
 )
 @click.pass_context
-def generate_command(ctx, captions, instances, images, out, negator, negator_option, verifier, verifier_option, kinds,
-                     vocabulary, seed, chunk_size, skip_bad_images, overwrite, no_progress, shard):  # fmt: skip
+def generate_command(ctx, captions, shards, out_dir, instances, images, out, negator, negator_option, verifier,
+                     verifier_option, kinds, vocabulary, seed, chunk_size, skip_bad_images, overwrite, no_progress,
+                     shard):  # fmt: skip
     """Generate negated captions (absence: stays true; presence: becomes false) as JSONL records."""
     if ctx.invoked_subcommand is not None:
         return
+    if shards is not None:
+        if captions or out or images or instances:
+            raise click.UsageError("--shards goes with --out-dir, not with --captions/--images/--instances/--out")
+        if out_dir is None:
+            raise click.UsageError("--shards needs --out-dir (a folder for the negated shards)")
+    else:
+        missing = [
+            flag for flag, value in (("--captions", captions), ("--images", images), ("--out", out)) if not value
+        ]
+        if missing:
+            raise click.UsageError(f"missing option(s) {', '.join(missing)} (or give --shards and --out-dir)")
     shard_spec, shard, out = shard, _shard(shard), str(out)
-    if "{shard}" in out:
+    if shards is None and "{shard}" in out:
         out = out.replace("{shard}", str(shard[0]))
         output_file(out, "--out")  # this shard's own file (--out itself was checked as it was parsed)
-    elif shard_spec == "auto" and shard[1] > 1:
+    elif shards is None and shard_spec == "auto" and shard[1] > 1:
         raise click.BadParameter("with --shard auto, put {shard} in the name (e.g. parts/negations-{shard}.jsonl) so "
                                  "each process writes its own file", param_hint="'--out'")  # fmt: skip
     from .. import plugins
-    from .generate import generate
+    from .generate import generate, generate_shards
     from .io import DataError, read_captions
     from .llm import LlmError
     from .vocabulary import COCO_CATEGORIES
@@ -161,9 +178,9 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
             vocab = list(dict.fromkeys(w for w in words if w))
             if not vocab:
                 raise DataError(f"--vocabulary {vocabulary}: no object names in it (expected one per line)")
-        caption_set = read_captions(captions, instances, images, skip_bad_images)
+        caption_set = None if shards else read_captions(captions, instances, images, skip_bad_images)
         if not vocabulary:
-            vocab = caption_set.categories or list(COCO_CATEGORIES)
+            vocab = (caption_set.categories if caption_set else None) or list(COCO_CATEGORIES)
         kind_list = [k.strip() for k in kinds.split(",")] if kinds else (
             ["absence", "presence"] if instances else ["absence"])  # fmt: skip
         negator_options = _options(negator_option, "--negator-option")
@@ -175,13 +192,20 @@ def generate_command(ctx, captions, instances, images, out, negator, negator_opt
             verifier_class = plugins.get_one("verifiers", verifier_name)
             defaults = {"images": images}
             if "cache" in inspect.signature(verifier_class).parameters:  # reruns and resumes ask nothing twice
-                defaults["cache"] = f"{out}.verdicts.sqlite"
+                defaults["cache"] = f"{out_dir}/verdicts.sqlite" if shards else f"{out}.verdicts.sqlite"
             verifier_obj = _build("verifier", verifier_class, {**defaults, **verifier_options})
         elif verifier_options:
             raise click.UsageError("--verifier-option given but no verifier is used (pass --verifier NAME)")
-        summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
-                           overwrite=overwrite, progress=not no_progress,
-            options={"negator": negator_options, "verifier": verifier_options}, shard=shard)  # fmt: skip
+        settings = {"overwrite": overwrite, "progress": not no_progress, "shard": shard,
+                    "options": {"negator": negator_options, "verifier": verifier_options}}  # fmt: skip
+        if shards:
+            summary = generate_shards(shards, out_dir, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size,
+                                      **settings)  # fmt: skip
+            click.echo(f"wrote {summary.get('shards', 0)} negated shard(s) to {out_dir} ({summary['shards_done_before']}"
+                       f" done before, {summary['shards_mine']} of {summary['shards_total']} for this process)")  # fmt: skip
+            click.echo(json.dumps(summary, sort_keys=True))
+            return
+        summary = generate(caption_set, out, negator_obj, verifier_obj, kind_list, vocab, seed, chunk_size, **settings)
     except (DataError, LlmError, FileExistsError, KeyError, ValueError, TypeError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from None
     _summary_lines(summary)

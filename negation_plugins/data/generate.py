@@ -481,3 +481,97 @@ def _merged_stats(stats: Counter, negator: Negator, verifier: Verifier | None) -
         for key, value in part.stats.items() if part is not None else ():
             merged[f"{prefix}_{key}"] = merged.get(f"{prefix}_{key}", 0) + value
     return merged
+
+
+def generate_shards(
+    pattern: str,
+    out_dir: str | os.PathLike,
+    negator: Negator,
+    verifier: Verifier | None = None,
+    kinds: Sequence[str] = ("absence",),
+    vocabulary: Sequence[str] = (),
+    seed: int = 0,
+    chunk_size: int = 256,
+    overwrite: bool = False,
+    progress: bool = True,
+    options: dict | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
+    """Negations for img2dataset webdataset shards, one input shard at a time (this process: every ``shard[1]``-th
+    shard from ``shard[0]``). For ``IN.tar`` it writes ``OUT_DIR/IN.negations.jsonl`` (our records; resumable by
+    chunks like :func:`generate`) and then ``OUT_DIR/IN.tar``: the same samples with the records in each sample's
+    ``json`` under ``negations``, which the trainer streams, plus ``IN_stats.json``. A shard whose output tar exists
+    is done and skipped, so a killed run resumes at its unfinished shard. Returns a summary over this run's shards."""
+    from .formats import Skips, shard_caption, shard_samples, source_units
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    units = source_units(pattern, "webdataset")
+    mine = units[shard[0] :: shard[1]]
+    totals: Counter = Counter()
+    done_before = 0
+    started = time.perf_counter()
+    for unit in tqdm(mine, desc="shards", unit="shard", disable=not progress or len(mine) < 2):
+        unit = Path(unit)
+        target = out_dir / unit.name
+        if target.exists() and not overwrite:
+            done_before += 1
+            continue
+        records_path = out_dir / (unit.name + ".negations.jsonl")
+        if overwrite or not records_path.exists():
+            skips = Skips(skip_bad=True)
+            items = []
+            for key, fields in shard_samples(unit, skips):
+                meta = _sample_json(fields)
+                caption = shard_caption(fields, meta)
+                if caption:
+                    items.append(CaptionItem(image=f"{unit.name}#{key}", caption=caption))
+            caption_set = CaptionSet(items, [], 0, str(unit))
+            generate(caption_set, records_path, negator, verifier, kinds, vocabulary, seed, chunk_size,
+                     overwrite=overwrite, progress=progress and len(mine) == 1, options=options)  # fmt: skip
+        by_image: dict[str, list[dict]] = {}
+        for record in read_negation_records(records_path):
+            fields = {k: v for k, v in json.loads(record.to_json()).items() if k not in ("image", "caption")}
+            by_image.setdefault(record.image, []).append(fields)
+        n_samples = _write_negated_shard(unit, target, by_image)
+        totals["shards"] += 1
+        totals["samples"] += n_samples
+        totals["records"] += sum(len(v) for v in by_image.values())
+    return {"out_dir": str(out_dir), "shards_total": len(units), "shards_mine": len(mine),
+            "shards_done_before": done_before, **totals, "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+
+
+def _sample_json(fields: dict[str, bytes]) -> dict:
+    try:
+        meta = json.loads(fields["json"]) if "json" in fields else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _write_negated_shard(source: Path, target: Path, negations: dict[str, list[dict]]) -> int:
+    """Copy ``source`` sample by sample with each sample's negations in its json; atomically; returns samples."""
+    import io
+    import tarfile
+
+    from .formats import shard_samples
+
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with tarfile.open(tmp, "w") as tar:
+            for key, fields in shard_samples(source):
+                meta = _sample_json(fields)
+                meta["negations"] = negations.get(f"{source.name}#{key}", [])
+                fields = {**fields, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
+                for extension, data in fields.items():
+                    info = tarfile.TarInfo(f"{key}.{extension}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+                count += 1
+
+    atomic_write(target, write)
+    stats = {"count": count, "successes": count, "negated": sum(1 for v in negations.values() if v)}
+    atomic_write_text(target.with_name(target.stem + "_stats.json"), json.dumps(stats) + "\n")
+    return count

@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "negation_plugins.corrections",
     "negation_plugins.hub",
     "negation_plugins.commands",
+    "negation_plugins.app.commands",
     "trainers.commands",
     "integrations.diffusers_sd",
     "integrations.diffusers_sdxl",

@@ -14,6 +14,11 @@ from negation_plugins.data.stream import RowStream, StreamedBatches
 from tests.test_formats import write_img2dataset_shards, write_negcap
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEGATION_PLUGINS_CACHE", str(tmp_path / "cache"))
+
+
 def _keys(batch) -> dict:
     return {"epoch": batch.epoch, "index": batch.index, "rows": [r.image for r in batch.rows]}
 
@@ -97,6 +102,14 @@ def test_two_gloo_processes_see_every_sample_once_per_epoch(shards, tmp_path):
         per_rank = [[image for e, image in rank if e == epoch] for rank in seen]
         assert sorted(per_rank[0] + per_rank[1]) == everything
         assert not {i.split("#")[0] for i in per_rank[0]} & {i.split("#")[0] for i in per_rank[1]}
+
+
+def test_row_counts_are_cached_per_file_version(tmp_path):
+    path = write_negcap(tmp_path / "negcap.csv", [(f"{i}.jpg", f"a cat {i}", [f"no dog {i}"]) for i in range(6)])
+    assert RowStream(str(path), batch_size=2).sizes == [6]
+    assert len(list((tmp_path / "cache" / "row-counts").glob("*.json"))) == 1
+    write_negcap(path, [(f"{i}.jpg", f"a cat {i}", [f"no dog {i}"]) for i in range(9)])
+    assert RowStream(str(path), batch_size=2).sizes == [9]  # a changed file is counted again
 
 
 def test_too_little_data_for_one_batch_is_an_error(tmp_path):

@@ -19,14 +19,42 @@ without decoding anything (cost: reading that many rows once).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.utils.data
 
+from ..atomic import atomic_write_text
 from .formats import Row, Skips, count_rows, detect_format, read_unit, source_units
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NEGATION_PLUGINS_CACHE", Path.home() / ".cache" / "negation-plugins"))
+
+
+def cached_count(unit: str, fmt: str) -> int:
+    """Rows in ``unit``, counted once per file version (path, size, mtime) and kept in the cache folder: a start
+    or resume after the first does not read the data to size its epochs."""
+    stat = Path(unit).stat()
+    key = hashlib.sha1(f"{Path(unit).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{fmt}".encode()).hexdigest()
+    path = cache_root() / "row-counts" / f"{key}.json"
+    try:
+        return int(json.loads(path.read_text())["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    rows = count_rows(unit, fmt)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"unit": unit, "rows": rows}) + "\n")
+    except OSError:  # a read-only cache only costs the count next time
+        pass
+    return rows
 
 
 @dataclass(frozen=True)
@@ -60,7 +88,7 @@ class RowStream:
         self.units = source_units(source, self.fmt)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.shuffle_buffer, self.pool_size, self.skip_bad = shuffle_buffer, pool_size, skip_bad
-        self.sizes = sizes if sizes is not None else [count_rows(u, self.fmt) for u in self.units]
+        self.sizes = sizes if sizes is not None else [cached_count(u, self.fmt) for u in self.units]
         self.skips = Skips(skip_bad)
         if self.steps_per_epoch() == 0:
             raise ValueError(
@@ -120,12 +148,23 @@ class RowStream:
         rng.shuffle(buffer)
         yield from buffer
 
+    def _cycled(self, epoch: int) -> Iterator[Row]:
+        """The epoch's rows, started again should they run out (rows skipped as bad, or a file changed since it was
+        counted), so every rank still makes the epoch's steps."""
+        while True:
+            empty = True
+            for row in self.shuffled(epoch):
+                empty = False
+                yield row
+            if empty:
+                raise ValueError(f"{self.source}: rank {self.rank} found no rows to read in epoch {epoch}")
+
     def batches(self, epoch: int, wanted: Callable[[int], bool] = bool, last: int | None = None) -> Iterator[Batch]:
         """The micro-batches of ``epoch`` whose index is ``wanted`` (a DataLoader worker's share; default all), up
         to index ``last``; the rows of the others are read and passed over."""
         steps = self.steps_per_epoch() if last is None else last + 1
         pool: deque[Row] = deque(maxlen=self.pool_size)
-        rows = self.shuffled(epoch)
+        rows = self._cycled(epoch)
         for index in range(steps):
             chunk = [row for _, row in zip(range(self.batch_size), rows)]
             if wanted is bool or wanted(index):

@@ -61,8 +61,11 @@ def push(
     token: str | None = None,
     endpoint: str | None = None,
     commit_message: str | None = None,
+    repo_type: str = "model",
 ) -> str:
     """Create ``repo_id`` (if missing) and upload ``folder`` in one commit; return the commit URL.
+
+    ``repo_type="space"``: a Gradio Space (e.g. a folder written by ``negclip app --export-space``).
 
     ``adapter_only`` uploads only peft adapter files, diffusers LoRA weights and README.md (at any depth).
     ``token`` defaults to huggingface_hub's own lookup (``HF_TOKEN`` or the saved login).
@@ -92,18 +95,18 @@ def push(
         raise PushError("no Hub token: pass --token, set HF_TOKEN or log in with `hf auth login`")
 
     api = HfApi(endpoint=endpoint, token=token)
-    message = commit_message or (
-        f"Upload negation-aware CLIP {'adapters' if adapter_only else 'model'} with negation-plugins"
-    )
+    what = "Space" if repo_type == "space" else "adapters" if adapter_only else "model"
+    message = commit_message or f"Upload negation-aware CLIP {what} with negation-plugins"
+    space_sdk = {"space_sdk": "gradio"} if repo_type == "space" else {}
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, **space_sdk)
         commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
             commit_message=message,
             allow_patterns=adapter_patterns() if adapter_only else None,
             ignore_patterns=[f"{prefix}*" for prefix in NEVER_PUSHED],
-            repo_type="model",
+            repo_type=repo_type,
         )
     except (HfHubHTTPError, OfflineModeIsEnabled, ValueError) as error:
         raise PushError(f"push of {folder} to {repo_id} failed: {_without(token, str(error))}") from None
@@ -240,6 +243,7 @@ def _download_first(name: HubName, candidates, commit: str) -> str:
 def _download(name: HubName, filename: str, revision=None, *, missing_ok=False, hint="") -> str | None:
     """``hf_hub_download`` with its errors said in one line; ``missing_ok``: None for a file the repo lacks (or,
     offline, that the cache lacks)."""
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -249,6 +253,8 @@ def _download(name: HubName, filename: str, revision=None, *, missing_ok=False, 
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    from .atomic import DiskFullError, disk_full_errno
 
     try:
         return hf_hub_download(name.repo_id, filename, revision=revision or name.revision)
@@ -279,6 +285,16 @@ def _download(name: HubName, filename: str, revision=None, *, missing_ok=False, 
     except HfHubHTTPError as error:
         reason = str(error).splitlines()[0]
         raise HubNameError(f"{name.name}: the Hub at {constants.ENDPOINT} refused {filename}: {reason}") from None
+    except (httpx2.TransportError, OSError) as error:  # huggingface_hub resumed a broken download, and gave up
+        if disk_full_errno(error) is not None:
+            raise DiskFullError(disk_full_errno(error), constants.HF_HUB_CACHE) from None
+        if isinstance(error, OSError) and "Consistency check failed" not in str(error):
+            raise
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise HubNameError(
+            f"{name.name}: the download of {filename} from {name.repo_id} broke off and could not be resumed "
+            f"({reason}); nothing incomplete is used: run the same command again to resume it"
+        ) from None
 
 
 def _offline_message(name: HubName) -> str:
@@ -331,7 +347,14 @@ def register_commands(cli):
         help="Hub token (default: the HF_TOKEN variable or your saved login).",
     )
     @click.option("--message", "commit_message", default=None, help="Commit message.")
-    def push_command(folder, repo_id, adapter_only, private, endpoint, token, commit_message):
+    @click.option(
+        "--repo-type",
+        type=click.Choice(["model", "space"]),
+        default="model",
+        show_default=True,
+        help="space: a Gradio Space folder (from `negclip app --export-space`).",
+    )
+    def push_command(folder, repo_id, adapter_only, private, endpoint, token, commit_message, repo_type):
         """Push a trained FOLDER (open_clip + transformers + adapters + card) to the Hub as REPO_ID."""
         url = push(
             folder,
@@ -341,5 +364,6 @@ def register_commands(cli):
             token=token or os.environ.get("HF_TOKEN"),
             endpoint=endpoint,
             commit_message=commit_message,
+            repo_type=repo_type,
         )
         click.echo(f"pushed {folder} to {url}")

@@ -5,7 +5,9 @@ happens), commit as NDJSON with base64 files. Download (``hf_hub_download``, hen
 takes): ``HEAD``/``GET /{repo}/resolve/{revision}/{path}`` answering ``X-Repo-Commit``, ``ETag`` and
 ``Content-Length``, or 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``;
 plus ``/api/models/{repo}[/revision/{revision}]``. Revisions are branches, tags or commit ids; every commit keeps
-its own snapshot of the files.
+its own snapshot of the files. A ``Range: bytes=N-`` GET (how huggingface_hub resumes) gets the rest of the file
+(206). Faults on request: ``unavailable`` answers file requests with 503; ``cut`` sends a file's headers (the whole
+length promised) and only ``cut_keep`` of its bytes, then closes the connection, as a dropped download does.
 
 Writes and private repos need ``Authorization: Bearer <token>``; public repos can be read without one, and a wrong
 token is refused everywhere. Requests and stored files are kept for assertions.
@@ -28,15 +30,16 @@ import yaml
 from negation_plugins.testing.loopback import LoopbackHandler
 
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
+KIND = r"(?P<kind>models|spaces)"  # a Space is stored under "spaces/ORG/NAME", apart from a model of that name
 ROUTES = [
     ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
     (
         "POST",
-        re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/]+)$"),
+        re.compile(rf"^/api/{KIND}/{REPO}/preupload/(?P<rev>[^/]+)$"),
         "preupload",
     ),
-    ("POST", re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
+    ("POST", re.compile(rf"^/api/{KIND}/{REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
     (
         "GET",
         re.compile(rf"^/api/models/{REPO}(/revision/(?P<rev>[^/]+))?$"),
@@ -94,6 +97,8 @@ class HubState:
         self.requests: list[dict] = []  # method, path, body bytes, headers
         self.lock = threading.Lock()
         self.unavailable = 0  # answer this many more file requests with 503, as an overloaded Hub does
+        self.cut = 0  # close the connection in the middle of this many more file bodies
+        self.cut_keep = 0.5  # the share of the body sent before the cut
 
     def publish(self, repo_id: str, files: dict[str, bytes], *, summary="upload", private=False, tag=None) -> str:
         """Commit ``files`` to ``repo_id`` (created if new) on main, optionally tagged; return the commit oid."""
@@ -139,8 +144,11 @@ class HubHandler(LoopbackHandler):
         for route_method, pattern, handler in ROUTES:
             match = pattern.match(path)
             if route_method == method and match:
+                groups = match.groupdict()
+                if groups.pop("kind", None) == "spaces":
+                    groups["repo"] = f"spaces/{groups['repo']}"
                 with self.state.lock:
-                    return getattr(self, handler)(body, head=head, **match.groupdict())
+                    return getattr(self, handler)(body, head=head, **groups)
         self._json(404, {"error": f"no route for {method} {path}"})
 
     def _json(self, status, payload, extra_headers=None):
@@ -166,9 +174,14 @@ class HubHandler(LoopbackHandler):
     def create_repo(self, body, head=False):
         payload = json.loads(body)
         repo_id = f"{payload.get('organization') or self.state.user}/{payload['name']}"
+        kind = payload.get("type", "model")
+        if kind not in ("model", "space"):
+            return self._json(400, {"error": "this test server hosts models and spaces only"})
+        if kind == "space":
+            if not payload.get("sdk"):
+                return self._json(400, {"error": "a Space needs an sdk"})
+            repo_id = f"spaces/{repo_id}"
         url = f"{self._endpoint()}/{repo_id}"
-        if payload.get("type", "model") != "model":
-            return self._json(400, {"error": "this test server only hosts models"})
         if repo_id in self.state.repos:
             return self._json(409, {"error": "You already created this model repo", "url": url})
         self.state.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
@@ -268,7 +281,27 @@ class HubHandler(LoopbackHandler):
             )
         data = files[path]
         headers = {"ETag": f'"{_git_blob_oid(data)}"', "X-Repo-Commit": oid}
-        self.send_body(data, 200, headers, content_type="application/octet-stream", head=head)
+        status, body = 200, data
+        start = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if start and not head and int(start.group(1)) < len(data):
+            status, body = 206, data[int(start.group(1)) :]
+            headers["Content-Range"] = f"bytes {start.group(1)}-{len(data) - 1}/{len(data)}"
+        if self.state.cut and not head:
+            self.state.cut -= 1
+            return self._cut(body, status, headers)
+        self.send_body(body, status, headers, content_type="application/octet-stream", head=head)
+
+    def _cut(self, body, status, headers):
+        """Promise ``body`` whole (Content-Length), send ``cut_keep`` of it, drop the connection."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body[: int(len(body) * self.state.cut_keep)])
+        self.wfile.flush()
+        self.close_connection = True
 
 
 def _git_blob_oid(data: bytes) -> str:

@@ -99,8 +99,10 @@ def bare_steps_per_second(spec, records, world, steps, tuning) -> float:
 
     from negation_plugins import load_clip
     from negation_plugins.losses import parse_objectives
-    from trainers.batches import build_texts, load_examples, usable_examples
+    from negation_plugins.losses.batch import Draw, Pool
+    from trainers.batches import load_examples, usable_examples
     from trainers.config import build_config
+    from trainers.data import draw_keys
     from trainers.features import embed_files
     from trainers.finetune import split_text_features
     from trainers.optim import adamw
@@ -109,7 +111,8 @@ def bare_steps_per_second(spec, records, world, steps, tuning) -> float:
     recipe = build_config("world", tuning=tuning)
     objective = parse_objectives(recipe.objective)
     bundle = load_clip(spec)
-    examples, _ = usable_examples(load_examples(str(records), "records", None, None), objective.requires, "bench")
+    keys = objective.batch_keys
+    examples, _ = usable_examples(load_examples(str(records), "records", None, None), keys, "bench")
     chunk = examples[: recipe.batch_size]
     model, _ = apply_tuning(
         bundle.model,
@@ -121,16 +124,20 @@ def bare_steps_per_second(spec, records, world, steps, tuning) -> float:
         seed=recipe.seed,
     )
     clip = open_clip_model(model)
-    image = embed_files(clip, bundle.preprocess, [Path(world.images) / e.image for e in chunk], workers=0)
-    texts, answers = build_texts(chunk, objective.requires, random.Random(0), examples)
-    tokens = bundle.tokenizer([t for key in texts for t in texts[key]])
+    drawn = draw_keys(keys, Draw(chunk, random.Random(0), Pool(examples), recipe))
+    images = {  # every image key (the image, CoN-CLIP's distractor) embedded once
+        key: embed_files(clip, bundle.preprocess, [Path(world.images) / p for p in paths], workers=0)
+        for key, paths in drawn["images"].items()
+    }
+    labels = {key: torch.tensor(values) for key, values in drawn["labels"].items()}
+    tokens = bundle.tokenizer([t for texts in drawn["texts"].values() for t in texts])
     optimizer = adamw(model, recipe.lr, recipe.weight_decay)
     model.train()
     start = time.perf_counter()
     for _ in range(steps):
         features = clip.encode_text(tokens, normalize=True)
-        batch = {"image": image, "logit_scale": clip.logit_scale.exp()}
-        batch.update(split_text_features(features, [(k, len(v)) for k, v in texts.items()], answers, len(chunk)))
+        batch = {**images, **labels, "logit_scale": clip.logit_scale.exp()}
+        batch.update(split_text_features(features, drawn["layout"], len(chunk)))
         loss, _ = objective(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)

@@ -37,7 +37,7 @@ def step_figures(name: str, batch_size: int, checkpointing: bool, steps: int, de
     objective = parse_objectives(list(DEFAULT_OBJECTIVES))
     dim = model.text_projection.shape[1]
     context = model.positional_embedding.shape[0]
-    layout = [("caption", batch_size), ("mcq", 4 * batch_size)]
+    layout = [("caption", 0), ("mcq", 4)]  # one caption and 4 MCQ options per example
     tokens = torch.randint(1, 49_000, (5 * batch_size, context), device=device)
     tokens[:, -1] = 49407  # end-of-text: pooled position
     image = torch.nn.functional.normalize(torch.randn(batch_size, dim, device=device), dim=-1)
@@ -52,8 +52,8 @@ def step_figures(name: str, batch_size: int, checkpointing: bool, steps: int, de
         started = time.perf_counter()
         with autocast:
             features, scale = encoder(tokens)
-            batch = {"image": image, "logit_scale": scale.float()}
-            batch.update(split_text_features(features.float(), layout, answers, batch_size))
+            batch = {"image": image, "mcq_answer": answers, "logit_scale": scale.float()}
+            batch.update(split_text_features(features.float(), layout, batch_size))
             loss, _ = objective(batch)
         loss.backward()
         optimizer.step()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from negation_plugins import get
 from negation_plugins.hookspecs import hookimpl
 from negation_plugins.losses import Objective, build_objective, parse_objectives
-from trainers.finetune import PER_EXAMPLE_KEYS
+from negation_plugins.losses.batch import BUILTIN_ORDER
 
 N, D, K = 4, 6, 3
 SCALE = 7.0
@@ -35,8 +35,8 @@ def batch():
     def unit(*shape):
         return F.normalize(torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1)
 
-    # one (N, D) feature for every per-example key the trainer gathers, the MCQ ones shaped below
-    out = {k: unit(N, D) for k in PER_EXAMPLE_KEYS if not k.startswith("mcq")}
+    # one (N, D) feature for every built-in key but the MCQ ones, shaped below
+    out = {k: unit(N, D) for k in BUILTIN_ORDER if k != "mcq"}
     out["mcq"] = unit(N, K, D)
     out["mcq_answer"] = torch.tensor([0, 2, 1, 2])
     out["logit_scale"] = torch.tensor(SCALE, dtype=torch.float64)

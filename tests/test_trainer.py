@@ -10,6 +10,7 @@ import open_clip
 import pytest
 import torch
 
+from negation_plugins.losses import Example, negbench, parse_objectives
 from negation_plugins.testing import TINY_CFG, tiny_model_dir
 from tests.test_trainer_support import write_records
 from trainers import batches
@@ -233,7 +234,7 @@ def test_records_of_one_caption_are_grouped_and_split_by_image():
     examples = batches.group_records(rows, "mem")
     assert len(examples) == 2
     assert examples[0].absence == ["a star but no box"] and examples[0].presence == ["a box but no star"]
-    usable, dropped = batches.usable_examples(examples, ("image", "presence"), "mem")
+    usable, dropped = batches.usable_examples(examples, parse_objectives(["conclip"]).batch_keys, "mem")
     assert [e.image for e in usable] == ["a.png"] and dropped == 1
     train_set, val_set = batches.split_by_image(examples, 0.5, seed=0)
     assert {e.image for e in train_set}.isdisjoint({e.image for e in val_set}) and len(val_set) == 1
@@ -248,16 +249,16 @@ def test_batch_plan_is_deterministic_sharded_and_covers_each_epoch():
 
 
 def test_mcq_options_hold_one_true_caption():
-    example = batches.Example("a.png", "a star", absence=["a star, no box"], presence=["a box but no star"])
-    other = batches.Example("b.png", "a box", absence=["a box but no moon"])
-    options, answer = batches.mcq_options(example, __import__("random").Random(0), [example, other])
+    example = Example("a.png", "a star", absence=["a star, no box"], presence=["a box but no star"])
+    other = Example("b.png", "a box", absence=["a box but no moon"])
+    options, answer = negbench.mcq_options(example, __import__("random").Random(0), [example, other])
     assert len(options) == 4 and options[answer] == "a star, no box" and "a box but no star" in options
 
 
 def test_affirmation_questions_swap_a_present_object_for_an_absent_one():
     """NegBench's affirmation type: the true caption against copies that name an absent object instead of a present
     one; negation questions then carry one such swap (it affirms what the true caption negates)."""
-    example = batches.Example(
+    example = Example(
         "a.png",
         "a red cross and a star.",
         absence=["a red cross and a star, but no ring."],
@@ -265,15 +266,15 @@ def test_affirmation_questions_swap_a_present_object_for_an_absent_one():
         absent_objects=["ring", "arrow"],
         present_objects=["cross", "star"],
     )
-    other = batches.Example("b.png", "a ring.", presence=["no ring here."])
+    other = Example("b.png", "a ring.", presence=["no ring here."])
     random = __import__("random")
     kinds = set()
     for seed in range(40):
-        options, answer = batches.mcq_options(example, random.Random(seed), [example, other], affirmation_share=0.5)
+        options, answer = negbench.mcq_options(example, random.Random(seed), [example, other], affirmation_share=0.5)
         assert len(set(options)) == 4
         if options[answer] == example.caption:
             kinds.add("affirmation")
-            assert all(o in batches._swaps(example, random.Random(0)) for i, o in enumerate(options) if i != answer)
+            assert all(o in negbench._swaps(example, random.Random(0)) for i, o in enumerate(options) if i != answer)
         else:
             kinds.add("negation")
             assert options[answer] == example.absence[0] and "a star, but no cross." in options
@@ -282,7 +283,7 @@ def test_affirmation_questions_swap_a_present_object_for_an_absent_one():
             )
     assert kinds == {"affirmation", "negation"}
     # share 0 keeps the old draw exactly
-    assert batches.mcq_options(example, random.Random(3), [example, other]) == batches.mcq_options(
+    assert negbench.mcq_options(example, random.Random(3), [example, other]) == negbench.mcq_options(
         example, random.Random(3), [example, other], affirmation_share=0.0
     )
 
@@ -324,13 +325,13 @@ def test_scope_swap_puts_a_present_object_under_the_true_captions_negation():
     assert example.image_objects == ["cross", "moon"] and other.image_objects == ["ring"]
     random = __import__("random")
     for seed in range(10):
-        options, answer = batches.mcq_options(example, random.Random(seed), [example, other], scope_swap=True)
+        options, answer = negbench.mcq_options(example, random.Random(seed), [example, other], scope_swap=True)
         assert options[answer] == "a red cross and a star, lacking any rings."
         assert "a red cross and a star, lacking any moons." in options and len(set(options)) == 4
     # nothing to swap in when the caption mentions every object of the image: the usual draw
-    alone = batches.Example("c.png", "a moon.", absence=["a moon, no star."], absent_objects=["star"])
+    alone = Example("c.png", "a moon.", absence=["a moon, no star."], absent_objects=["star"])
     alone.image_objects = ["moon"]
-    assert batches.mcq_options(alone, random.Random(1), [alone, other], scope_swap=True) == batches.mcq_options(
+    assert negbench.mcq_options(alone, random.Random(1), [alone, other], scope_swap=True) == negbench.mcq_options(
         alone, random.Random(1), [alone, other]
     )
 

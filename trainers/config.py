@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -131,6 +132,11 @@ class TrainConfig:
     checkpoints_total_limit: int | None = setting(None, "keep only the newest N checkpoints (default: all)")
     resume: str | None = setting(
         None, "latest (newest checkpoint in OUTPUT/checkpoints; the default for a bare --resume) or a checkpoint PATH"
+    )
+    save_on_signal: str = setting(
+        "TERM,USR1",
+        "comma list of signals (TERM, USR1, ...) on which every process finishes its step, a resumable checkpoint is "
+        "saved and the run exits with code 75 (requeue; resume with --resume latest); empty: none",
     )
     gradient_checkpointing: bool = setting(
         False, "recompute the text tower's activations in backward (less memory, ~30%% more compute)"
@@ -330,6 +336,9 @@ def validate(config: TrainConfig) -> None:
             f"--resume {config.resume}: not a complete checkpoint folder (no trainer_state.json); "
             "use latest or OUTPUT/checkpoints/step-NNNNNNN"
         )
+    for name in (n.strip().upper().removeprefix("SIG") for n in config.save_on_signal.split(",") if n.strip()):
+        if not hasattr(signal, "SIG" + name) or name in ("KILL", "STOP"):
+            raise ConfigError(f"--save-on-signal {config.save_on_signal!r}: {name} is not a signal a process can catch")
     if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
         raise ConfigError(f"--checkpoints-total-limit must be >= 1, got {config.checkpoints_total_limit}")
     if config.checkpointing_steps < 0:

@@ -1,24 +1,29 @@
-"""Micro-batches from a torch DataLoader: workers draw texts, look their tokens up (tokenized once before training),
-negate on the fly and decode images, so the training thread only runs the model.
+"""Micro-batches from a torch DataLoader: workers draw each batch key (:mod:`negation_plugins.losses.batch`), look
+their texts' tokens up, negate on the fly and decode images, so the training thread only runs the model.
 
 Item ``g`` of :class:`MicroBatches` is micro-batch ``g`` of this process, a pure function of (seed, g, rank) as
 :class:`trainers.batches.BatchPlan` defines it; the sampler is ``range(first, last)``, so a resumed run asks for
-exactly the micro-batches the interrupted one had left, whatever the number of workers.
+exactly the micro-batches the interrupted one had left, whatever the number of workers. The examples come from any
+indexable source (``pool[i]``), read only when a batch needs them.
 
-Images come as rows of the feature table (cached mode) or as preprocessed pixels decoded in the workers
-(``--no-cache-image-features``). TNG's on-the-fly negation needs image features for hard-object mining: with the
-table it runs in the worker (over all processes' examples of the micro-batch with ``--gather-negatives``, which
-the plan lets every worker rebuild without talking to the others); without it, in the training thread.
+Keys made after the images (TNG's on-the-fly negations) need image features: with the feature table they are made
+in the worker, without it in the training thread once the vision tower has run; both call
+:meth:`OnTheFly.make` with the seed of :func:`on_the_fly_seed`, so the texts are the same either way.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .batches import BatchPlan, Example, batch_rng, build_texts, distractor_images
+from negation_plugins.losses.batch import CHOICES, IMAGE, BatchKey, Draw, Example, Pool
 
-ON_THE_FLY_KEYS = ("hybrid", "full")
+from .batches import BatchPlan, EvalPlan, batch_rng
 
 
 class TokenCache:
@@ -68,121 +73,130 @@ class TokenCache:
         return rows
 
 
-class EvalPlan:
-    """Validation: fixed consecutive chunks (the same every time); chunk ``g * world_size + rank`` on ``rank``."""
-
-    def __init__(self, n_examples: int, batch_size: int, world_size: int):
-        self.n, self.batch_size, self.world_size = n_examples, batch_size, world_size
-
-    def chunks(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def indices(self, micro_batch: int, rank: int) -> list[int]:
-        start = (micro_batch * self.world_size + rank) * self.batch_size
-        return list(range(min(start, self.n), min(start + self.batch_size, self.n)))
-
-
-def record_texts(examples: list[Example]) -> list[str]:
+def record_texts(examples: Sequence[Example]) -> list[str]:
     """Every text a batch of these examples can draw from the records (MCQ options and fillers included)."""
     return [t for e in examples for t in (e.caption, *e.absence, *e.presence)]
 
 
-def negate_on_the_fly(captions, image_embeds, objects, seed: int, context_length: int) -> dict[str, list[str]]:
-    """TNG-CLIP's hybrid and full negations of a batch (hard objects mined by image similarity)."""
-    from negation_plugins.data.onthefly import OnTheFlyNegation
-
-    generated = OnTheFlyNegation(seed=seed, context_length=context_length)(
-        captions, image_embeds=image_embeds, objects=objects if any(objects) else None
-    )
-    return {key: generated[key] for key in ON_THE_FLY_KEYS}
+def on_the_fly_seed(seed: int, split: str, micro_batch: int, rank: int) -> int:
+    """The one seed rule of on-the-fly negation: validation draws from ``seed + 10_000``; ``rank`` is 0 when the
+    global batch of all processes is negated as one (``--gather-negatives``)."""
+    return (seed + (10_000 if split != "train" else 0)) * 1_000_003 + micro_batch * 101 + rank
 
 
-def on_the_fly_seed(seed: int, micro_batch: int, rank: int) -> int:
-    return seed * 1_000_003 + micro_batch * 101 + rank
+def draw_keys(keys: list[BatchKey], draw: Draw) -> dict:
+    """The values of every key made before the images: texts per key (CHOICES flattened, their answers as labels),
+    image paths per key, and the layout of the texts (key, options per example; 0: one text per example)."""
+    texts, layout, labels, images = {}, [], {}, {}
+    for key in keys:
+        if key.after_images:
+            continue
+        values = key.build(draw)
+        if key.kind == IMAGE:
+            images[key.name] = values
+        elif key.kind == CHOICES:
+            texts[key.name] = [text for options, _ in values for text in options]
+            layout.append((key.name, len(values[0][0])))
+            labels[key.name + "_answer"] = [answer for _, answer in values]
+        else:
+            texts[key.name] = values
+            layout.append((key.name, 0))
+    return {"texts": texts, "layout": layout, "labels": labels, "images": images}
+
+
+@dataclass
+class OnTheFly:
+    """What keys made after the images need of one micro-batch: its examples (every process's, in rank order, when
+    the global batch is negated as one), the seed, and which of the made rows are this process's."""
+
+    examples: list[Example]
+    seed: int
+    own: slice
+    context_length: int
+    settings: object = None
+
+    def make(self, keys: list[BatchKey], image_features: torch.Tensor) -> dict[str, list[str]]:
+        draw = Draw(
+            self.examples,
+            random.Random(self.seed),
+            Pool(self.examples),
+            self.settings,
+            self.seed,
+            self.context_length,
+            image_features,
+        )
+        return {key.name: key.build(draw)[self.own] for key in keys}
+
+
+class HostImages:
+    """Image paths -> what the training thread embeds: rows of the feature table (cached mode) or decoded and
+    preprocessed pixels (``--no-cache-image-features``)."""
+
+    def __init__(self, rows: dict[str, int], table: torch.Tensor | None, preprocess, root: Path):
+        self.rows, self.table, self.preprocess, self.root = rows, table, preprocess, root
+
+    def __call__(self, paths: list[str]) -> torch.Tensor:
+        if self.table is not None:
+            return torch.tensor([self.rows[p] for p in paths])
+        from negation_plugins.images import load_rgb
+
+        return torch.stack([self.preprocess(load_rgb(self.root / path)) for path in paths])
+
+    def features(self, paths: list[str]) -> torch.Tensor:
+        return self.table[torch.tensor([self.rows[p] for p in paths])].float()
 
 
 class MicroBatches(Dataset):
-    """Host-side micro-batches of one process: token ids, image rows or pixels, MCQ answers."""
+    """Host-side micro-batches of one process: token ids and layout of the texts, image rows or pixels, labels."""
 
     def __init__(
         self,
-        examples: list[Example],
+        pool: Sequence[Example],
         plan: BatchPlan | EvalPlan,
         rank: int,
-        requires: tuple[str, ...],
+        keys: list[BatchKey],
         tokens: TokenCache,
-        seed: int,
+        images: HostImages,
         split: str,
-        image_rows: dict[str, int],
-        table: torch.Tensor | None,
-        preprocess,
-        images_root,
-        absent_index: dict[str, list[int]],
+        settings,
         gather: bool = False,
-        mcq_affirmation_share: float = 0.0,
-        mcq_scope_swap: bool = False,
     ):
-        self.examples, self.plan, self.rank, self.requires = examples, plan, rank, requires
-        self.tokens = tokens
-        self.seed, self.split, self.image_rows, self.table = seed, split, image_rows, table
-        self.preprocess, self.images_root, self.absent_index, self.gather = (
-            preprocess,
-            images_root,
-            absent_index,
-            gather,
-        )
-        self.on_the_fly = any(key in requires for key in ON_THE_FLY_KEYS)
-        self.mcq_affirmation_share = mcq_affirmation_share
-        self.mcq_scope_swap = mcq_scope_swap
+        self.pool, self.plan, self.rank, self.keys = Pool(pool), plan, rank, keys
+        self.tokens, self.images, self.split, self.settings, self.gather = tokens, images, split, settings, gather
+        self.late = [key for key in keys if key.after_images]
 
     def chunk(self, micro_batch: int, rank: int) -> list[Example]:
-        return [self.examples[i] for i in self.plan.indices(micro_batch, rank)]
+        return [self.pool[i] for i in self.plan.indices(micro_batch, rank)]
 
     def __getitem__(self, micro_batch: int) -> dict:
         chunk = self.chunk(micro_batch, self.rank)
         if not chunk:  # past the end of a validation split
             return {"n": 0}
-        rng = batch_rng(self.seed, micro_batch, self.rank, self.split)
-        texts, answers = build_texts(
-            chunk, self.requires, rng, self.examples, self.mcq_affirmation_share, self.mcq_scope_swap
-        )
-        images = [e.image for e in chunk]
-        out: dict = {"n": len(chunk)}
-        if "distractor_image" in self.requires:
-            out["distractors"] = self._images(distractor_images(chunk, rng, self.absent_index, self.examples))
-        if self.on_the_fly and self.table is not None:
-            texts.update(self._negate(chunk, micro_batch))
-        elif self.on_the_fly:  # no features here: the training thread negates after embedding the images
-            out["captions"] = texts["caption"]
-            out["objects"] = [e.present_objects for e in chunk]
-        out["images"] = self._images(images)
-        out["layout"] = [(key, len(values)) for key, values in texts.items()]
-        out["tokens"] = self.tokens([t for values in texts.values() for t in values])
-        if answers is not None:
-            out["mcq_answer"] = torch.tensor(answers)
-        return out
+        rng = batch_rng(self.settings.seed, micro_batch, self.rank, self.split)
+        draw = Draw(chunk, rng, self.pool, self.settings, context_length=self.tokens.context_length)
+        item = {"n": len(chunk), **draw_keys(self.keys, draw)}
+        if self.late:
+            on_the_fly = self.on_the_fly(micro_batch, chunk)
+            if self.images.table is None:  # no features here: the training thread makes them after the images
+                item["on_the_fly"] = on_the_fly
+            else:
+                made = on_the_fly.make(self.late, self.images.features([e.image for e in on_the_fly.examples]))
+                item["texts"].update(made)
+                item["layout"] += [(name, 0) for name in made]
+        item["tokens"] = self.tokens([t for values in item.pop("texts").values() for t in values])
+        item["images"] = {name: self.images(paths) for name, paths in item["images"].items()}
+        item["labels"] = {name: torch.tensor(values) for name, values in item["labels"].items()}
+        return item
 
-    def _images(self, paths: list[str]) -> torch.Tensor:
-        """Rows of the feature table, or decoded and preprocessed pixels."""
-        if self.table is not None:
-            return torch.tensor([self.image_rows[p] for p in paths])
-        from negation_plugins.images import load_rgb
-
-        return torch.stack([self.preprocess(load_rgb(self.images_root / path)) for path in paths])
-
-    def _negate(self, chunk: list[Example], micro_batch: int) -> dict[str, list[str]]:
-        world = self.plan.world_size if self.gather else 1
-        ranks = range(world) if self.gather else [self.rank]
-        group = [e for r in ranks for e in (self.chunk(micro_batch, r) if self.gather else chunk)]
-        embeds = self.table[torch.tensor([self.image_rows[e.image] for e in group])].float()
-        seed = on_the_fly_seed(
-            self.seed + (10_000 if self.split != "train" else 0), micro_batch, 0 if self.gather else self.rank
-        )
-        texts = negate_on_the_fly(
-            [e.caption for e in group], embeds, [e.present_objects for e in group], seed, self.tokens.context_length
-        )
-        own = slice(self.rank * len(chunk), (self.rank + 1) * len(chunk)) if self.gather else slice(None)
-        return {key: values[own] for key, values in texts.items()}
+    def on_the_fly(self, micro_batch: int, chunk: list[Example]) -> OnTheFly:
+        """With ``gather``, every process's examples of this micro-batch (the plan lets any process rebuild them)."""
+        if not self.gather:
+            seed = on_the_fly_seed(self.settings.seed, self.split, micro_batch, self.rank)
+            return OnTheFly(chunk, seed, slice(None), self.tokens.context_length, self.settings)
+        group = [e for rank in range(self.plan.world_size) for e in self.chunk(micro_batch, rank)]
+        own = slice(self.rank * len(chunk), (self.rank + 1) * len(chunk))
+        seed = on_the_fly_seed(self.settings.seed, self.split, micro_batch, 0)
+        return OnTheFly(group, seed, own, self.tokens.context_length, self.settings)
 
 
 def batch_loader(dataset: MicroBatches, first: int, last: int, workers: int) -> DataLoader:

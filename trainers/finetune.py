@@ -1,11 +1,15 @@
-"""Fine-tune a CLIP text encoder for negation. Read it top to bottom: setup, checks, loop, outputs.
+"""Fine-tune a CLIP text encoder for negation. :func:`train` reads top to bottom: set up, evaluate, the loop, outputs.
 
     accelerate launch -m trainers.finetune --model local-dir:BASE --train records.jsonl --images IMAGES --output OUT
     python -m trainers.finetune --config finetune.yaml --max-steps 200
 
 Two CPU processes: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m trainers.finetune ...``.
 The vision tower is frozen, so by default each image is embedded once before training (``--cache-image-features``);
-only the text tower runs forward and backward in the loop.
+only the text tower runs forward and backward in the loop. What a batch holds comes from the objectives' batch keys
+(:mod:`negation_plugins.losses.batch`); the DataLoader makes them (:mod:`trainers.data`), this file runs the model.
+
+Preemption: on a signal of ``--save-on-signal`` (default TERM,USR1) every process finishes its step, a resumable
+checkpoint is saved and the run exits with :data:`REQUEUE_EXIT_CODE`; ``--resume latest`` continues it exactly.
 """
 
 from __future__ import annotations
@@ -15,17 +19,21 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from negation_plugins.atomic import DiskFullError
+from negation_plugins.atomic import DiskFullError, disk_full_errno
 from negation_plugins.checks import own_message
+from negation_plugins.losses.batch import MODEL_KEYS, BatchKey, Example
 
-from .batches import BatchPlan, Example, absent_object_index, load_examples, split_by_image, usable_examples
+from .batches import BatchPlan, EvalPlan, load_examples, split_by_image, usable_examples
 from .config import (
     CHECKPOINTS,
     STATE_FILE,
@@ -37,16 +45,7 @@ from .config import (
     resolve_defaults,
     validate,
 )
-from .data import (
-    ON_THE_FLY_KEYS,
-    EvalPlan,
-    MicroBatches,
-    TokenCache,
-    batch_loader,
-    negate_on_the_fly,
-    on_the_fly_seed,
-    record_texts,
-)
+from .data import HostImages, MicroBatches, TokenCache, batch_loader, record_texts
 from .features import autocast_bf16, build_feature_table, default_root, embed_files
 from .optim import adamw, warmup_cosine
 from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model, word_token_ids
@@ -56,6 +55,8 @@ logger = logging.getLogger("trainers.finetune")
 BEST_FILE = "best_trainable.safetensors"
 METRICS_FILE = "metrics.jsonl"
 MIN_LR_RATE = 0.1  # the cosine ends at 10% of the peak learning rate
+REQUEUE_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: "try again later"; a preempted run saved a checkpoint and stopped
+AFFIRMATION_DROP = 0.05  # --eval-mcq: warn when affirmation accuracy falls this far below its value before training
 
 
 class TextEncoder(nn.Module):
@@ -88,59 +89,48 @@ class ImageSource:
             return self.clip.encode_image(images, normalize=True).float()
 
 
-def make_batch(
-    encoder, host: dict, images: ImageSource, tokens: TokenCache, otf_seed: int, device, gather=None
-) -> dict:
-    """Embed everything the objectives need from a DataLoader item; all texts go through ONE encoder forward.
-
-    Items without a feature table carry raw captions for TNG's negation, done here after embedding the images.
-    With ``gather`` (an Accelerator, for ``--gather-negatives``) those hard objects are mined over every process's
-    batch and the returned rows are the global batch (see :func:`gather_batch`)."""
-    batch = {"image": images(host["images"])}
-    if "distractors" in host:
-        batch["distractor_image"] = images(host["distractors"])
-    layout, token_ids = list(host["layout"]), host["tokens"]
-    if "captions" in host:
-        captions, objects, embeds = host["captions"], host["objects"], batch["image"]
-        if gather is not None:
-            from accelerate.utils import gather_object
-
-            captions, objects, embeds = gather_object(captions), gather_object(objects), gather.gather(embeds)
-        generated = negate_on_the_fly(captions, embeds, objects, otf_seed, tokens.context_length)
-        own = slice(None) if gather is None else _own_rows(gather, host["n"])
-        new = [t for key in ON_THE_FLY_KEYS for t in generated[key][own]]
-        layout += [(key, host["n"]) for key in ON_THE_FLY_KEYS]
-        token_ids = torch.cat([token_ids, tokens(new)])
-    features, logit_scale = encoder(token_ids.to(device, non_blocking=True))
-    batch.update(split_text_features(features.float(), layout, host.get("mcq_answer"), host["n"]))
+def make_batch(encoder, item: dict, images: ImageSource, tokens: TokenCache, keys: list[BatchKey], gather=None) -> dict:
+    """Embed what a DataLoader item holds: images through :class:`ImageSource`, all texts through ONE encoder
+    forward. Texts made after the images (on-the-fly negation without a feature table) are made here, from this
+    step's image features, by the same code and seed the DataLoader workers use. With ``gather`` (an Accelerator,
+    for ``--gather-negatives``) the returned rows are the global batch (see :func:`gather_batch`)."""
+    batch = {name: images(rows) for name, rows in item["images"].items()}
+    layout, token_ids = list(item["layout"]), item["tokens"]
+    if "on_the_fly" in item:
+        features = batch["image"] if gather is None else gather.gather(batch["image"])
+        made = item["on_the_fly"].make([key for key in keys if key.after_images], features)
+        layout += [(name, 0) for name in made]
+        token_ids = torch.cat([token_ids, tokens([text for texts in made.values() for text in texts])])
+    features, logit_scale = encoder(token_ids.to(images.device, non_blocking=True))
+    batch.update(split_text_features(features.float(), layout, item["n"]))
+    batch.update({name: labels.to(images.device) for name, labels in item["labels"].items()})
     batch["logit_scale"] = logit_scale.float()
     return batch if gather is None else gather_batch(batch, gather)
 
 
-def split_text_features(features: torch.Tensor, layout: list[tuple[str, int]], answers, n_examples: int) -> dict:
-    """Undo the one-forward flattening: rows per text key (``layout``: key and row count, in order), MCQ options as
-    (examples, options, dim) with answers."""
+def split_text_features(features: torch.Tensor, layout: list[tuple[str, int]], n_examples: int) -> dict:
+    """Undo the one-forward flattening: ``layout`` lists each text key with its options per example, in order
+    (0: one text per example -> (N, D); K: K options per example -> (N, K, D))."""
     parts, start = {}, 0
-    for key, count in layout:
-        parts[key] = features[start : start + count]
+    for key, options in layout:
+        count = n_examples * max(options, 1)
+        rows = features[start : start + count]
+        parts[key] = rows.reshape(n_examples, options, -1) if options else rows
         start += count
-    if "mcq" in parts:
-        parts["mcq"] = parts["mcq"].reshape(n_examples, -1, features.shape[-1])
-        parts["mcq_answer"] = torch.as_tensor(answers, device=features.device)
     return parts
 
 
-PER_EXAMPLE_KEYS = (
-    "image",
-    "caption",
-    "absence",
-    "presence",
-    "hybrid",
-    "full",
-    "mcq",
-    "mcq_answer",
-    "distractor_image",
-)
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient times ``factor`` in backward."""
+
+    @staticmethod
+    def forward(ctx, tensor, factor):
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
 
 
 def _own_rows(accelerator, n: int) -> slice:
@@ -158,14 +148,17 @@ def gather_with_grad(tensor: torch.Tensor, accelerator) -> torch.Tensor:
 def gather_batch(batch: dict, accelerator) -> dict:
     """The global batch for ``--gather-negatives``: each process computes the loss of all processes' examples.
 
-    Gradients: the loss must be backpropagated times ``num_processes`` (see the loop): each process's gradient then
-    covers its own rows' share of the global loss, and DDP's average over processes gives exactly the gradient of
-    the single-process loss on the concatenated batch. The logit scale appears whole on every process, so its
-    gradient is divided by ``num_processes`` here to cancel that factor."""
-    out = {k: gather_with_grad(v, accelerator) if k in PER_EXAMPLE_KEYS else v for k, v in batch.items()}
+    The one gradient rule of it: each process's own rows get their gradient times ``num_processes`` (each process
+    backpropagates the whole global loss but holds only its own rows' graph), so DDP's average over processes is
+    exactly the gradient of the single-process loss on the concatenated batch; the logit scale appears whole on
+    every process and keeps its plain gradient."""
     world = accelerator.num_processes
-    out["logit_scale"] = batch["logit_scale"] / world + (batch["logit_scale"] * (1 - 1 / world)).detach()
-    return out
+    return {
+        key: value
+        if key in MODEL_KEYS
+        else gather_with_grad(_ScaleGradient.apply(value, world) if value.requires_grad else value, accelerator)
+        for key, value in batch.items()
+    }
 
 
 def check_model_and_tokenizer(bundle, examples: list[Example]) -> None:
@@ -209,27 +202,6 @@ def eval_schedule(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
     every = config.eval_every or steps_per_epoch
     batches = config.val_max_batches or max(1, min(50, every // 10))
     return every, batches
-
-
-def evaluate(state, config, val_loader, make, encoder, accelerator) -> dict:
-    """Validation loss over fixed batches (the same every time) and MCQ accuracy over fixed rows, both split across
-    processes and reduced."""
-    results = {}
-    model = state["model"]
-    if val_loader is not None:
-        total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-        with torch.no_grad():
-            for number, host in enumerate(val_loader):
-                if host["n"] >= 2:
-                    total += torch.stack([state["objective"](make(host, number))[0].double(), total.new_ones(())])
-        loss_sum, batches = accelerator.reduce(total, reduction="sum").tolist()
-        if batches:
-            results["validation"] = {"loss": round(loss_sum / batches, 5)}
-    if state["mcq"] is not None:
-        results["mcq"] = state["mcq"].accuracy(encoder, config.batch_size, accelerator)
-    model.train()
-    open_clip_model(model).visual.eval()
-    return results
 
 
 class McqEval:
@@ -300,27 +272,73 @@ def score(results: dict, select_by: str) -> float | None:
     return None if loss is None else -loss
 
 
-def train(config: TrainConfig) -> dict:
-    """Run one fine-tuning; returns the results dict (also written to OUTPUT/results.json)."""
+@dataclass
+class Run:
+    """What :func:`setup` prepares once; the loop reads it and never changes it."""
+
+    config: TrainConfig
+    accelerator: Any
+    output: Path
+    model: nn.Module
+    bundle: Any
+    encoder: nn.Module  # the accelerate-prepared TextEncoder
+    optimizer: Any
+    schedule: Any
+    objective: Any
+    keys: list[BatchKey]
+    images: ImageSource
+    tokens: TokenCache
+    train_data: MicroBatches
+    val_loader: Any  # the same validation batches every time, or None
+    mcq: McqEval | None
+    gather: Any  # the Accelerator under --gather-negatives with several processes, else None
+    total_steps: int
+    eval_every: int
+    facts: dict  # what setup found (examples, features, tokens), reported in results.json
+
+
+@dataclass
+class TrainState:
+    """What the loop changes; everything but the timers, the best weights and the pending losses is saved in each
+    checkpoint's STATE_FILE (plain JSON: no pickle to load on resume)."""
+
+    step: int = 0
+    best: float | None = None
+    bad_evals: int = 0
+    history: list[dict] = field(default_factory=list)
+    results_before: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    best_weights: dict | None = None
+    pending: list[tuple] = field(default_factory=list)  # (step, lr, loss, parts) on the device until a flush
+    validation_seconds: float = 0.0
+    evaluations: int = 0
+    examples_seen: int = 0
+    stopped_early: bool = False
+
+    SAVED = ("step", "best", "bad_evals", "history", "results_before", "warnings")
+
+    def saved(self, schedule) -> dict:
+        return {**{name: getattr(self, name) for name in self.SAVED}, "schedule": schedule.state_dict()}
+
+
+def setup(config: TrainConfig) -> Run:
+    """Everything that can fail before training, in the order a run needs it: objectives, accelerate, examples,
+    model, tuning, image features, optimizer and the DataLoaders."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from negation_plugins import load_clip
     from negation_plugins.losses import parse_objectives
 
-    # ---- settings and everything that can fail before training -------------------------------------------------
-    config = resolve_defaults(config)
-    validate(config)
     output = Path(config.output)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
     try:
         objective = parse_objectives(config.objective)
+        keys = objective.batch_keys
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    requires = objective.requires
-    if config.negation == "on-the-fly" and not {"hybrid", "full"} & set(requires):
+    if config.negation == "on-the-fly" and not any(key.after_images for key in keys):
         raise ConfigError(
             f"--negation on-the-fly builds negated texts only for objectives that read them (tng); "
             f"--objective {' + '.join(config.objective)} would train without any negation: add --objective tng"
@@ -337,16 +355,15 @@ def train(config: TrainConfig) -> dict:
     if torch.cuda.is_available():  # TF32 matmuls on Ampere+ (diffusers' --allow_tf32; fp32 elsewhere unchanged)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    gather = accelerator if config.gather_negatives and accelerator.num_processes > 1 else None
 
     examples = load_examples(config.train, config.negation, config.images or None, config.instances)
-    examples, dropped = usable_examples(examples, requires, config.train)
+    examples, dropped = usable_examples(examples, keys, config.train)
     bundle = load_clip(config.model, device=accelerator.device)
     check_model_and_tokenizer(bundle, examples)
     if dropped and is_main:
-        logger.warning("%d example(s) lack the negation kinds %s needs and are not used", dropped, objective.name)
+        logger.warning("%d example(s) lack what the batch keys of %s need and are not used", dropped, objective.name)
     unused = [f for f in ("mcq_scope_swap", "mcq_affirmation_share") if getattr(config, f)]
-    if unused and "mcq" not in requires and is_main:
+    if unused and "mcq" not in objective.requires and is_main:
         logger.warning(
             "%s %s nothing: no objective of %s asks MCQ questions (negbench-mcq)",
             " and ".join("--" + f.replace("_", "-") for f in unused),
@@ -376,7 +393,7 @@ def train(config: TrainConfig) -> dict:
     eval_every, val_batches = eval_schedule(config, steps_per_epoch)
     mcq = McqEval.read(config, config.eval_mcq_max_rows or val_batches * config.batch_size) if config.eval_mcq else None
 
-    # ---- image features: from the store, embedding only what it lacks (each process a disjoint shard) ---------
+    # image features: from the store, embedding only what it lacks (each process a disjoint shard)
     images_root = Path(config.images or ".")
     paths = sorted({e.image for e in examples})
     check_images_exist(images_root, paths)
@@ -411,232 +428,330 @@ def train(config: TrainConfig) -> dict:
         )
         mcq.prepare(bundle.tokenizer, own_features, mcq_own)
     features_seconds = time.perf_counter() - features_started
-    images = ImageSource(clip, table, accelerator.device)
 
     encoder = TextEncoder(model)
     optimizer = adamw(encoder, config.lr, config.weight_decay)
     # Stepped here once per optimizer step (accelerate's prepared scheduler steps once per process per step);
-    # its state travels in STATE_FILE (plain JSON, no pickle to load on resume).
+    # its state travels in STATE_FILE.
     schedule = warmup_cosine(optimizer, config.warmup_steps, total_steps, min_lr_rate=MIN_LR_RATE)
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
-    device = accelerator.device
-    state = {"model": model, "objective": objective, "mcq": mcq}
 
     val_subset = val_set[: val_batches * config.batch_size]
     tokens_started = time.perf_counter()
     tokens = TokenCache(bundle.tokenizer)  # every text of the records, once; workers only look rows up
     tokenized = tokens.fill(record_texts(train_set + val_subset), accelerator)
     tokens_seconds = time.perf_counter() - tokens_started
-
-    def micro_batches(split_examples, split_plan, split, gather_split):
-        return MicroBatches(
-            split_examples,
-            split_plan,
-            accelerator.process_index,
-            requires,
-            tokens,
-            config.seed,
-            split,
-            {p: i for i, p in enumerate(paths)},
-            None if table is None else table,
-            bundle.preprocess,
-            images_root,
-            absent_object_index(split_examples),
-            gather=gather_split,
-            mcq_affirmation_share=config.mcq_affirmation_share,
-            mcq_scope_swap=config.mcq_scope_swap,
-        )
-
-    train_data = micro_batches(train_set, plan, "train", gather is not None)
+    host_images = HostImages({p: i for i, p in enumerate(paths)}, table, bundle.preprocess, images_root)
+    gather = accelerator if config.gather_negatives and accelerator.num_processes > 1 else None
+    rank = accelerator.process_index
+    train_data = MicroBatches(train_set, plan, rank, keys, tokens, host_images, "train", config, gather is not None)
     val_plan = EvalPlan(len(val_subset), config.batch_size, accelerator.num_processes)
+    val_data = MicroBatches(val_subset, val_plan, rank, keys, tokens, host_images, "val", config)
     val_rounds = -(-val_plan.chunks() // accelerator.num_processes)
-    val_loader = (  # the same batches every validation: workers (if any) stay up between validations
-        batch_loader(micro_batches(val_subset, val_plan, "val", False), 0, val_rounds, config.dataloader_num_workers)
-        if val_subset
-        else None
+    return Run(
+        config=config,
+        accelerator=accelerator,
+        output=output,
+        model=model,
+        bundle=bundle,
+        encoder=encoder,
+        optimizer=optimizer,
+        schedule=schedule,
+        objective=objective,
+        keys=keys,
+        images=ImageSource(clip, table, accelerator.device),
+        tokens=tokens,
+        train_data=train_data,
+        val_loader=batch_loader(val_data, 0, val_rounds, config.dataloader_num_workers) if val_subset else None,
+        mcq=mcq,
+        gather=gather,
+        total_steps=total_steps,
+        eval_every=eval_every,
+        facts={
+            "train_examples": len(train_set),
+            "val_examples": len(val_set),
+            "dropped_examples": dropped,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "features_seconds": features_seconds,
+            "tokenized_texts": {"texts": tokenized, "seconds": round(tokens_seconds, 2)},
+            "image_features": feature_counts,
+            "val_batches": val_batches,
+        },
     )
-    timer = {"validation": 0.0, "evaluations": 0}
 
-    def run_evaluation() -> dict:
-        started = time.perf_counter()
-        unwrapped = accelerator.unwrap_model(encoder)
 
-        def make_eval(host, number):
-            return make_batch(unwrapped, host, images, tokens, on_the_fly_seed(config.seed + 10_000, number, 0), device)
+def evaluate(run: Run, state: TrainState) -> dict:
+    """Validation loss over fixed batches (the same every time) and MCQ accuracy over fixed rows, both split across
+    processes and reduced; the time it takes is kept apart from the training time."""
+    started = time.perf_counter()
+    accelerator, results = run.accelerator, {}
+    encoder = accelerator.unwrap_model(run.encoder)
+    if run.val_loader is not None:
+        total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+        with torch.no_grad():
+            for item in run.val_loader:
+                if item["n"] >= 2:
+                    loss = run.objective(make_batch(encoder, item, run.images, run.tokens, run.keys))[0]
+                    total += torch.stack([loss.double(), total.new_ones(())])
+        loss_sum, batches = accelerator.reduce(total, reduction="sum").tolist()
+        if batches:
+            results["validation"] = {"loss": round(loss_sum / batches, 5)}
+    if run.mcq is not None:
+        results["mcq"] = run.mcq.accuracy(encoder, run.config.batch_size, accelerator)
+    run.model.train()
+    open_clip_model(run.model).visual.eval()
+    state.validation_seconds += time.perf_counter() - started
+    state.evaluations += 1
+    return results
 
-        results = evaluate(state, config, val_loader, make_eval, unwrapped, accelerator)
-        timer["validation"] += time.perf_counter() - started
-        timer["evaluations"] += 1
-        return results
 
-    # ---- resume -----------------------------------------------------------------------------------------------
-    step, best, best_state, bad_evals, history = 0, None, None, 0, []
+def train_step(run: Run, state: TrainState, loader) -> None:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; its losses stay on the device until
+    :func:`flush` (one host sync per ``--log-every`` steps)."""
+    accelerator, accum = run.accelerator, run.config.gradient_accumulation_steps
+    loss_sum, parts_sum = torch.zeros((), device=accelerator.device), {}
+    for _ in range(accum):
+        item = next(loader)
+        with accelerator.accumulate(run.encoder), accelerator.autocast():
+            loss, parts = run.objective(make_batch(run.encoder, item, run.images, run.tokens, run.keys, run.gather))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and run.config.grad_clip > 0:
+                accelerator.clip_grad_norm_(run.encoder.parameters(), run.config.grad_clip)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        loss_sum = loss_sum + loss.detach().float() / accum
+        for name, value in parts.items():
+            parts_sum[name] = parts_sum.get(name, 0.0) + value.detach().float() / accum
+        state.examples_seen += item["n"]
+    clamp_logit_scale(run.model)
+    state.step += 1
+    state.pending.append((state.step, run.optimizer.param_groups[0]["lr"], loss_sum, parts_sum))
+    run.schedule.step()
+
+
+def flush(run: Run, state: TrainState, bar, extra: dict | None = None) -> None:
+    """One host sync for all steps since the last flush: metrics.jsonl, trackers, history, progress bar."""
+    if not state.pending:
+        return
+    values = torch.stack([torch.stack([loss, *parts.values()]) for _, _, loss, parts in state.pending]).tolist()
+    for (number, lr, _, parts), row in zip(state.pending, values):
+        record = {"step": number, "loss": round(row[0], 6), "lr": lr}
+        record.update({f"loss/{k}": round(v, 6) for k, v in zip(parts, row[1:])})
+        record.update((extra or {}).get(number, {}))
+        state.history.append(record)
+        if run.config.log_with != "none":
+            run.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=number)
+        if run.accelerator.is_main_process:
+            with open(run.output / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    bar.set_postfix(loss=f"{values[-1][0]:.4f}")
+    state.pending.clear()
+
+
+def keep_if_best(run: Run, state: TrainState, results: dict) -> None:
+    """Track the best validation score (its weights, unless they are the final ones) and --patience; warn when
+    --eval-mcq's affirmation accuracy fell more than AFFIRMATION_DROP below its value before training."""
+    current = score(results, run.config.select_by)
+    if current is not None and (state.best is None or current > state.best):
+        state.best, state.bad_evals = current, 0
+        state.best_weights = trainable_state(run.model) if state.step < run.total_steps else None
+    elif current is not None:
+        state.bad_evals += 1
+    state.stopped_early = bool(run.config.patience and state.bad_evals >= run.config.patience)
+    from negation_plugins.benchmarks.mcq import TYPES
+
+    mcq, start = results.get("mcq", {}), state.results_before.get("mcq", {})
+    if run.accelerator.is_main_process and mcq:
+        logger.info("step %d --eval-mcq: %s", state.step, ", ".join(f"{t} {mcq.get(t)}" for t in TYPES))
+    if mcq.get("affirmation") is not None and start.get("affirmation") is not None:
+        if mcq["affirmation"] < start["affirmation"] - AFFIRMATION_DROP:
+            warning = (
+                f"step {state.step}: --eval-mcq affirmation accuracy {mcq['affirmation']} is more than "
+                f"{AFFIRMATION_DROP} below its {start['affirmation']} before training: negation is being bought with "
+                "affirmation"
+            )
+            state.warnings.append(warning)
+            if run.accelerator.is_main_process:
+                logger.warning(warning)
+
+
+def restore_best(run: Run, state: TrainState) -> None:
+    named = dict(run.model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.best_weights.items():
+            named[name].copy_(value.to(named[name].device))
+
+
+class Preemption:
+    """``--save-on-signal``: the handler only notes the signal; after each step all processes agree (one all-reduce)
+    whether any got one, so every process stops after the same step and saves one collective checkpoint. A second
+    signal while saving changes nothing (the checkpoint is renamed into place only when complete)."""
+
+    def __init__(self, names: str):
+        import threading
+
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():  # Python installs handlers there only
+            return
+        for name in (n.strip().upper().removeprefix("SIG") for n in names.split(",") if n.strip()):
+            number = getattr(signal, "SIG" + name)
+            self.previous[number] = signal.signal(number, self.note)
+
+    def note(self, number, frame) -> None:
+        self.received = number
+
+    def requested(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        flag = torch.tensor([float(self.received is not None)], device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+class Preempted(Exception):
+    """Raised by :func:`train` after the checkpoint of a preempted run is saved; ``main`` exits with
+    REQUEUE_EXIT_CODE."""
+
+
+def save_checkpoint(run: Run, state: TrainState) -> Path:
+    """accelerate's full state (model, optimizer, RNG) plus ours, written to a temp folder then renamed, so a kill or
+    a full disk mid-save never leaves a checkpoint that looks complete; then only the newest
+    ``--checkpoints-total-limit`` complete ones stay (applied after the new one is complete). Every process saves its
+    part, then all agree whether every part was written: a full disk on any process ends the run on all of them,
+    with the earlier checkpoints intact."""
+    from safetensors.torch import save_file
+
+    accelerator, keep = run.accelerator, run.config.checkpoints_total_limit
+    final = run.output / CHECKPOINTS / f"step-{state.step:07d}"
+    tmp = run.output / CHECKPOINTS / f".tmp-step-{state.step:07d}"
+    failure = None
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if state.best_weights is not None:
+                save_file({k: v.contiguous() for k, v in state.best_weights.items()}, str(tmp / BEST_FILE))
+            (tmp / STATE_FILE).write_text(json.dumps(state.saved(run.schedule)))
+    except Exception as error:  # noqa: BLE001 - every process must reach the agreement below, whatever failed
+        failure = error
+    failed = torch.tensor([float(failure is not None)], device=accelerator.device)
+    if accelerator.reduce(failed, reduction="sum").item() > 0:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        code = disk_full_errno(failure) if failure is not None else None
+        if code is not None:
+            raise DiskFullError(code, tmp) from None
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"saving checkpoint {final} failed on another process")
+    if accelerator.is_main_process:
+        os.replace(tmp, final)
+        complete = sorted(p for p in final.parent.glob("step-*") if (p / STATE_FILE).is_file())
+        for old in complete[: -keep if keep else 0]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(run: Run, checkpoint: Path) -> TrainState:
+    """The state saved in ``checkpoint``; metrics.jsonl forgets the steps the interrupted run logged after it."""
+    run.accelerator.load_state(str(checkpoint))
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    run.schedule.load_state_dict(saved.pop("schedule"))
+    state = TrainState(**saved)
+    if (checkpoint / BEST_FILE).is_file():
+        from safetensors.torch import load_file
+
+        state.best_weights = load_file(str(checkpoint / BEST_FILE))
+    if run.accelerator.is_main_process:
+        kept = [line for line in _read_lines(run.output / METRICS_FILE) if json.loads(line)["step"] <= state.step]
+        (run.output / METRICS_FILE).write_text("".join(line + "\n" for line in kept))
+    return state
+
+
+def train(config: TrainConfig) -> dict:
+    """Run one fine-tuning; returns the results dict (also written to OUTPUT/results.json)."""
+    from tqdm.auto import tqdm
+
+    # ---- settings, data, model, features: everything that can fail does so before training ------------------
+    config = resolve_defaults(config)
+    validate(config)
+    run = setup(config)
+    accelerator, output, is_main = run.accelerator, run.output, run.accelerator.is_main_process
+
+    # ---- where to start: a checkpoint, or step 0 after measuring the untrained model ------------------------------
     checkpoint = latest_checkpoint(output) if config.resume == "latest" else config.resume and Path(config.resume)
     if config.resume and checkpoint is None and is_main:
         logger.warning("--resume: no checkpoint in %s; starting from step 0", output / CHECKPOINTS)
+    if is_main:
+        output.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        saved = json.loads((checkpoint / STATE_FILE).read_text())
-        step, best, bad_evals, history = saved["step"], saved["best"], saved["bad_evals"], saved["history"]
-        schedule.load_state_dict(saved["schedule"])
-        results_before = saved["results_before"]
-        if (checkpoint / BEST_FILE).is_file():
-            from safetensors.torch import load_file
-
-            best_state = load_file(str(checkpoint / BEST_FILE))
-        if is_main:  # forget steps logged after this checkpoint by the interrupted run
-            output.mkdir(parents=True, exist_ok=True)
-            kept = [line for line in _read_lines(output / METRICS_FILE) if json.loads(line)["step"] <= step]
-            (output / METRICS_FILE).write_text("".join(line + "\n" for line in kept))
+        state = resume(run, checkpoint)
     else:
-        results_before = run_evaluation()
+        state = TrainState()
+        state.results_before = evaluate(run, state)
         if is_main:
-            output.mkdir(parents=True, exist_ok=True)
             (output / METRICS_FILE).write_text("")
     if config.log_with != "none":
         accelerator.init_trackers("finetune", config=_tracker_config(config))
 
     # ---- the loop: the DataLoader prepares micro-batches; this thread runs the model ---------------------------
-    pending: list[tuple[int, float, torch.Tensor, dict]] = []  # per-step losses kept on the device until a flush
-
-    def flush(extra: dict | None = None) -> None:
-        """One host sync for all steps since the last flush: metrics.jsonl, trackers, history, progress bar."""
-        if not pending:
-            return
-        values = torch.stack([torch.stack([loss, *parts.values()]) for _, _, loss, parts in pending]).tolist()
-        for (number, lr, _, parts), row in zip(pending, values):
-            record = {"step": number, "loss": round(row[0], 6), "lr": lr}
-            record.update({f"loss/{k}": round(v, 6) for k, v in zip(parts, row[1:])})
-            record.update((extra or {}).get(number, {}))
-            history.append(record)
-            if config.log_with != "none":
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=number)
-            if is_main:
-                with open(output / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{values[-1][0]:.4f}")
-        pending.clear()
-
-    start_time, validation_before_loop, results = time.perf_counter(), timer["validation"], None
-    examples_seen = 0
-    bar = tqdm(total=total_steps, initial=step, desc="fine-tuning", disable=not (config.progress and is_main))
-    model.train()
-    clip.visual.eval()
-    stopped_early = False
-    loader = iter(batch_loader(train_data, step * accum, total_steps * accum, config.dataloader_num_workers))
-    while step < total_steps:
-        loss_sum, parts_sum = torch.zeros((), device=device), {}
-        for micro in range(accum):
-            micro_batch = step * accum + micro
-            host = next(loader)
-            with accelerator.accumulate(encoder), accelerator.autocast():
-                rank_seed = 0 if gather else accelerator.process_index  # gathered: one negation of the global batch
-                batch = make_batch(
-                    encoder, host, images, tokens, on_the_fly_seed(config.seed, micro_batch, rank_seed), device, gather
-                )
-                loss, parts = objective(batch)
-                accelerator.backward(loss * accelerator.num_processes if gather else loss)
-                if accelerator.sync_gradients and config.grad_clip > 0:
-                    accelerator.clip_grad_norm_(encoder.parameters(), config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum = loss_sum + loss.detach().float() / accum
-            for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + value.detach().float() / accum
-            examples_seen += host["n"]
-        clamp_logit_scale(model)
-        step += 1
-        pending.append((step, optimizer.param_groups[0]["lr"], loss_sum, parts_sum))
-        schedule.step()
-        bar.update(1)
-
-        extra, results = {}, None
-        if step % eval_every == 0 or step == total_steps:
-            results = run_evaluation()
-            extra[step] = _flat(results)
-            current = score(results, config.select_by)
-            if current is not None and (best is None or current > best):
-                best, best_state, bad_evals = current, trainable_state(model), 0
-                best_state = None if step == total_steps else best_state  # the final weights are the best
-            elif current is not None:
-                bad_evals += 1
-            if config.patience and bad_evals >= config.patience:
-                stopped_early = True
-        every = config.checkpointing_steps
-        save = every and step % every == 0 and step < total_steps and not stopped_early
-        if extra or save or step % config.log_every == 0 or step == total_steps or stopped_early:
-            flush(extra)
-        if save:
-            save_checkpoint(
-                accelerator,
-                output,
-                step,
-                config.checkpoints_total_limit,
-                {
-                    "step": step,
-                    "best": best,
-                    "bad_evals": bad_evals,
-                    "history": history,
-                    "results_before": results_before,
-                    "schedule": schedule.state_dict(),
-                },
-                best_state,
-            )
-        if stopped_early:
-            if is_main:
-                logger.info("early stop at step %d: %d validations without improvement", step, bad_evals)
-            break
-    bar.close()
-    train_seconds = time.perf_counter() - start_time - (timer["validation"] - validation_before_loop)
+    accum = config.gradient_accumulation_steps
+    loader = iter(
+        batch_loader(run.train_data, state.step * accum, run.total_steps * accum, config.dataloader_num_workers)
+    )
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="fine-tuning", disable=not (config.progress and is_main))
+    preemption = Preemption(config.save_on_signal)
+    run.model.train()
+    open_clip_model(run.model).visual.eval()
+    started, validation_before, results = time.perf_counter(), state.validation_seconds, None
+    try:
+        while state.step < run.total_steps:
+            train_step(run, state, loader)
+            bar.update(1)
+            # validate on schedule and at the end; keep the best weights; stop early on --patience
+            results, extra = None, {}
+            if state.step % run.eval_every == 0 or state.step == run.total_steps:
+                results = evaluate(run, state)
+                extra[state.step] = _flat(results)
+                keep_if_best(run, state, results)
+            every, last = config.checkpointing_steps, state.step == run.total_steps
+            save = every and state.step % every == 0 and not last and not state.stopped_early
+            preempted = not last and not state.stopped_early and preemption.requested(accelerator)
+            if extra or save or preempted or state.step % config.log_every == 0 or last or state.stopped_early:
+                flush(run, state, bar, extra)
+            if save or preempted:
+                saved = save_checkpoint(run, state)
+            if preempted:
+                if is_main:
+                    logger.warning("signal %s: saved %s; resume with --resume latest", preemption.received, saved)
+                raise Preempted(f"preempted at step {state.step}: saved {saved}; resume with --resume latest")
+            if state.stopped_early:
+                if is_main:
+                    logger.info(
+                        "early stop at step %d: %d validations without improvement", state.step, state.bad_evals
+                    )
+                break
+    finally:
+        preemption.restore()
+        bar.close()
+    train_seconds = time.perf_counter() - started - (state.validation_seconds - validation_before)
 
     # ---- best weights, final evaluation, outputs --------------------------------------------------------------
     accelerator.wait_for_everyone()
-    if best_state is not None:
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in best_state.items():
-                named[name].copy_(value.to(named[name].device))
+    if state.best_weights is not None:
+        restore_best(run, state)
     # the last validation already measured these weights unless older best weights were restored
-    results_after = run_evaluation() if best_state is not None or results is None else results
-    # One fingerprint of the trained weights per process: equal on all ranks iff gradients were synced.
-    fingerprint = torch.tensor(
-        [sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)],
-        dtype=torch.float64,
-        device=device,
-    )
-    summary = {
-        "rank_weight_fingerprints": accelerator.gather(fingerprint).tolist(),
-        "steps": step,
-        "total_steps": total_steps,
-        "stopped_early": stopped_early,
-        "best_score": best,
-        "select_by": config.select_by,
-        "train_examples": len(train_set),
-        "val_examples": len(val_set),
-        "dropped_examples": dropped,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train_seconds": round(train_seconds, 2),
-        "seconds": {
-            "train": round(train_seconds, 2),
-            "validation": round(timer["validation"], 2),
-            "features": round(features_seconds, 2),
-        },
-        "tokenized_texts": {"texts": tokenized, "seconds": round(tokens_seconds, 2)},
-        "image_features": feature_counts,
-        "eval_every": eval_every,
-        "val_batches": val_batches,
-        "evaluations": timer["evaluations"],
-        "examples_per_second": round(examples_seen / max(train_seconds, 1e-9), 2),
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "results_before": results_before,
-        "results_after": results_after,
-        "config": config.to_dict(),
-    }
+    results_after = evaluate(run, state) if state.best_weights is not None or results is None else results
+    summary = summarize(run, state, results_after, train_seconds)
     if is_main:
         from .export import write_outputs
 
-        write_outputs(output, model=model, bundle=bundle, config=config, summary=summary)
+        write_outputs(output, model=run.model, bundle=run.bundle, config=config, summary=summary)
         if config.push_to_hub:
             from negation_plugins.hub import push
 
@@ -645,6 +760,47 @@ def train(config: TrainConfig) -> dict:
     if config.log_with != "none":
         accelerator.end_training()
     return summary
+
+
+def summarize(run: Run, state: TrainState, results_after: dict, train_seconds: float) -> dict:
+    """results.json: what ran, how long each part took, the results before and after."""
+    accelerator, facts = run.accelerator, run.facts
+    # One fingerprint of the trained weights per process: equal on all ranks iff gradients were synced.
+    fingerprint = torch.tensor(
+        [sum(float(p.detach().double().sum()) for p in run.model.parameters() if p.requires_grad)],
+        dtype=torch.float64,
+        device=accelerator.device,
+    )
+    return {
+        "rank_weight_fingerprints": accelerator.gather(fingerprint).tolist(),
+        "steps": state.step,
+        "total_steps": run.total_steps,
+        "stopped_early": state.stopped_early,
+        "best_score": state.best,
+        "select_by": run.config.select_by,
+        "train_examples": facts["train_examples"],
+        "val_examples": facts["val_examples"],
+        "dropped_examples": facts["dropped_examples"],
+        "trainable_parameters": facts["trainable_parameters"],
+        "train_seconds": round(train_seconds, 2),
+        "seconds": {
+            "train": round(train_seconds, 2),
+            "validation": round(state.validation_seconds, 2),
+            "features": round(facts["features_seconds"], 2),
+        },
+        "tokenized_texts": facts["tokenized_texts"],
+        "image_features": facts["image_features"],
+        "eval_every": run.eval_every,
+        "val_batches": facts["val_batches"],
+        "evaluations": state.evaluations,
+        "examples_per_second": round(state.examples_seen / max(train_seconds, 1e-9), 2),
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "results_before": state.results_before,
+        "results_after": results_after,
+        "warnings": state.warnings,
+        "config": run.config.to_dict(),
+    }
 
 
 def _forget_previous_run_settings() -> None:
@@ -657,32 +813,9 @@ def _forget_previous_run_settings() -> None:
     GradientState._reset_state()
 
 
-def save_checkpoint(accelerator, output: Path, step: int, keep: int | None, trainer_state: dict, best_state) -> None:
-    """accelerate's full state (model, optimizer, RNG) plus ours, written to a temp folder then renamed, so a
-    kill mid-save never leaves a checkpoint that looks complete; then only the newest ``keep`` complete ones stay
-    (diffusers' --checkpoints_total_limit, applied after the new one is complete)."""
-    from safetensors.torch import save_file
-
-    final = output / CHECKPOINTS / f"step-{step:07d}"
-    tmp = output / CHECKPOINTS / f".tmp-step-{step:07d}"
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if best_state is not None:
-            save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / BEST_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state))
-        os.replace(tmp, final)
-        complete = sorted(p for p in final.parent.glob("step-*") if (p / STATE_FILE).is_file())
-        for old in complete[: -keep if keep else 0]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
 def _remove_unfinished_output(output: Path) -> None:
     """A run that failed before its first checkpoint leaves nothing to resume: remove the folder it created
     (logs, metrics.jsonl) so no half-made output looks like a result. Only the main process deletes."""
-    import shutil
-
     if os.environ.get("RANK", "0") == "0" and output.is_dir() and latest_checkpoint(output) is None:
         shutil.rmtree(output, ignore_errors=True)
 
@@ -718,6 +851,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         output_existed = Path(config.output).exists()
         summary = train(config)
+    except Preempted as stop:
+        print(f"{stop} (exit code {REQUEUE_EXIT_CODE}: requeue)", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
     except (ConfigError, ValueError, FileNotFoundError, KeyError, DiskFullError) as error:
         print(f"error: {own_message(error)}", file=sys.stderr)  # one line, also for errors raised in loader workers
         if config is not None and not output_existed:

@@ -2,11 +2,13 @@
 
 Built-ins: ``clip``, ``infonce`` (NegationCLIP), ``tng`` (TNG-CLIP), ``omni`` (Omni-NegCLIP), ``conclip``
 (CoN-CLIP), ``negbench-mcq`` (NegBench). Third parties add more through the ``register_objectives`` hook by
-registering an :class:`Objective` subclass (called with keyword options to build an instance).
+registering an :class:`Objective` subclass (called with keyword options to build an instance); one that needs a
+batch key no built-in makes declares it beside its loss (``batch_keys = (BatchKey(...),)``, see :mod:`.batch`).
 """
 
 from ..hookspecs import hookimpl
 from .base import Objective, clip_symmetric
+from .batch import CHOICES, IMAGE, TEXT, BatchKey, Draw, Example
 from .clip import ClipObjective, InfoNCEObjective
 from .combine import CombinedObjective, build_objective, parse_objectives, parse_spec
 from .conclip import ConCLIPObjective
@@ -24,6 +26,12 @@ BUILTIN_OBJECTIVES = (
 )
 
 __all__ = [
+    "CHOICES",
+    "IMAGE",
+    "TEXT",
+    "BatchKey",
+    "Draw",
+    "Example",
     "ClipObjective",
     "CombinedObjective",
     "ConCLIPObjective",

@@ -1,8 +1,9 @@
 """The objective contract: a loss module that reads named, L2-normalized embeddings from a batch dict.
 
-Batch keys (shape (N, D) unless noted): "image", "caption" (original, true), "absence" (absence-negated, true),
-"presence" (presence-negated, false), "hybrid", "full" (TNG on-the-fly, true), "mcq" (N, K, D) with
-"mcq_answer" (N,) long, "distractor_image", and "logit_scale" (scalar, already exp()'d).
+Built-in batch keys (shape (N, D) unless noted): "image", "caption" (original, true), "absence" (absence-negated,
+true), "presence" (presence-negated, false), "hybrid", "full" (TNG on-the-fly, true), "mcq" (N, K, D) with
+"mcq_answer" (N,) long, "distractor_image", and "logit_scale" (scalar, already exp()'d). An objective that needs
+another key declares it in ``batch_keys`` (see :mod:`negation_plugins.losses.batch`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch import BatchKey
+
 
 class Objective(nn.Module):
-    """Base class: subclasses set ``name``, ``description``, ``requires`` and implement ``loss(batch)``."""
+    """Base class: subclasses set ``name``, ``description``, ``requires`` and implement ``loss(batch)``; a key no
+    built-in objective makes is declared in ``batch_keys`` (its builder runs where the trainer makes batches)."""
 
     name: str = ""
     description: str = ""
     requires: tuple[str, ...] = ()
+    batch_keys: tuple[BatchKey, ...] = ()
 
     def forward(self, batch: dict) -> torch.Tensor:
         self.check_batch(batch)

@@ -9,6 +9,7 @@ from torch import nn
 
 from .. import plugins
 from .base import Objective
+from .batch import BatchKey, resolve_keys
 
 
 def parse_spec(spec: str) -> tuple[str, float]:
@@ -61,6 +62,11 @@ class CombinedObjective(nn.Module):
     def requires(self) -> tuple[str, ...]:
         """Union of the parts' batch keys, in first-seen order."""
         return tuple(dict.fromkeys(key for objective in self.objectives for key in objective.requires))
+
+    @property
+    def batch_keys(self) -> list[BatchKey]:
+        """The keys a batch must hold for these objectives, from their declarations, in draw order."""
+        return resolve_keys(self.requires, [key for objective in self.objectives for key in objective.batch_keys])
 
     @property
     def name(self) -> str:

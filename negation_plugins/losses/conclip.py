@@ -7,10 +7,38 @@ With C = "caption" (true), N = "presence" (negated, false for the image) and I_d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from .base import Objective, diagonal_targets
+from .batch import IMAGE, BatchKey, Draw, Example
+
+
+def distractor_images(draw: Draw) -> list[str]:
+    """Per example, an image where its presence-negated object is absent (so the negated caption fits it better);
+    a random other image when the records name no such image."""
+    absent_index = draw.pool.once("absent_objects", absent_object_index)
+    out = []
+    for example in draw.examples:
+        candidates = [i for obj in example.present_objects for i in absent_index.get(obj, [])]
+        candidates = [i for i in candidates if draw.pool[i].image != example.image]
+        pick = draw.pool[draw.rng.choice(candidates)] if candidates else draw.pool[draw.rng.randrange(len(draw.pool))]
+        out.append(pick.image)
+    return out
+
+
+def absent_object_index(pool: Sequence[Example]) -> dict[str, list[int]]:
+    """Object -> the pool positions of examples whose records name it absent."""
+    index: dict[str, list[int]] = {}
+    for i, example in enumerate(pool):
+        for obj in example.absent_objects:
+            index.setdefault(obj, []).append(i)
+    return index
+
+
+DISTRACTOR_IMAGE = BatchKey("distractor_image", IMAGE, distractor_images, "an image the presence-negated caption fits")
 
 
 def _first_block_ce(queries, keys_first, keys_second, logit_scale):
@@ -23,6 +51,7 @@ class ConCLIPObjective(Objective):
     name = "conclip"
     description = "CoN-CLIP: caption vs negated caption, with distractor images matching the negated caption"
     requires = ("image", "caption", "presence", "distractor_image", "logit_scale")
+    batch_keys = (DISTRACTOR_IMAGE,)
 
     def loss(self, batch):
         image, caption, negated = batch["image"], batch["caption"], batch["presence"]

@@ -5,6 +5,9 @@ image->text: each image must put its probability mass on its OWN three texts amo
 multi-positive form -log(sum of softmax over the image's own three texts), so the three true texts of one
 image do not compete with each other. (The public TNG-CLIP code draws random targets here, a bug.)
 The loss is the mean of the two directions.
+
+"hybrid" and "full" are made on the fly from each batch's captions, objects and image features (hard objects mined
+by image similarity; :mod:`negation_plugins.data.onthefly`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,37 @@ import torch
 import torch.nn.functional as F
 
 from .base import Objective
+from .batch import TEXT, BatchKey, Draw
+
+
+def negate_on_the_fly(draw: Draw) -> dict[str, list[str]]:
+    """TNG-CLIP's hybrid and full negations of a draw, made once for both keys."""
+    from negation_plugins.data.onthefly import OnTheFlyNegation
+
+    def negate():
+        objects = [e.present_objects for e in draw.examples]
+        return OnTheFlyNegation(seed=draw.seed, context_length=draw.context_length)(
+            [e.caption for e in draw.examples],
+            image_embeds=draw.image_features,
+            objects=objects if any(objects) else None,
+        )
+
+    return draw.once("tng", negate)
+
+
+def _made_on_the_fly(name: str, help: str) -> BatchKey:
+    return BatchKey(name, TEXT, lambda draw: negate_on_the_fly(draw)[name], help, after_images=True)
+
+
+HYBRID = _made_on_the_fly("hybrid", "caption + the absence of a hard object")
+FULL = _made_on_the_fly("full", "the negation of another image's caption")
 
 
 class TNGObjective(Objective):
     name = "tng"
     description = "TNG-CLIP: triplet [hybrid, full, caption] vs images, text->image CE + multi-positive image->text"
     requires = ("image", "hybrid", "full", "caption", "logit_scale")
+    batch_keys = (HYBRID, FULL)
 
     def loss(self, batch):
         image = batch["image"]

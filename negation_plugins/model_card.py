@@ -1,7 +1,9 @@
 """Model cards for trained negation-aware CLIPs: README.md with Hub metadata and a before/after results table.
 
 The YAML front matter (library_name, tags, base_model, license, model-index) comes from huggingface_hub's
-ModelCardData/EvalResult, so the Hub reads the results. The numbers behind the table are kept as JSON in an HTML
+ModelCardData/EvalResult, so the Hub reads the results: the model-index holds the headline metrics only (MCQ
+accuracy, affirmation, negation, hybrid; retrieval R@1; each other benchmark's accuracy), the table in the
+text every figure. The numbers behind the table are kept as JSON in an HTML
 comment, so :func:`update_model_index` can merge new evaluation results and redraw the table later.
 """
 
@@ -16,7 +18,20 @@ from .atomic import atomic_write_text
 
 CARD_FILE = "README.md"
 DEFAULT_TAGS = ("clip", "negation", "negation-plugins", "open_clip")
-TASK_TYPE = "zero-shot-image-classification"
+TASK_TYPE = "zero-shot-image-classification"  # the card's pipeline tag: what a CLIP does
+# The model-index carries the headline metrics only, each under the task it measures, so the Hub shows a few
+# results rather than every per-phrasing figure; those stay in the card's table and the run's results.json.
+# A metric is (benchmark test, metric name in the flattened results) -> its display name.
+MCQ_TASK = ("multiple-choice", "Negation multiple choice (NegBench MCQ)")
+RETRIEVAL_TASK = ("image-text-retrieval", "Image-text retrieval")
+CHOICE_TASK = (TASK_TYPE, "Caption or class choice")  # VALSE, CC-Neg, NegRefCOCOg, zero-shot: one accuracy each
+MCQ_METRICS = {
+    "accuracy": "MCQ accuracy",
+    "affirmation": "MCQ affirmation accuracy",
+    "negation": "MCQ negation accuracy",
+    "hybrid": "MCQ hybrid accuracy",
+}
+RETRIEVAL_METRICS = {"i2t_R@1": "image->text R@1", "t2i_R@1": "text->image R@1"}
 RESULTS_START = "<!-- negation-plugins results start -->"
 RESULTS_END = "<!-- negation-plugins results end -->"
 RESULTS_DATA = re.compile(r"<!-- results-data: (.*?) -->", re.DOTALL)
@@ -93,20 +108,34 @@ def _results_section(before: dict, after: dict) -> str:
     return f"{RESULTS_START}\n<!-- results-data: {data} -->\n\n{table}\n{RESULTS_END}"
 
 
+def headline_metrics(after: dict) -> list[tuple[tuple[str, str], str, str, str, float]]:
+    """``(task, benchmark, metric, display name, value)`` of the headline metrics in flattened results: MCQ overall
+    and per question type from a benchmark named like ``mcq``, Recall@1 both ways from any benchmark, and the overall
+    ``accuracy`` of any other benchmark."""
+    found = []
+    for benchmark, metrics in sorted(after.items()):
+        if "mcq" in benchmark:
+            found += [(MCQ_TASK, benchmark, m, name, metrics[m]) for m, name in MCQ_METRICS.items() if m in metrics]
+        elif "accuracy" in metrics:
+            found.append((CHOICE_TASK, benchmark, "accuracy", f"{benchmark} accuracy", metrics["accuracy"]))
+        found += [(RETRIEVAL_TASK, benchmark, m, n, metrics[m]) for m, n in RETRIEVAL_METRICS.items() if m in metrics]
+    return found
+
+
 def _eval_results(model_name: str, after: dict):
     from huggingface_hub import EvalResult
 
     return [
         EvalResult(
-            task_type=TASK_TYPE,
+            task_type=task_type,
+            task_name=task_name,
             dataset_type=benchmark,
             dataset_name=benchmark,
             metric_type=metric,
-            metric_name=metric,
+            metric_name=name,
             metric_value=value,
         )
-        for benchmark, metrics in sorted(after.items())
-        for metric, value in sorted(metrics.items())
+        for (task_type, task_name), benchmark, metric, name, value in headline_metrics(after)
     ]
 
 
@@ -129,7 +158,7 @@ def write_model_card(
     """Write ``out_dir/README.md`` (atomically) and return its path.
 
     ``results_*`` map benchmark -> metrics (as returned by ``Benchmark.run``); the model-index carries the
-    after-training values. ``objectives`` are the ``--objective`` specs; ``training`` extra hyperparameters.
+    after-training headline metrics (:func:`headline_metrics`), the table every figure. ``objectives`` are the ``--objective`` specs; ``training`` extra hyperparameters.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -190,6 +219,7 @@ def update_model_index(card_path, results: dict, results_before: dict | None = N
     """Merge ``results`` (benchmark -> metrics, after training) into an existing card's model-index and table.
 
     Same (benchmark, metric) pairs are replaced, new ones appended; ``results_before`` updates the before column.
+    The model-index keeps the headline metrics of the merged results (and entries of other tools).
     A card written by something else gets the results section appended.
     """
     from huggingface_hub import ModelCard
@@ -208,10 +238,8 @@ def update_model_index(card_path, results: dict, results_before: dict | None = N
 
     model_name = card.data.model_name or card_path.resolve().parent.name
     card.data.model_name = model_name
-    kept = [
-        r
-        for r in (card.data.eval_results or [])
-        if after.get(r.dataset_type, {}).get(r.metric_type) is None  # results added by other tools stay
+    kept = [  # results added by other tools stay; ours are redrawn from the merged results
+        r for r in (card.data.eval_results or []) if after.get(r.dataset_type, {}).get(r.metric_type) is None
     ]
     card.data.eval_results = kept + _eval_results(model_name, after) or None
 

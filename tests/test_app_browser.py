@@ -2,8 +2,13 @@
 equals `negclip compare --json` for the same upload and captions, generation shows two images, a model that cannot
 load says so in one line, and the server listens on 127.0.0.1 only.
 
-Screenshots of each tab land in the test's temporary folder; with NEGCLIP_SCREENSHOT_DIR set (docs/images for the
-docs) they are copied there too: ``NEGCLIP_SCREENSHOT_DIR=docs/images pytest tests/test_app_browser.py``.
+Screenshots of each tab land in the test's temporary folder; with NEGCLIP_SCREENSHOT_DIR set they are copied there
+too. The second model is a tiny random CLIP, or NEGCLIP_APP_SECOND_MODEL (e.g. the model `negclip demo` fine-tuned),
+which is how the docs' screenshots are made (docs/app.md):
+
+    negclip demo   # once: writes negclip-demo/model
+    NEGCLIP_APP_SECOND_MODEL=local-dir:negclip-demo/model NEGCLIP_SCREENSHOT_DIR=docs/images \
+        pytest tests/test_app_browser.py
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ def free_port() -> int:
 def server(tmp_path_factory):
     """`negclip app` with the world's base model, a second tiny model, a bad name and a tiny SD pipeline."""
     tmp = tmp_path_factory.mktemp("app")
-    second = tiny_model_dir(tmp / "second", seed=1)
+    second = os.environ.get("NEGCLIP_APP_SECOND_MODEL") or tiny_model_dir(tmp / "second", seed=1)
+    if second.startswith("local-dir:"):
+        second = f"local-dir:{Path(second.removeprefix('local-dir:')).resolve()}"
     pipeline = world_pipeline(tmp / "pipeline")
     port = free_port()
     env = dict(

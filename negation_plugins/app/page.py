@@ -35,7 +35,7 @@ CSS = """
 .negclip-table td.pick { font-weight: 700; background: #3c83f622; }
 .negclip-legend { font-size: 0.8em; list-style: none; padding-left: 0; }
 .negclip-error { color: #c22; font-weight: 600; }
-#image img, #stock-image img, #aware-image img { image-rendering: pixelated; }
+#image img, #stock-image img, #aware-image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 """
 INTRO = """# Does the text encoder get “no”?
 Upload an image (or pick a held-out scene), type captions — one with “no”, one without, one that negates something
@@ -69,7 +69,12 @@ def build_page(
         except AppError as err:
             return error_html(err), "", None, ""
         command = equivalent_command(names, captions, fixes)
-        return "", image_table_html(result), bar_chart(result), f"Same numbers on the command line:\n\n    {command}"
+        return (
+            "",
+            image_table_html(result),
+            bar_chart(result),
+            f"Same numbers on the command line:\n\n```\n{command}\n```",
+        )
 
     def on_probe(captions, names, fixes, progress=gr.Progress()):
         try:

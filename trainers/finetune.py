@@ -36,6 +36,7 @@ from negation_plugins.losses.batch import MODEL_KEYS, BatchKey, Example
 from .batches import BatchPlan, EvalPlan, load_examples, split_by_image, usable_examples
 from .config import (
     CHECKPOINTS,
+    REQUEUE_EXIT_CODE,
     STATE_FILE,
     ConfigError,
     TrainConfig,
@@ -55,7 +56,6 @@ logger = logging.getLogger("trainers.finetune")
 BEST_FILE = "best_trainable.safetensors"
 METRICS_FILE = "metrics.jsonl"
 MIN_LR_RATE = 0.1  # the cosine ends at 10% of the peak learning rate
-REQUEUE_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: "try again later"; a preempted run saved a checkpoint and stopped
 AFFIRMATION_DROP = 0.05  # --eval-mcq: warn when affirmation accuracy falls this far below its value before training
 
 

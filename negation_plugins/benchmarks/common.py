@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import DiskFullError, atomic_write, set_aside
 from ..data.io import check_image
 from ..factory import ClipBundle
 from ..images import ImageDecodeError, load_rgb
 from ..textfiles import read_text
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -143,7 +146,10 @@ def image_file_key(path: Path) -> str:
 
 class EmbeddingCache:
     """Embeddings keyed by (model key, item): in memory, and in ``directory`` when given (one safetensors file
-    ``{kind}-{model key}.safetensors`` per model key, written atomically by :meth:`save`)."""
+    ``{kind}-{model key}.safetensors`` per model key, written atomically by :meth:`save` with a checksum of its
+    entries). A file that does not load or whose entries do not match its checksum is logged, moved aside
+    (:func:`~negation_plugins.atomic.set_aside`) and its entries computed again; a full disk when saving is logged
+    and the evaluation goes on (the cache only saves time)."""
 
     kind = ""
 
@@ -165,9 +171,7 @@ class EmbeddingCache:
         if model_key not in self._models:
             table = {}
             if self.directory is not None and self._file(model_key).is_file():
-                from safetensors.torch import load_file
-
-                table = load_file(str(self._file(model_key)))
+                table = _load_checked(self._file(model_key))
             self._models[model_key] = table
         return self._models[model_key]
 
@@ -192,11 +196,41 @@ class EmbeddingCache:
         from safetensors.torch import save_file
 
         for model_key in sorted(self._dirty):
-            atomic_write(self._file(model_key), lambda tmp, key=model_key: save_file(self._models[key], str(tmp)))
+            table = self._models[model_key]
+            metadata = {"checksum": _checksum(table)}
+            try:
+                atomic_write(self._file(model_key), lambda tmp, t=table, m=metadata: save_file(t, str(tmp), metadata=m))
+            except DiskFullError as error:
+                logger.warning("embedding cache not saved: %s", error.message)
         self._dirty.clear()
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses}
+
+
+def _checksum(table: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(table):
+        digest.update(key.encode())
+        digest.update(table[key].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_checked(path: Path) -> dict[str, torch.Tensor]:
+    """The entries of a cache file, or none when it is damaged (then it is moved aside)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("checksum")
+            table = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        set_aside(path, f"unreadable: {error}")
+        return {}
+    if recorded != _checksum(table):
+        set_aside(path, "its entries do not match the checksum recorded when it was written")
+        return {}
+    return table
 
 
 class TextEmbeddingCache(EmbeddingCache):

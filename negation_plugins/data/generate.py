@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write, atomic_write_text, disk_writes
 from .io import (
     KINDS,
     CaptionItem,
@@ -338,7 +338,12 @@ def generate(
                desc="generate", disable=not progress)  # fmt: skip
     try:
         results = run(items, todo, chunk_size, vocabulary, negator, verifier, kinds, seed)
-        with open(partial, "ab") as f, open(fallback_partial, "ab") as g, contextlib.closing(results):
+        with (
+            disk_writes(partial),
+            open(partial, "ab") as f,
+            open(fallback_partial, "ab") as g,
+            contextlib.closing(results),
+        ):
             for k, records, failures, chunk_stats in results:
                 stats.update(chunk_stats)
                 stats.update(record.kind for record in records)

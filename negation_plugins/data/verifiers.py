@@ -16,6 +16,7 @@ The model verifiers run on CUDA in bf16 when present (options ``device=``, ``dty
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -24,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..atomic import DiskFullError, set_aside
 from ..devices import pick_device
 from ..hookspecs import hookimpl
 from .io import CaptionItem, DataError
@@ -32,23 +34,40 @@ from .language import with_article
 
 class VerdictCache:
     """(verifier settings, image, object) -> absent, in SQLite: each batch of new verdicts is one committed
-    transaction, so a killed run loses at most the batch it was asking and never leaves a broken file."""
+    transaction, so a killed run loses at most the batch it was asking. A file SQLite cannot use or whose
+    ``PRAGMA quick_check`` fails is logged, moved aside (with its journal) and replaced by an empty cache, so its
+    verdicts are asked again; a full disk while saving verdicts raises :class:`~negation_plugins.atomic.DiskFullError`
+    (the verdicts committed before stay)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
-            with self.db:
-                self.db.execute(
+            self.db = self._connect()
+        except sqlite3.OperationalError as e:  # locked, read-only, a folder: not damage, so nothing is moved
+            raise DataError(f"{self.path}: cannot use it as the verdict cache ({e}); pass another cache=") from None
+        except sqlite3.DatabaseError as e:
+            for sidecar in ("-journal", "-wal", "-shm"):
+                set_aside(self.path.with_name(self.path.name + sidecar), "the journal of a damaged verdict cache")
+            set_aside(self.path, f"not a usable SQLite database: {e}")
+            self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
+        try:
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            with db:
+                db.execute(
                     "CREATE TABLE IF NOT EXISTS verdicts (verifier TEXT, image TEXT, object TEXT, absent INTEGER, "
                     "PRIMARY KEY (verifier, image, object))"
                 )
-        except sqlite3.DatabaseError as e:
-            raise DataError(
-                f"{self.path}: cannot use it as the verdict cache ({e}); delete it or pass another cache="
-            ) from None
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def get(self, verifier: str, keys: Sequence[tuple[str, str]]) -> list[bool | None]:
         with self.lock:
@@ -61,11 +80,16 @@ class VerdictCache:
         return [None if row is None else bool(row[0]) for row in rows]
 
     def put(self, verifier: str, keys: Sequence[tuple[str, str]], verdicts: Sequence[bool]) -> None:
-        with self.lock, self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
-                [(verifier, image, obj, int(v)) for (image, obj), v in zip(keys, verdicts)],
-            )
+        try:
+            with self.lock, self.db:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
+                    [(verifier, image, obj, int(v)) for (image, obj), v in zip(keys, verdicts)],
+                )
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL and "disk is full" not in str(e):
+                raise
+            raise DiskFullError(errno.ENOSPC, self.path) from None
 
 
 class _ImageFiles:

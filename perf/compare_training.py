@@ -48,7 +48,7 @@ ROWS_DIR = REPO / "experiments" / "rows"
 RESULTS_DIR = REPO / "experiments" / "results"
 SCHEMA = 1
 STEERING_FIT = "steering:fit"
-WORLDS = ("shapes",)
+WORLDS = ("shapes", "icons")  # negation_plugins/world/kinds.py; icons is for reporting only, never for choosing
 # trainer settings that name this machine's files: a result records the base model and world instead
 PATH_SETTINGS = ("model", "train", "images", "output")
 # figures of one evaluation, in table order; seen/held-out are None where the world's MCQ records no phrasing split
@@ -128,19 +128,24 @@ def prepare_world(name: str, workdir: Path):
     """The world ``name`` (made once under ``workdir``) and the ``load_clip`` spec of its base model.
 
     ``shapes``: the package's synthetic world (``negclip world make`` defaults) and its shipped base model (pretrained
-    and cached if the settings differ)."""
+    and cached if the settings differ); ``icons``: the second world (``negclip world make --kind icons``) and its
+    own shipped base model. A workdir holds one world (its records and runs are not named by world)."""
     from negation_plugins.world import WorldConfig, make_world
     from negation_plugins.world.export import WorldFiles
     from trainers.pretrain_world import PretrainConfig, pretrain
 
-    if name != "shapes":
+    if name not in WORLDS:
         raise SystemExit(f"error: --world {name!r}: unknown; worlds: {', '.join(WORLDS)}")
     world_dir = workdir / "world"
     world = (
         WorldFiles.at(world_dir)
         if (world_dir / "world.json").is_file()
-        else make_world(world_dir, WorldConfig(), progress=False)
+        else make_world(world_dir, WorldConfig(kind=name), progress=False)
     )
+    if world.kind != name:
+        raise SystemExit(
+            f"error: --workdir {workdir} holds the {world.kind} world; give --world {name} its own workdir"
+        )
     pretrain(world, workdir / "base_model", PretrainConfig(), progress=False)
     return world, f"local-dir:{workdir / 'base_model'}"
 

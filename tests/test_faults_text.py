@@ -98,3 +98,21 @@ def test_read_text_drops_the_mark_and_normalises_line_ends(tmp_path):
     path = tmp_path / "x.txt"
     path.write_bytes(codecs.BOM_UTF8 + b"one\r\ntwo\rthree\n")
     assert read_text(path) == "one\ntwo\nthree\n"
+
+
+def test_generate_reads_a_bom_crlf_vocabulary_like_a_plain_one(tmp_path):
+    from click.testing import CliRunner
+
+    from negation_plugins.cli import cli
+    from tests.test_data_io import _coco
+
+    captions, _, images = _coco(tmp_path)
+    outputs = []
+    for name, data in (("plain.txt", b"dog\ncouch\ncat\n"), ("odd.txt", codecs.BOM_UTF8 + b"dog\r\ncouch\r\ncat\r\n")):
+        (tmp_path / name).write_bytes(data)
+        out = tmp_path / f"{name}.jsonl"
+        args = ["generate", "--no-progress", "--captions", str(captions), "--images", str(images)]
+        result = CliRunner().invoke(cli, [*args, "--vocabulary", str(tmp_path / name), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1] and "dog" in outputs[0]

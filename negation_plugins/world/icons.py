@@ -2,15 +2,15 @@
 ``shapes`` in everything a recipe could latch onto.
 
 * Renderer: mid-tone backgrounds with stripes or checks instead of a dark plain one; objects drawn solid, striped or
-  outlined, larger and further off their cell's centre (so they overlap and occlude each other), some partly hidden
-  behind a background-coloured bar.
+  outlined, in a wider range of sizes (the largest reach into the next cell), a fifth partly hidden behind a
+  background-coloured bar.
 * Vocabulary: 8 everyday icons and 4 colours, none of them a word of the ``shapes`` world.
 * Caption grammar: its own frames and verbs ("this frame holds ...", "we can spot ...", "... against a patterned
   backdrop").
 * MCQ: its own affirmation phrasings, and negation cue families of its own (:data:`PHRASINGS`, none of
   ``phrasings.toml``), all on the held-out split: no negator writes them into training data. Its affirmation
-  questions also offer a false negation ("... A and B, but not a single ...": an object that IS there), the
-  distractor a model that learned "a negation cue marks the answer" picks.
+  questions also offer a false negation ("you will not find a kite here", the kite being there), the distractor a
+  model that learned "a negation cue marks the answer" picks.
 * Its base model's rare web negations draw these families as well as the project's (a web CLIP has seen "no").
 """
 
@@ -32,7 +32,7 @@ COLOURS = {
     "white": (250, 250, 250),
     "black": (10, 10, 10),
 }
-LAYOUT = Layout(CATEGORIES, tuple(COLOURS), jitter=0.2, scale=(0.55, 0.95))
+LAYOUT = Layout(CATEGORIES, tuple(COLOURS), jitter=0.1, scale=(0.6, 0.88))
 BACKGROUNDS = ((150, 135, 110), (100, 125, 140), (125, 150, 115))  # tan, slate, sage
 TEXTURES = ("solid", "striped", "outlined")
 
@@ -120,8 +120,8 @@ def render(scene: Scene, image_size: int = 32) -> Image.Image:
         _draw_icon(draw, obj.category, cx, cy, r, colour, edge)
         if texture == "striped":  # darker bands across the object, clipped to its own pixels
             _stripe(image, cx, cy, r, colour)
-        if rng.random() < 0.25:  # a background-coloured bar hides part of the object
-            w = max(1.0, r * 0.3)
+        if rng.random() < 0.2:  # a background-coloured bar hides part of the object
+            w = max(1.0, r * 0.25)
             offset = rng.uniform(-0.5, 0.5) * r
             if rng.random() < 0.5:
                 draw.rectangle((cx - r, cy + offset - w / 2, cx + r, cy + offset + w / 2), fill=base)
@@ -234,7 +234,7 @@ def _negated(phrasing: Phrasing, rng: random.Random, obj: str, affirmed: list[st
 
 def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
     """One item per template type (hybrid needs two objects). Distractor shapes differ from ``shapes``': affirmation
-    questions include a false negation of a present object, negation questions a caption affirming the absent object
+    questions include a false negation of a present object (as NegBench's "... no A"), negation questions a caption affirming the absent object
     next to a present one, hybrid questions the bag-of-words caption naming the same objects with no cue at all."""
     present, absent = list(scene.categories), list(scene.absent)
     rng.shuffle(present)
@@ -249,7 +249,7 @@ def mcq_items(scene: Scene, rng: random.Random) -> list[McqItem]:
             [
                 _affirm(template, present[:-1] + [absent[0]]),
                 _affirm(template, absent[1:3]),
-                _negated(phrasing, rng, present[0], present[1:] or None),  # a false negation: present[0] is there
+                _negated(phrasing, rng, present[0]),  # a false negation: present[0] is there
             ],
             "positive",
             rng,

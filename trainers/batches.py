@@ -72,6 +72,10 @@ def load_examples(train: str, negation: str, images: str | None, instances: str 
             f"--train {path} is a COCO captions file without negated captions; generate records with "
             "`negclip generate` or train with --negation on-the-fly --objective tng (TNG-CLIP templates) and --instances"
         )
+    elif path.suffix.lower() in (".csv", ".tsv", ".pt"):  # NegBench NegCap/NegMCQ CSVs, CC-Neg: rows as records
+        from negation_plugins.data.formats import read_rows
+
+        records = [record for row in read_rows(str(path)) for record in row.records()]
     else:
         records = io.read_negation_records(path)
     examples = group_records(records, str(path))

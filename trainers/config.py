@@ -22,6 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from negation_plugins.data.formats import is_shard_pattern
 from negation_plugins.textfiles import read_text
 
 DEFAULT_OBJECTIVES = ("negbench-mcq", "clip:0.5")
@@ -100,8 +101,24 @@ class TrainConfig:
     )
     train: str = setting(
         "",
-        "negation records JSONL, NegationCLIP updated_caption JSON, or COCO captions JSON (with --negation on-the-fly)",
-        check=lambda value: required(value) or existing_file(value),
+        "negation records JSONL, NegationCLIP updated_caption JSON, COCO captions JSON (with --negation on-the-fly), "
+        "NegBench NegCap or NegMCQ CSV, CC-Neg .pt, or img2dataset webdataset shards by brace pattern "
+        "('cc12m-{0000..2175}.tar', streamed)",
+        check=lambda value: required(value) or (None if is_shard_pattern(value) else existing_file(value)),
+    )
+    train_format: Literal["jsonl", "negationclip", "negcap", "negmcq", "webdataset", "ccneg"] | None = setting(
+        None, "format of --train (default: recognized by its name, columns or content)"
+    )
+    stream: bool = setting(
+        False,
+        "read --train lazily while training: memory and start-up independent of its size (always on for shards); "
+        "no validation split (use --eval-mcq); see docs/scale.md",
+    )
+    stream_shuffle: int = setting(4096, "streamed input: rows in the shuffle buffer", check=at_least(1))
+    stream_pool: int = setting(
+        1024,
+        "streamed input: rows read before a batch that MCQ fillers and distractor images come from",
+        check=at_least(1),
     )
     images: str = setting("", "folder the records' image paths are relative to", check=existing_folder)
     output: str = setting(

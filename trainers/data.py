@@ -199,13 +199,15 @@ class MicroBatches(Dataset):
         return OnTheFly(group, seed, own, self.tokens.context_length, self.settings)
 
 
-def batch_loader(dataset: MicroBatches, first: int, last: int, workers: int) -> DataLoader:
+def batch_loader(dataset, first: int, last: int, workers: int) -> DataLoader:
     """Micro-batches ``first .. last-1`` in order; each item is already a batch (``batch_size=None``). Workers
-    persist across passes (validation iterates its loader once per evaluation)."""
+    persist across passes (validation iterates its loader once per evaluation). A streamed dataset
+    (:class:`negation_plugins.data.stream.StreamedBatches`) is cut to the window itself."""
+    streamed = hasattr(dataset, "window")
     return DataLoader(
-        dataset,
+        dataset.window(first, last) if streamed else dataset,
         batch_size=None,
-        sampler=range(first, last),
+        sampler=None if streamed else range(first, last),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers else None,

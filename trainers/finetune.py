@@ -49,6 +49,7 @@ from .config import (
 from .data import HostImages, MicroBatches, TokenCache, batch_loader, record_texts
 from .features import autocast_bf16, build_feature_table, default_root, embed_files
 from .optim import adamw, warmup_cosine
+from .streaming import StreamInput, StreamTokens, streamed
 from .tuning import apply_tuning, clamp_logit_scale, enable_gradient_checkpointing, open_clip_model, word_token_ids
 
 logger = logging.getLogger("trainers.finetune")
@@ -356,7 +357,12 @@ def setup(config: TrainConfig) -> Run:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    examples = load_examples(config.train, config.negation, config.images or None, config.instances)
+    stream = None  # streamed input (trainers/streaming.py): rows read lazily, nothing of the data held up front
+    if streamed(config):
+        stream = StreamInput(config, keys, accelerator.process_index, accelerator.num_processes)
+        examples = stream.sample()  # the first rows, for the checks below
+    else:
+        examples = load_examples(config.train, config.negation, config.images or None, config.instances)
     examples, dropped = usable_examples(examples, keys, config.train)
     bundle = load_clip(config.model, device=accelerator.device)
     check_model_and_tokenizer(bundle, examples)
@@ -370,7 +376,7 @@ def setup(config: TrainConfig) -> Run:
             "change" if len(unused) > 1 else "changes",
             " + ".join(config.objective),
         )
-    train_set, val_set = split_by_image(examples, config.val_fraction, config.seed)
+    train_set, val_set = (examples, []) if stream else split_by_image(examples, config.val_fraction, config.seed)
     model, trainable = apply_tuning(
         bundle.model,
         config.tuning,
@@ -387,15 +393,16 @@ def setup(config: TrainConfig) -> Run:
         enable_gradient_checkpointing(model)
 
     plan = BatchPlan(len(train_set), config.batch_size, accelerator.num_processes, config.seed)
+    micro_batches = stream.stream.steps_per_epoch() if stream else plan.micro_batches_per_epoch()
     accum = config.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(plan.micro_batches_per_epoch() / accum))
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.micro_batches_per_epoch() / accum))
+    steps_per_epoch = max(1, math.ceil(micro_batches / accum))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * micro_batches / accum))
     eval_every, val_batches = eval_schedule(config, steps_per_epoch)
     mcq = McqEval.read(config, config.eval_mcq_max_rows or val_batches * config.batch_size) if config.eval_mcq else None
 
     # image features: from the store, embedding only what it lacks (each process a disjoint shard)
     images_root = Path(config.images or ".")
-    paths = sorted({e.image for e in examples})
+    paths = [] if stream else sorted({e.image for e in examples})  # streamed images are decoded by the workers
     check_images_exist(images_root, paths)
     if not config.cache_image_features:  # decoded only when a batch needs them: find what a cheap check can now
         from negation_plugins.data.io import check_image
@@ -409,7 +416,7 @@ def setup(config: TrainConfig) -> Run:
     features_started = time.perf_counter()
     table, feature_counts = None, {"computed": 0, "from_store": 0}
     mcq_own = mcq.own(accelerator) if mcq else []
-    if config.cache_image_features:  # the MCQ images' rows follow the training images'
+    if config.cache_image_features and not stream:  # the MCQ images' rows follow the training images'
         table, feature_counts = build_feature_table(
             accelerator,
             clip,
@@ -438,13 +445,20 @@ def setup(config: TrainConfig) -> Run:
 
     val_subset = val_set[: val_batches * config.batch_size]
     tokens_started = time.perf_counter()
-    tokens = TokenCache(bundle.tokenizer)  # every text of the records, once; workers only look rows up
-    tokenized = tokens.fill(record_texts(train_set + val_subset), accelerator)
+    if stream:  # texts are tokenized where their batch is made
+        tokens, tokenized = StreamTokens(bundle.tokenizer, record_texts(examples)), 0
+    else:
+        tokens = TokenCache(bundle.tokenizer)  # every text of the records, once; workers only look rows up
+        tokenized = tokens.fill(record_texts(train_set + val_subset), accelerator)
     tokens_seconds = time.perf_counter() - tokens_started
     host_images = HostImages({p: i for i, p in enumerate(paths)}, table, bundle.preprocess, images_root)
     gather = accelerator if config.gather_negatives and accelerator.num_processes > 1 else None
     rank = accelerator.process_index
-    train_data = MicroBatches(train_set, plan, rank, keys, tokens, host_images, "train", config, gather is not None)
+    train_data = (
+        stream.dataset(tokens, bundle.preprocess, images_root)
+        if stream
+        else MicroBatches(train_set, plan, rank, keys, tokens, host_images, "train", config, gather is not None)
+    )
     val_plan = EvalPlan(len(val_subset), config.batch_size, accelerator.num_processes)
     val_data = MicroBatches(val_subset, val_plan, rank, keys, tokens, host_images, "val", config)
     val_rounds = -(-val_plan.chunks() // accelerator.num_processes)

@@ -111,9 +111,14 @@ def expand_braces(pattern: str) -> list[str]:
     return [path for choice in choices for path in expand_braces(head + choice + tail)]
 
 
+def is_shard_pattern(source: str) -> bool:
+    """Webdataset shards: a brace pattern, ``::``-joined names or one ``.tar``."""
+    return "{" in source or "::" in source or source.endswith(".tar")
+
+
 def detect_format(source: str) -> str:
     """The format of ``source`` from its name and content (columns of a CSV, keys of a JSON)."""
-    if "{" in source or source.endswith(".tar") or "::" in source:
+    if is_shard_pattern(source):
         return "webdataset"
     path = Path(source)
     if not path.is_file():

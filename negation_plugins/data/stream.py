@@ -83,6 +83,7 @@ class RowStream:
         pool_size: int = 1024,
         skip_bad: bool = False,
         sizes: list[int] | None = None,
+        keep: Callable[[Row], bool] | None = None,
     ):
         self.source, self.fmt = source, fmt or detect_format(source)
         self.units = source_units(source, self.fmt)
@@ -90,6 +91,7 @@ class RowStream:
         self.shuffle_buffer, self.pool_size, self.skip_bad = shuffle_buffer, pool_size, skip_bad
         self.sizes = sizes if sizes is not None else [cached_count(u, self.fmt) for u in self.units]
         self.skips = Skips(skip_bad)
+        self.keep = keep  # rows it refuses are passed over (an epoch then starts its rows again to fill its steps)
         if self.steps_per_epoch() == 0:
             raise ValueError(
                 f"{source}: {sum(self.sizes)} rows make no micro-batch of {batch_size} on each of {world_size} "
@@ -123,16 +125,13 @@ class RowStream:
     def rows(self, epoch: int) -> Iterator[Row]:
         """This rank's rows of ``epoch`` in the order batches take them (before the shuffle buffer)."""
         units = self.rank_units(epoch, self.rank)
-        if self.by_unit():
-            for u in units:
-                yield from read_unit(self.units[u], self.fmt, self.skips)
-            return
         running = 0
         for u in units:
             for row in read_unit(self.units[u], self.fmt, self.skips):
-                if running % self.world_size == self.rank:
-                    yield row
+                mine = self.by_unit() or running % self.world_size == self.rank
                 running += 1
+                if mine and (self.keep is None or self.keep(row)):
+                    yield row
 
     def shuffled(self, epoch: int) -> Iterator[Row]:
         """:meth:`rows` through a bounded shuffle buffer: each row swaps into a random slot of the full buffer."""
@@ -183,8 +182,12 @@ class StreamedBatches(torch.utils.data.IterableDataset):
     (global micro-batch ``g`` is batch ``g % steps`` of epoch ``g // steps``). Use with ``batch_size=None``: the
     DataLoader takes items from its workers in turn, so worker ``w`` makes those with ``(g - first) % n == w``."""
 
-    def __init__(self, stream: RowStream, make: Callable[[Batch], dict], first: int, last: int):
+    def __init__(self, stream: RowStream, make: Callable[[Batch], dict], first: int = 0, last: int = 0):
         self.stream, self.make, self.first, self.last = stream, make, first, last
+
+    def window(self, first: int, last: int) -> StreamedBatches:
+        """The same batches, global micro-batches ``first .. last-1``."""
+        return StreamedBatches(self.stream, self.make, first, last)
 
     def __iter__(self):
         worker, workers = worker_share()

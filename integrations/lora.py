@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from negation_plugins.textfiles import read_text
+
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 _PEFT_PREFIX = "base_model.model."
 # open_clip text-tower module -> transformers CLIPTextModel module (flat layout, transformers >= 5.6)
@@ -60,7 +62,7 @@ def read_peft_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Te
         if not path.is_file():
             raise AdapterError(f"{folder}: not a peft adapter folder (no {path.name})")
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(read_text(config_path))
     except json.JSONDecodeError as error:
         raise AdapterError(f"{config_path}: invalid JSON ({error})") from error
     if config.get("peft_type") != "LORA":

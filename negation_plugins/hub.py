@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from .hookspecs import hookimpl
+from .textfiles import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def _download_first(name: HubName, candidates, commit: str) -> str:
             continue
         if candidate.endswith(".index.json"):
             folder = candidate.rpartition("/")[0]
-            for shard in sorted(set(json.loads(Path(path).read_text())["weight_map"].values())):
+            for shard in sorted(set(json.loads(read_text(path))["weight_map"].values())):
                 _download(name, f"{folder}/{shard}".lstrip("/"), commit)
         return path
     if constants.is_offline_mode():

@@ -91,7 +91,7 @@ class Row:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise SystemExit(f"error: {path}: not valid TOML: {error}") from None
-        unknown = set(data) - {"description", "question", "recipe", "negator", "settings"}
+        unknown = set(data) - {"description", "question", "recipe", "headline", "negator", "settings"}
         missing = {"description", "question"} - set(data)
         if unknown or missing:
             problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"

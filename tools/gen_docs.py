@@ -41,21 +41,21 @@ HELP_WIDTH = 100
 # ---- experiment results ------------------------------------------------------------------------------------------
 
 
-def read_results(folder: Path = RESULTS) -> list[dict]:
+def read_results() -> list[dict]:
     """Every compare_training result (``schema`` key), sorted by world then row then steps."""
     results = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         if "schema" in data and "row" in data:
             results.append({**data, "file": path.name})
     return sorted(results, key=lambda r: (r["world"], r["row"], r["settings"]["steps"] or 0))
 
 
-def headline_rows(folder: Path = ROWS) -> list[str]:
+def headline_rows() -> list[str]:
     """Rows whose file says ``headline = true``, in file order."""
     import tomllib
 
-    return [p.stem for p in sorted(folder.glob("*.toml")) if tomllib.loads(p.read_text()).get("headline")]
+    return [p.stem for p in sorted(ROWS.glob("*.toml")) if tomllib.loads(p.read_text()).get("headline")]
 
 
 def worlds_of(results: list[dict]) -> list[str]:
@@ -149,7 +149,8 @@ def results_tables(results: list[dict] | None = None) -> str:
             for result, name, stats in corrected:
                 figures = " | ".join(fmt(stats[key]) for key, _ in TABLE_FIGURES)
                 out.append(f"| {result['row']} | `{name}` | {figures} |")
-        out += ["", "Rerun a row exactly as recorded (each run's `command` in its JSON):", "", "```bash"]
+        out += ["", "Rerun a row as recorded (each run's exact `command` is in its JSON):", ""]
+        out += ["<!-- needs: minutes to hours of CPU per row and seed (training runs) -->", "```bash"]
         for result in mine:
             out.append(reproduce(result))
         out += ["```", ""]
@@ -171,8 +172,9 @@ def reproduce(result: dict) -> str:
 # ---- the demo, the world base models, perf benchmarks --------------------------------------------------------------
 
 
-def demo_table(path: Path = DEMO_RESULTS) -> str:
+def demo_table() -> str:
     """Base vs fine-tuned from the committed results.json of ``negclip demo``."""
+    path = DEMO_RESULTS
     if not path.is_file():
         return "No demo results are committed yet (`experiments/demo/results.json`).\n"
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -198,24 +200,26 @@ def demo_table(path: Path = DEMO_RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def world_base_models(folder: Path = WORLD_MODELS) -> str:
+def world_base_models() -> str:
     """The shipped base models of the worlds: their pretraining settings and affirmative retrieval."""
-    paths = sorted(folder.glob("**/pretrain_result.json"))
-    lines = ["| model | scenes (train/val) | steps | batch | web negations | image->text R@1 | text->image R@1 |"]
+    paths = sorted(WORLD_MODELS.glob("**/*pretrain_result.json"))
+    lines = [
+        "| pretrain result | scenes (train/val) | steps | batch | web negations | image->text R@1 | text->image R@1 |"
+    ]
     lines.append("|---|---|---|---|---|---|---|")
     for path in paths:
         data = json.loads(path.read_text(encoding="utf-8"))
         config = data["config"]
         lines.append(
-            f"| `{path.parent.relative_to(REPO)}` | {data['n_train_scenes']}/{data['n_val_scenes']} | "
+            f"| `{path.relative_to(REPO)}` | {data['n_train_scenes']}/{data['n_val_scenes']} | "
             f"{config['steps']} | {config['batch_size']} | {config.get('web_negation_share', 0)} | "
             f"{value(data['i2t_R@1'])} | {value(data['t2i_R@1'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def perf_convert(path: Path = RESULTS / "perf-convert.json") -> str:
-    data = json.loads(path.read_text(encoding="utf-8"))
+def perf_convert() -> str:
+    data = json.loads((RESULTS / "perf-convert.json").read_text(encoding="utf-8"))
     lines = [
         "| text tower | per-token hidden | pooled | projected | round trip bit-for-bit |",
         "|---|---|---|---|---|",

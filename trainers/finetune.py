@@ -658,7 +658,7 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
         code = disk_full_errno(failure) if failure is not None else None
         if code is not None:
-            raise DiskFullError(code, tmp) from None
+            raise DiskFullError(code, final) from None
         if failure is not None:
             raise failure
         raise RuntimeError(f"saving checkpoint {final} failed on another process")

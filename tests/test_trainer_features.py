@@ -210,6 +210,19 @@ def test_damaged_part_is_moved_aside_and_its_rows_recomputed(tmp_path, caplog):
     assert torch.equal(FeatureStore(tmp_path, "k").get(keys), rows_of(keys))
 
 
+def test_a_part_of_the_earlier_store_format_is_set_aside_not_read(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    from trainers.features import FeatureStore
+
+    (tmp_path / "k").mkdir()
+    old = tmp_path / "k" / "part-0123456789abcdef0123456789abcdef.safetensors"
+    save_file({"features": rows_of(["a"])}, str(old), metadata={"images": json.dumps(["a"])})
+    with caplog.at_level("WARNING"):
+        assert FeatureStore(tmp_path, "k").missing(["a"]) == ["a"]
+    assert "written by an earlier version of the store" in caplog.text and not old.exists()
+
+
 SHARE_STORE = """
 import sys, time
 from pathlib import Path

@@ -233,19 +233,23 @@ class _Damaged(Exception):
 
 
 def _checked_header(path: Path) -> tuple[int, dict]:
-    """(header size, header) of a complete part; :class:`_Damaged` says why not (its bytes do not hash to its name,
-    or its header is not a part's)."""
-    digest = hashlib.blake2b(digest_size=16)
+    """(header size, header) of a complete part; :class:`_Damaged` says why not (no part header, a part of an
+    earlier format, or bytes that do not hash to its name)."""
     with path.open("rb") as handle:
+        try:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        except (struct.error, ValueError) as error:
+            raise _Damaged(f"no readable header: {error}") from None
+        if not isinstance(header, dict) or {"hashes", "features"} - set(header):
+            earlier = isinstance(header, dict) and "images" in (header.get("__metadata__") or {})
+            raise _Damaged("written by an earlier version of the store" if earlier else f"not a {PART_FORMAT} part")
+        handle.seek(0)
+        digest = hashlib.blake2b(digest_size=16)
         while chunk := handle.read(1 << 24):
             digest.update(chunk)
-        if path.name != f"part-{digest.hexdigest()}.safetensors":
-            raise _Damaged("its bytes do not match the checksum in its name: truncated or overwritten")
-        handle.seek(0)
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    if header.get("__metadata__", {}).get("format") != PART_FORMAT or {"hashes", "features"} - set(header):
-        raise _Damaged(f"not a {PART_FORMAT} part")
+    if path.name != f"part-{digest.hexdigest()}.safetensors":
+        raise _Damaged("its bytes do not match the checksum in its name: truncated or overwritten")
     return size, header
 
 

@@ -33,6 +33,9 @@ DISK_FULL_REASONS = {
     errno.EFBIG: "file size limit exceeded",
 }
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # safetensors (Rust) reports an OSError as "... (os error 28)"
+# torch.save loses the errno: "PytorchStreamWriter failed writing file ..." or "[enforce fail at inline_container.cc]
+# ... unexpected pos N vs M"; the reason is then told from the process's file-size limit
+_TORCH_WRITE_FAILED = re.compile(r"PytorchStreamWriter failed writing|inline_container\.cc.*unexpected pos")
 
 
 class DiskFullError(click.ClickException):
@@ -48,12 +51,17 @@ class DiskFullError(click.ClickException):
 
 
 def disk_full_errno(error: BaseException) -> int | None:
-    """The errno when ``error`` is a write failing for lack of room (an OSError, or safetensors' Rust error)."""
+    """The errno when ``error`` is a write failing for lack of room: an OSError, safetensors' Rust error, or
+    torch.save's (which has no errno: EFBIG when the process has a file-size limit, else ENOSPC)."""
     if isinstance(error, DiskFullError):
         return error.errno
     code = error.errno if isinstance(error, OSError) else None
     if code is None and (match := _RUST_OS_ERROR.search(str(error))):
         code = int(match.group(1))
+    if code is None and isinstance(error, RuntimeError) and _TORCH_WRITE_FAILED.search(str(error)):
+        import resource
+
+        code = errno.EFBIG if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY else errno.ENOSPC
     return code if code in DISK_FULL_REASONS else None
 
 

@@ -54,9 +54,36 @@ def test_python_ignores_sigxfsz_so_a_size_limit_is_an_error_not_a_kill(tmp_path)
     with pytest.raises(DiskFullError, match="no space left on device while writing"):
         with disk_writes(tmp_path / "y"):
             raise RuntimeError("I/O error: No space left on device (os error 28)")  # safetensors' Rust error
+    with pytest.raises(DiskFullError, match="no space left on device while writing"):  # torch.save's, no errno
+        with disk_writes(tmp_path / "w"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     with pytest.raises(PermissionError):  # other errors pass through unchanged
         with disk_writes(tmp_path / "z"):
             raise PermissionError(13, "Permission denied")
+
+
+TORCH_SAVE = """
+import sys, torch
+from negation_plugins.atomic import DiskFullError, atomic_write
+try:
+    atomic_write(sys.argv[1], lambda tmp: torch.save({"a": torch.zeros(100000)}, tmp))
+except DiskFullError as error:
+    print(error.message)
+"""
+
+
+def test_torch_save_under_a_file_size_limit_is_a_disk_full_error(tmp_path):
+    """torch.save reports no errno; a process with a file-size limit gets the limit's message."""
+    target = tmp_path / "state.pt"
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_SAVE, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit_file_size(10_000),
+    )
+    assert done.stdout.startswith(f"file size limit exceeded while writing {target}"), done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def captions(tmp_path: Path, n: int) -> tuple[Path, Path]:

@@ -174,7 +174,7 @@ def test_img2dataset_shards_by_brace_pattern(tmp_path):
     assert rows[5].caption == "a photo number 5, with a red square"
     assert formats.decode_image(rows[5].image_bytes).size == (16, 16)
     assert rows[5].absence == rows[5].presence == ()  # captions only: input for `negclip generate`
-    assert formats.count_rows(formats.source_units(pattern)[0], "webdataset") == 4
+    assert formats.count_rows(formats.source_units(pattern)[0][0], "webdataset") == 4
 
 
 def test_shard_samples_carry_their_negations_in_json(tmp_path):

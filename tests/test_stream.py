@@ -48,6 +48,19 @@ def test_one_file_for_more_ranks_splits_its_rows(tmp_path):
     assert len({image for rank in seen for image in rank}) == 6
 
 
+def test_joined_sources_mix_over_the_epoch(tmp_path):
+    from tests.test_formats import write_negmcq
+
+    negcap = write_negcap(tmp_path / "negcap.csv", [(f"c{i}.jpg", f"a cat {i}", [f"no dog {i}"]) for i in range(40)])
+    negmcq = write_negmcq(
+        tmp_path / "negmcq.csv", [(f"m{i}.jpg", ["a", "b", "c", "d"], 1, "negative") for i in range(40)]
+    )
+    stream = RowStream(f"{negcap}::{negmcq}", batch_size=8, shuffle_buffer=1)
+    order = [row.image[0] for row in stream.rows(0)]
+    assert sorted(order) == ["c"] * 40 + ["m"] * 40
+    assert 10 < order[:40].count("m") < 30  # both sources in the first half, not one file after the other
+
+
 def test_shuffle_buffer_is_a_seeded_permutation(shards):
     stream = RowStream(shards, batch_size=4, seed=1, shuffle_buffer=6)
     once, again = ([r.image for r in stream.shuffled(0)] for _ in range(2))

@@ -71,10 +71,12 @@ def losses(out) -> list[float]:
         ("negmcq", ["--stream", "--objective", "negbench-mcq"]),
         ("negmcq", ["--objective", "negbench-mcq"]),
         ("ccneg", ["--stream", "--objective", "conclip"]),
+        ("negbench", ["--recipe", "negbench", "--lr", "0.01"]),  # NegCap + NegMCQ joined, 0.99 CLIP + 0.01 MCQ
     ],
 )
 def test_each_format_trains(data, tmp_path, source, extra):
-    summary = train(parse_config(args(data, data[source], tmp_path / "out", *extra)))
+    train_source = f"{data['negcap']}::{data['negmcq']}" if source == "negbench" else data[source]
+    summary = train(parse_config(args(data, train_source, tmp_path / "out", *extra)))
     assert summary["steps"] == 3
     got = losses(tmp_path / "out")
     assert len(got) == 3 and all(torch.isfinite(torch.tensor(got)))

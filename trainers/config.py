@@ -22,7 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from negation_plugins.data.formats import is_shard_pattern
+from negation_plugins.data.formats import source_problem
 from negation_plugins.textfiles import read_text
 
 DEFAULT_OBJECTIVES = ("negbench-mcq", "clip:0.5")
@@ -103,8 +103,8 @@ class TrainConfig:
         "",
         "negation records JSONL, NegationCLIP updated_caption JSON, COCO captions JSON (with --negation on-the-fly), "
         "NegBench NegCap or NegMCQ CSV, CC-Neg .pt, or img2dataset webdataset shards by brace pattern "
-        "('cc12m-{0000..2175}.tar', streamed)",
-        check=lambda value: required(value) or (None if is_shard_pattern(value) else existing_file(value)),
+        "('cc12m-{0000..2175}.tar', streamed); A::B joins sources (streamed)",
+        check=lambda value: required(value) or source_problem(value),
     )
     train_format: Literal["jsonl", "negationclip", "negcap", "negmcq", "webdataset", "ccneg"] | None = setting(
         None, "format of --train (default: recognized by its name, columns or content)"

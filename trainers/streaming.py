@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from negation_plugins.data.formats import Row, decode_image, detect_format, read_rows
+from negation_plugins.data.formats import Row, decode_image, read_rows, source_units
 from negation_plugins.data.stream import Batch, RowStream, StreamedBatches
 from negation_plugins.losses.batch import BatchKey, Draw, Example, Pool
 
@@ -26,7 +26,9 @@ TOKENIZER_CHECK_TEXTS = 512
 
 
 def streamed(config) -> bool:
-    return bool(config.stream) or (config.train_format or detect_format(config.train)) == "webdataset"
+    """``--stream``, shards, or joined sources (``A::B``)."""
+    units = source_units(config.train, config.train_format)
+    return bool(config.stream) or "::" in config.train or any(fmt == "webdataset" for _, fmt in units)
 
 
 def row_example(row: Row) -> Example:
@@ -82,7 +84,7 @@ class StreamInput:
     def sample(self, n: int = TOKENIZER_CHECK_TEXTS) -> list[Example]:
         """The first ``n`` rows of the source, for the model/tokenizer checks (nothing else is read up front)."""
         examples = []
-        for row in read_rows(self.config.train, self.stream.fmt):
+        for row in read_rows(self.config.train, self.config.train_format):
             examples.append(row_example(row))
             if len(examples) >= n:
                 break

@@ -112,8 +112,8 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def is_shard_pattern(source: str) -> bool:
-    """Webdataset shards: a brace pattern, ``::``-joined names or one ``.tar``."""
-    return "{" in source or "::" in source or source.endswith(".tar")
+    """Webdataset shards: a brace pattern or a ``.tar``."""
+    return "{" in source or source.endswith(".tar")
 
 
 def detect_format(source: str) -> str:
@@ -161,26 +161,41 @@ def _delimiter(path: Path) -> str:
     return "\t" if "\t" in header and "," not in header else ","
 
 
-def source_units(source: str, fmt: str | None = None) -> list[str]:
-    """The files a source names: each shard of a brace pattern, else the file itself."""
-    fmt = fmt or detect_format(source)
-    if fmt != "webdataset":
-        return [source]
-    paths = expand_braces(source)
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"{source}: {len(missing)} of {len(paths)} shard(s) not found, e.g. {missing[0]}")
-    return paths
+def source_units(source: str, fmt: str | None = None) -> list[tuple[str, str]]:
+    """``(file, format)`` of every file a source names: each shard of a brace pattern, else the file; ``::`` joins
+    sources (``negcap.csv::negmcq.csv``, as open_clip joins shard lists)."""
+    units = []
+    for part in source.split("::"):
+        part_fmt = fmt or detect_format(part)
+        if part_fmt == "webdataset":
+            paths = expand_braces(part)
+            missing = [p for p in paths if not Path(p).is_file()]
+            if missing:
+                raise DataError(f"{part}: {len(missing)} of {len(paths)} shard(s) not found, e.g. {missing[0]}")
+            units += [(path, part_fmt) for path in paths]
+        elif not Path(part).is_file():
+            raise DataError(f"{part}: training data file not found")
+        else:
+            units.append((part, part_fmt))
+    return units
+
+
+def source_problem(source: str) -> str | None:
+    """What is wrong with a ``--train`` source (a file or shard missing, a CSV of unknown columns), or None."""
+    try:
+        source_units(source)
+    except DataError as error:
+        return str(error)
+    return None
 
 
 def read_rows(source: str, fmt: str | None = None, skips: Skips | None = None, split: str = "train") -> Iterator[Row]:
-    """Every row of ``source`` (a file or a brace pattern of shards), lazily."""
-    fmt = fmt or detect_format(source)
-    if fmt not in FORMATS:
+    """Every row of ``source`` (a file, a brace pattern of shards, ``::``-joined sources), lazily."""
+    if fmt is not None and fmt not in FORMATS:
         raise DataError(f"--train-format {fmt!r}: expected one of {', '.join(FORMATS)}")
     skips = skips if skips is not None else Skips()
-    for unit in source_units(source, fmt):
-        yield from read_unit(unit, fmt, skips, split=split)
+    for unit, unit_fmt in source_units(source, fmt):
+        yield from read_unit(unit, unit_fmt, skips, split=split)
 
 
 def read_unit(path: str, fmt: str, skips: Skips, start: int = 0, split: str = "train") -> Iterator[Row]:

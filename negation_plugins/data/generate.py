@@ -511,7 +511,7 @@ def generate_shards(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    units = source_units(pattern, "webdataset")
+    units = [unit for unit, _ in source_units(pattern, "webdataset")]
     mine = units[shard[0] :: shard[1]]
     totals: Counter = Counter()
     done_before = 0

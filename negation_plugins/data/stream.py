@@ -31,7 +31,7 @@ from pathlib import Path
 import torch.utils.data
 
 from ..atomic import atomic_write_text
-from .formats import Row, Skips, count_rows, detect_format, read_unit, source_units
+from .formats import Row, Skips, count_rows, read_unit, source_units
 
 
 def cache_root() -> Path:
@@ -55,6 +55,9 @@ def cached_count(unit: str, fmt: str) -> int:
     except OSError:  # a read-only cache only costs the count next time
         pass
     return rows
+
+
+OPEN_UNITS = 8  # units (shards, joined files) a rank reads at once, interleaved
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,11 @@ class RowStream:
         sizes: list[int] | None = None,
         keep: Callable[[Row], bool] | None = None,
     ):
-        self.source, self.fmt = source, fmt or detect_format(source)
-        self.units = source_units(source, self.fmt)
+        self.source = source
+        self.units = source_units(source, fmt)  # (file, format) pairs
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.shuffle_buffer, self.pool_size, self.skip_bad = shuffle_buffer, pool_size, skip_bad
-        self.sizes = sizes if sizes is not None else [cached_count(u, self.fmt) for u in self.units]
+        self.sizes = sizes if sizes is not None else [cached_count(u, f) for u, f in self.units]
         self.skips = Skips(skip_bad)
         self.keep = keep  # rows it refuses are passed over (an epoch then starts its rows again to fill its steps)
         if self.steps_per_epoch() == 0:
@@ -123,15 +126,29 @@ class RowStream:
     # -------------------------------------------------------------------------------------------------- reading
 
     def rows(self, epoch: int) -> Iterator[Row]:
-        """This rank's rows of ``epoch`` in the order batches take them (before the shuffle buffer)."""
-        units = self.rank_units(epoch, self.rank)
+        """This rank's rows of ``epoch`` in the order batches take them (before the shuffle buffer): up to
+        :data:`OPEN_UNITS` of its units read at once, each next row drawn from one of them with a chance in
+        proportion to the rows it has left, so joined sources (``negcap.csv::negmcq.csv``) and shards mix over the
+        whole epoch. With fewer units than ranks every rank follows the same draw and keeps its share of rows."""
+        queue = list(self.rank_units(epoch, self.rank))
+        rng = random.Random(f"{self.seed}-interleave-{epoch}-{self.rank if self.by_unit() else 'all'}")
+        open_units: list[list] = []  # [rows left by the count, iterator]
         running = 0
-        for u in units:
-            for row in read_unit(self.units[u], self.fmt, self.skips):
-                mine = self.by_unit() or running % self.world_size == self.rank
-                running += 1
-                if mine and (self.keep is None or self.keep(row)):
-                    yield row
+        while queue or open_units:
+            while queue and len(open_units) < OPEN_UNITS:
+                u = queue.pop(0)
+                path, fmt = self.units[u]
+                open_units.append([max(self.sizes[u], 1), read_unit(path, fmt, self.skips)])
+            pick = rng.choices(range(len(open_units)), weights=[left for left, _ in open_units])[0]
+            row = next(open_units[pick][1], None)
+            if row is None:
+                open_units.pop(pick)
+                continue
+            open_units[pick][0] = max(open_units[pick][0] - 1, 1)
+            mine = self.by_unit() or running % self.world_size == self.rank
+            running += 1
+            if mine and (self.keep is None or self.keep(row)):
+                yield row
 
     def shuffled(self, epoch: int) -> Iterator[Row]:
         """:meth:`rows` through a bounded shuffle buffer: each row swaps into a random slot of the full buffer."""

@@ -4,6 +4,7 @@ diffusers LoRA export (loaded by diffusers itself)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import open_clip
@@ -582,3 +583,34 @@ def test_coco_captions_train_on_the_fly_and_are_refused_without_it(tiny_spec, wo
     assert summary["steps"] == 2 and summary["results_after"]["validation"]["loss"] > 0
     with pytest.raises(ValueError, match="without negated captions.*on-the-fly"):
         train(parse_config([*common, "--output", str(tmp_path / "rec")]))
+
+
+# ---- in-training MCQ: affirmation, negation and hybrid apart; a warning when affirmation falls ----------------
+
+
+def test_eval_mcq_reports_each_question_type_and_warns_when_affirmation_falls(
+    tiny_spec, records, world_coco, tmp_path, caplog
+):
+    from trainers.finetune import affirmation_drop
+
+    assert affirmation_drop({"affirmation": 0.9}, {"affirmation": 0.86}, 5) is None  # within 0.05
+    warning = affirmation_drop({"affirmation": 0.9}, {"affirmation": 0.8}, 5)
+    assert warning.startswith("step 5: --eval-mcq affirmation accuracy 0.8 is more than 0.05 below its 0.9")
+    assert affirmation_drop({}, {"affirmation": 0.1}, 5) is None
+
+    caplog.set_level(logging.INFO, logger="trainers.finetune")
+    out = tmp_path / "o"
+    mcq = ("--eval-mcq", str(world_coco.mcq_csv), "--eval-mcq-images", str(world_coco.images), "--eval-every", "1")
+    mcq += ("--eval-mcq-max-rows", "60")
+    summary = train(parse_config(base_args(tiny_spec, records, world_coco, out, *mcq, "--lr", "0.05")))
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in [summary["results_before"]["mcq"], summary["results_after"]["mcq"]]:
+        assert all(
+            record[f"n_{kind}"] > 0 and record[kind] is not None for kind in ("affirmation", "negation", "hybrid")
+        )
+    assert all({"mcq/affirmation", "mcq/negation", "mcq/hybrid"} <= set(s) for s in steps)
+    assert "step 2 --eval-mcq: affirmation" in caplog.text
+    before = summary["results_before"]["mcq"]["affirmation"]
+    dropped = [s["step"] for s in steps if s["mcq/affirmation"] < before - 0.05]
+    assert [w.split(":")[0] for w in summary["warnings"]] == [f"step {s}" for s in dropped]
+    assert json.loads((out / "results.json").read_text())["warnings"] == summary["warnings"]

@@ -563,8 +563,7 @@ def flush(run: Run, state: TrainState, bar, extra: dict | None = None) -> None:
 
 
 def keep_if_best(run: Run, state: TrainState, results: dict) -> None:
-    """Track the best validation score (its weights, unless they are the final ones) and --patience; warn when
-    --eval-mcq's affirmation accuracy fell more than AFFIRMATION_DROP below its value before training."""
+    """Track the best validation score (its weights, unless they are the final ones) and --patience."""
     current = score(results, run.config.select_by)
     if current is not None and (state.best is None or current > state.best):
         state.best, state.bad_evals = current, 0
@@ -572,21 +571,34 @@ def keep_if_best(run: Run, state: TrainState, results: dict) -> None:
     elif current is not None:
         state.bad_evals += 1
     state.stopped_early = bool(run.config.patience and state.bad_evals >= run.config.patience)
+
+
+def report_mcq(run: Run, state: TrainState, results: dict) -> None:
+    """--eval-mcq's affirmation, negation and hybrid accuracy in the log; a warning (log and results.json) when
+    affirmation fell more than AFFIRMATION_DROP below its value before training."""
     from negation_plugins.benchmarks.mcq import TYPES
 
-    mcq, start = results.get("mcq", {}), state.results_before.get("mcq", {})
-    if run.accelerator.is_main_process and mcq:
+    mcq = results.get("mcq")
+    if not mcq:
+        return
+    warning = affirmation_drop(state.results_before.get("mcq", {}), mcq, state.step)
+    if warning:
+        state.warnings.append(warning)
+    if run.accelerator.is_main_process:
         logger.info("step %d --eval-mcq: %s", state.step, ", ".join(f"{t} {mcq.get(t)}" for t in TYPES))
-    if mcq.get("affirmation") is not None and start.get("affirmation") is not None:
-        if mcq["affirmation"] < start["affirmation"] - AFFIRMATION_DROP:
-            warning = (
-                f"step {state.step}: --eval-mcq affirmation accuracy {mcq['affirmation']} is more than "
-                f"{AFFIRMATION_DROP} below its {start['affirmation']} before training: negation is being bought with "
-                "affirmation"
-            )
-            state.warnings.append(warning)
-            if run.accelerator.is_main_process:
-                logger.warning(warning)
+        if warning:
+            logger.warning(warning)
+
+
+def affirmation_drop(before: dict, now: dict, step: int) -> str | None:
+    """The warning for an MCQ affirmation accuracy more than AFFIRMATION_DROP below ``before``'s, else None."""
+    start, current = before.get("affirmation"), now.get("affirmation")
+    if start is None or current is None or current >= start - AFFIRMATION_DROP:
+        return None
+    return (
+        f"step {step}: --eval-mcq affirmation accuracy {current} is more than {AFFIRMATION_DROP} below its {start} "
+        "before training: negation is being bought with affirmation"
+    )
 
 
 def restore_best(run: Run, state: TrainState) -> None:
@@ -733,6 +745,7 @@ def train(config: TrainConfig) -> dict:
                 results = evaluate(run, state)
                 extra[state.step] = _flat(results)
                 keep_if_best(run, state, results)
+                report_mcq(run, state, results)
             every, last = config.checkpointing_steps, state.step == run.total_steps
             save = every and state.step % every == 0 and not last and not state.stopped_early
             preempted = not last and not state.stopped_early and preemption.requested(accelerator)

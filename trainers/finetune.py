@@ -462,26 +462,28 @@ def setup(config: TrainConfig) -> Run:
     val_plan = EvalPlan(len(val_subset), config.batch_size, accelerator.num_processes)
     val_data = MicroBatches(val_subset, val_plan, rank, keys, tokens, host_images, "val", config)
     val_rounds = -(-val_plan.chunks() // accelerator.num_processes)
-    return Run(
-        config=config,
-        accelerator=accelerator,
-        output=output,
-        model=model,
-        bundle=bundle,
-        encoder=encoder,
-        optimizer=optimizer,
-        schedule=schedule,
-        objective=objective,
-        keys=keys,
-        images=ImageSource(clip, table, accelerator.device),
-        tokens=tokens,
-        train_data=train_data,
-        val_loader=batch_loader(val_data, 0, val_rounds, config.dataloader_num_workers) if val_subset else None,
-        mcq=mcq,
-        gather=gather,
-        total_steps=total_steps,
-        eval_every=eval_every,
-        facts={
+    val_loader = batch_loader(val_data, 0, val_rounds, config.dataloader_num_workers) if val_subset else None
+    images = ImageSource(clip, table, accelerator.device)
+    return Run(  # in the order of Run's fields
+        config,
+        accelerator,
+        output,
+        model,
+        bundle,
+        encoder,
+        optimizer,
+        schedule,
+        objective,
+        keys,
+        images,
+        tokens,
+        train_data,
+        val_loader,
+        mcq,
+        gather,
+        total_steps,
+        eval_every,
+        {
             "train_examples": len(train_set),
             "val_examples": len(val_set),
             "dropped_examples": dropped,

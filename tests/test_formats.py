@@ -228,6 +228,7 @@ def test_jsonl_records_group_into_rows_and_negationclip_json(tmp_path):
     ]
     write_negation_records(records, tmp_path / "r.jsonl")
     first, second = read_rows(str(tmp_path / "r.jsonl"))
+    assert formats.count_rows(str(tmp_path / "r.jsonl"), "jsonl") == 2  # the fast count finds the same rows
     assert (first.absence, first.presence, first.present_objects) == (("no dog",), ("a dog",), ("dog",))
     assert second.records() == [records[2]]
     write_negationclip_json(records, tmp_path / "n.json")

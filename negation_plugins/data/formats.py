@@ -465,4 +465,25 @@ def count_rows(path: str, fmt: str, skips: Skips | None = None) -> int:
         size = shard_size(path)
         if size is not None:
             return size
+    if fmt == "jsonl":
+        return _count_jsonl_groups(Path(path))
     return sum(1 for _ in read_unit(path, fmt, skips or Skips(skip_bad=True)))
+
+
+def _count_jsonl_groups(path: Path) -> int:
+    """Runs of lines with one (image, caption), as :func:`_group_records` forms rows, without validating the
+    records (a bad line counts as a row here; the stream refills an epoch that comes short)."""
+    count, previous = 0, None
+    with open_text(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key = (record.get("image"), record.get("caption"))
+            except (ValueError, AttributeError):
+                key = object()
+            if key != previous:
+                count += 1
+            previous = key
+    return count

@@ -190,12 +190,13 @@ def demo_table() -> str:
             cells += [value(mcq["by_phrasing_split"][s]["accuracy"]) for s in ("train", "held-out")]
         cells.append(value(scores["retrieval"]["i2t_R@1"]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    training = data["training"]
+    training, finetune = data["training"], data["settings"]["finetune"]
     lines += [
         "",
-        f"{training['steps']} steps, {training['train_seconds']:.0f} s of training; stage times (s): "
-        + ", ".join(f"{k} {v}" for k, v in data["seconds"].items())
-        + ".",
+        f"`--recipe {finetune['recipe']}`, {finetune['tuning']} tuning, objectives "
+        f"{', '.join(f'`{o}`' for o in finetune['objective'])}, lr {finetune['lr']}, batch {finetune['batch_size']}, "
+        f"seed {finetune['seed']}: {training['steps']} steps, {training['train_seconds']:.0f} s of training; "
+        "stage times (s): " + ", ".join(f"{k} {v}" for k, v in data["seconds"].items()) + ".",
     ]
     return "\n".join(lines) + "\n"
 

@@ -711,7 +711,7 @@ def train(config: TrainConfig) -> dict:
     run = setup(config)
     accelerator, output, is_main = run.accelerator, run.output, run.accelerator.is_main_process
 
-    # ---- where to start: a checkpoint, or step 0 after measuring the untrained model ------------------------------
+    # ---- where to start: a checkpoint, or step 0 after measuring the untrained model -----------------------------
     checkpoint = latest_checkpoint(output) if config.resume == "latest" else config.resume and Path(config.resume)
     if config.resume and checkpoint is None and is_main:
         logger.warning("--resume: no checkpoint in %s; starting from step 0", output / CHECKPOINTS)
@@ -755,9 +755,7 @@ def train(config: TrainConfig) -> dict:
                 flush(run, state, bar, extra)
             if save or preempted:
                 saved = save_checkpoint(run, state)
-            if preempted:
-                if is_main:
-                    logger.warning("signal %s: saved %s; resume with --resume latest", preemption.received, saved)
+            if preempted:  # main() exits with REQUEUE_EXIT_CODE
                 raise Preempted(f"preempted at step {state.step}: saved {saved}; resume with --resume latest")
             if state.stopped_early:
                 if is_main:

@@ -231,6 +231,39 @@ def perf_convert() -> str:
     return "\n".join(lines) + f"\n\nMax abs difference, random weights; printed by `{data['command']}`.\n"
 
 
+def perf_stream() -> str:
+    """Streamed training input at NegBench scale: memory and start-up against the record count, the goals' ratios."""
+    data = json.loads((RESULTS / "perf-stream.json").read_text(encoding="utf-8"))
+    lines = ["| records | peak RSS (main + one worker) | time to first step | steps/s |", "|---|---|---|---|"]
+    for run in data["streamed"]:
+        lines.append(
+            f"| {run['records']:,} | {run['peak_rss_mb']:.0f} MB | {run['time_to_first_step_s']:.1f} s | "
+            f"{run['steps_per_s']:.2f} |"
+        )
+    goals, tok, ext, machine = data["goals"], data["tokenizer"], data["extrapolation"], data["machine"]
+    lines += [
+        "",
+        "| goal | measured | target |",
+        "|---|---|---|",
+        f"| peak RSS, 1M / 20k records | {goals['rss_ratio']:.2f}x | <= {goals['rss_goal']}x |",
+        f"| time to first step, 1M / 20k records | {goals['time_to_first_step_ratio']:.2f}x | <= {goals['time_goal']}x |",
+        f"| steps/s, streamed / in memory at {data['compare']['records']:,} records | "
+        f"{goals['steps_per_s_ratio']:.3f}x | >= {goals['steps_goal']}x |",
+        f"| tokenizer texts/s, fast (Rust BPE) / open_clip | {tok['speed_up']:.1f}x "
+        f"({tok['fast_texts_per_s']:,} vs {tok['python_open_clip_texts_per_s']:,}) | same ids |",
+        "",
+        f"Extrapolated to {ext['records']:,} records and {ext['processes']} processes: streamed "
+        f"{ext['streamed_rss_node_gb']:.1f} GB per node (RSS does not grow with the records), first step after "
+        f"{ext['streamed_time_to_first_step_s']:.0f} s plus a one-time row count of ~{ext['streamed_first_sight_count_s']:.0f} s "
+        f"(cached per file version); in memory {ext['in_memory_rss_node_gb']:.0f} GB per node and "
+        f"~{ext['in_memory_time_to_first_step_s'] / 3600:.1f} h to the first step. Machine: {machine['cores']} cores "
+        f"{machine['cpu']}, 1-minute load {machine['load_avg_1m']} (shared), torch {machine['torch']}, "
+        f"{machine['threads']} thread; "
+        f"commit {data['commit'][:10]}; printed by `python {data['command']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # ---- CLI reference -----------------------------------------------------------------------------------------------
 
 
@@ -272,6 +305,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "demo": demo_table,
     "world-base-models": world_base_models,
     "perf-convert": perf_convert,
+    "perf-stream": perf_stream,
     "cli": cli_reference,
 }
 
